@@ -1,0 +1,26 @@
+"""archlab: verified, reproduced and benchmarked implementations of modern ML architectures.
+
+Python entry points::
+
+    import archlab
+    model = archlab.create("mlp", in_features=40, num_classes=10)
+    archlab.list("classic")            # registered models of a family
+    model = archlab.load("runs/mlp")   # the final model of a run directory (or any save_pretrained dir)
+"""
+
+from __future__ import annotations
+
+from .errors import ArchlabError
+from .models.base import ArchModel, load
+from .registry import create, register
+from .registry import entries as _entries
+
+__version__ = "0.1.0"
+
+
+def list(family: str | None = None) -> list[str]:  # noqa: A001 - mirrors the CLI verb
+    """Names of registered models, optionally of one family."""
+    return [e.name for e in _entries(family)]
+
+
+__all__ = ["ArchModel", "ArchlabError", "__version__", "create", "list", "load", "register"]

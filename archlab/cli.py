@@ -1,0 +1,219 @@
+"""The ``archlab`` command: list, info, train, eval, reproduce, bench.
+
+The CLI only wires recipe -> registry -> loop; user mistakes print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import ArchlabError, NonFiniteLoss
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        print(f"archlab: error: {message} (see `archlab {self.prog.split()[-1]} --help`)"
+              if " " in self.prog else f"archlab: error: {message} (see `archlab --help`)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="archlab", description="Verified, reproduced and benchmarked ML architectures.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("list", help="registered models with family and description")
+    s.add_argument("family", nargs="?", help="only this family (e.g. classic)")
+
+    sub.add_parser("info", help="versions, device, threads, data folder, optional extras")
+
+    s = sub.add_parser("train", help="train a recipe into a run directory")
+    s.add_argument("recipe", help="recipe TOML file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set optim.lr=0.01 (repeatable)")
+    s.add_argument("--out", help="run directory (default: runs/<recipe>-s<seed>-<time>)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    s.add_argument("--seed", type=int, help="overrides the recipe seed")
+    s.add_argument("--resume", action="store_true", help="continue --out (or the newest run of this recipe)")
+    s.add_argument("--nproc", type=int, default=1, help="data-parallel worker processes (torch.distributed)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+
+    s = sub.add_parser("eval", help="re-evaluate the saved model of a run directory")
+    s.add_argument("run_dir")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    s = sub.add_parser("reproduce", help="run recipes over seeds and compare with published targets")
+    s.add_argument("suite", nargs="*", default=["quick"], help="quick | full | FAMILY | RECIPE ... (default quick)")
+    s.add_argument("--suite", dest="suite_opt", action="append", help="same as the positional form")
+    s.add_argument("--seeds", type=int, help="use seeds 0..N-1 instead of each recipe's own seeds")
+    s.add_argument("--jobs", type=int, help="runs at a time (default: one per CPU core)")
+    s.add_argument("--out", help="report folder (default: reports/<suite>)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key in every recipe (e.g. train.device=cuda)")
+
+    s = sub.add_parser("bench", help="time archlab against a peer library, side by side")
+    s.add_argument("spec", help="bench spec name (benchmarks/<name>.toml) or path")
+    s.add_argument("--repeats", type=int)
+    s.add_argument("--out", help="results folder (default benchmarks/results)")
+    return p
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import entries
+
+    items = entries(args.family)
+    width = max(len(e.name) for e in items)
+    fam_w = max(len(e.family) for e in items)
+    for e in items:
+        print(f"{e.name:<{width}}  {e.family:<{fam_w}}  {e.description}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .data import data_root
+
+    print(f"archlab   {__version__}")
+    print(f"python    {platform.python_version()} ({sys.executable})")
+    print(f"torch     {torch.__version__}")
+    if torch.cuda.is_available():
+        print(f"device    cuda: {torch.cuda.get_device_name(0)} (+ cpu)")
+    else:
+        print("device    cpu (no CUDA GPU)")
+    print(f"threads   {torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores")
+    bf16 = torch.backends.mkldnn.is_available()
+    print(f"cpu bf16  {'oneDNN available' if bf16 else 'no oneDNN'}")
+    print(f"data      {data_root()}  (set ARCHLAB_DATA to change)")
+    extras = ["tensorboard", "mnist1d", "scipy", "sklearn", "transformers", "torch_geometric", "stable_baselines3"]
+    have = [m for m in extras if importlib.util.find_spec(m) is not None]
+    missing = [m for m in extras if m not in have]
+    print(f"extras    installed: {', '.join(have) or '-'}; not installed: {', '.join(missing) or '-'}")
+    return 0
+
+
+def _newest_run(recipe_name: str) -> Path:
+    runs = sorted(Path("runs").glob(f"{recipe_name}-s*"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ArchlabError(f"--resume: no earlier run of {recipe_name} under runs/; pass --out RUN_DIR")
+    return runs[-1]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import recipe as recipe_mod
+    from .engine.distributed import launch, launched_by_torchrun, shutdown
+    from .engine.driver import Interrupted
+    from .runner import RECIPE, default_run_dir, train
+
+    recipe = recipe_mod.load(args.recipe, args.overrides)
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        out = out or _newest_run(recipe.name)
+        if not (out / RECIPE).is_file():
+            raise ArchlabError(f"--resume: {out} is not a run directory (no {RECIPE})")
+        recipe = recipe_mod.load(out / RECIPE)  # the run's own resolved recipe: same overrides, same seed
+    seed = args.seed if args.seed is not None and not args.resume else recipe.seed
+    if args.nproc < 1:
+        raise ArchlabError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not launched_by_torchrun():
+        out = out or default_run_dir(recipe, seed)
+        argv = [a for a in sys.argv[1:]]
+        argv = _strip_option(argv, "--nproc")
+        argv = _strip_option(argv, "--out") + ["--out", str(out)]
+        return launch(args.nproc, argv)
+    try:
+        summary = train(recipe, out=out, seed=seed, device=args.device, resume=args.resume,
+                        progress=not args.no_progress)
+    except Interrupted as exc:
+        print(f"archlab: interrupted after step {exc.step}; checkpoint {exc.path}. Continue with: "
+              f"archlab train {args.recipe} --out {Path(exc.path).parents[1] if exc.path else out} --resume",
+              file=sys.stderr)
+        return 130
+    except NonFiniteLoss as exc:
+        print(f"archlab: training stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+    print(f"{summary['recipe']} (seed {summary['seed']}): {metrics}  [{summary['steps']} steps, "
+          f"{summary['wall_s']:.1f} s, {summary['status']}]")
+    if summary["expect"]:
+        e = summary["expect"]
+        verdict = "met" if summary["passed"] else "NOT met"
+        print(f"expect {e['metric']} {recipe.expect.describe()} ({e['source']}): {verdict} "
+              f"(achieved {summary['achieved']:.4f}; one seed — `archlab reproduce` averages {len(e['seeds'])})")
+    run_dir = out if out is not None else Path(summary.get("run_dir", ""))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .runner import evaluate
+
+    metrics = evaluate(args.run_dir, args.device)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import time
+
+    from .reproduce import reproduce
+
+    suite = args.suite_opt or args.suite
+    label = "-".join(Path(s).stem for s in suite)
+    out = Path(args.out) if args.out else Path("reports") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _, code = reproduce(suite, out, seeds=args.seeds, jobs=args.jobs,
+                        extra=[x for o in args.overrides for x in ("--set", o)])
+    return code
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.spec, Path(args.out) if args.out else None, args.repeats)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
+               "reproduce": cmd_reproduce, "bench": cmd_bench}[args.command]
+    try:
+        return handler(args)
+    except ArchlabError as exc:
+        print(f"archlab: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("archlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

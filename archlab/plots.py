@@ -1,0 +1,94 @@
+"""Plots written into run directories and reproduction reports (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .engine.metrics import read_metrics
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(run_dir: str | os.PathLike) -> list[Path]:
+    """``plots/loss.png`` (train loss, val loss) and ``plots/metrics.png`` (val accuracy) of a run."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    if not records:
+        return []
+    plt = _pyplot()
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+
+    def series(split: str, key: str) -> tuple[list[int], list[float]]:
+        pts = [(r["step"], r[key]) for r in records if r["split"] == split and isinstance(r.get(key), (int, float))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, key, label in (("train", "loss", "train loss"), ("val", "val_loss", "val loss")):
+        xs, ys = series(split, key)
+        if xs:
+            ax.plot(xs, ys, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+    written.append(out / "loss.png")
+
+    metric_keys = sorted({k for r in records if r["split"] == "val" for k in r if k.endswith("_acc")})
+    if metric_keys:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in metric_keys:
+            xs, ys = series("val", key)
+            ax.plot(xs, ys, marker=".", label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(run_dir.name)
+        fig.tight_layout()
+        fig.savefig(out / "metrics.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "metrics.png")
+    return written
+
+
+def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Target vs achieved (mean ± std over seeds) per recipe, green when met, red when missed."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.5))
+    for i, r in enumerate(rows):
+        color = "tab:green" if r["passed"] else "tab:red"
+        lo = r["target"] - r["tolerance"] if r["compare"] == "approx" else r["target"]
+        hi = r["target"] + r["tolerance"] if r["compare"] == "approx" else r["target"]
+        if r["compare"] == "approx":
+            ax.barh(i, hi - lo, left=lo, height=0.5, color="lightgray", label="target band" if i == 0 else None)
+        ax.plot([r["target"]], [i], marker="|", color="black", markersize=18,
+                label="published target" if i == 0 else None)
+        ax.errorbar([r["mean"]], [i], xerr=[r["std"]], fmt="o", color=color, capsize=4,
+                    label="achieved (mean ± std)" if i == 0 else None)
+    ax.set_yticks(range(len(rows)), [r["recipe"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(rows[0]["metric"] if len({r["metric"] for r in rows}) == 1 else "metric")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

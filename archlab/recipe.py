@@ -1,0 +1,253 @@
+"""Recipes: one reproducible experiment as TOML, validated into dataclasses.
+
+A recipe has the tables ``[model]``, ``[data]``, ``[optim]``, ``[train]`` and ``[expect]``.
+``[model]`` holds ``name`` plus that model's own config keys; ``[data]`` holds ``name``, loader keys
+and ``[data.options]`` (the dataset's own keys). Every key is checked against its dataclass, so a
+typo fails with the key's dotted path and the allowed keys before any work starts. ``--set a.b=v``
+overrides are parsed as TOML values and go through the same validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from . import config as _config
+from .errors import ArchlabError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and how batches are drawn."""
+
+    name: str
+    """Registered dataset name (``archlab list`` shows models; datasets: digits, mnist1d, mnist)."""
+    batch_size: int = 64
+    """Global batch size (split across processes with ``--nproc``)."""
+    eval_batch_size: int = 1000
+    """Batch size for evaluation passes."""
+    val_fraction: float = 0.1
+    """Share of the training split held out for validation (0 disables validation)."""
+    split_seed: int = 0
+    """Seed of the train/validation split (fixed across runs so validation is comparable)."""
+    augment: list[str] = field(default_factory=list)
+    """Training-time batch transforms, e.g. ["shift:2"], ["crop:4", "hflip"]."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Dataset-specific keys (validated by the dataset), e.g. mnist1d's ``seed``."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """L2 penalty (decoupled for AdamW); never applied to biases and norm weights."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many steps, before the schedule."""
+    min_lr_ratio: float = 0.0
+    """cosine/linear decay end at ``lr * min_lr_ratio``."""
+    step_size: int = 1000
+    """step schedule: multiply by ``gamma`` every ``step_size`` steps."""
+    gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)
+    """step schedule: if given, decay by ``gamma`` at these steps instead of every ``step_size``."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop and engine services."""
+
+    loop: str = "supervised"
+    """Training paradigm (``supervised`` ...)."""
+    steps: int = 0
+    """Optimizer steps; 0 means use ``epochs``."""
+    epochs: float = 0.0
+    """Passes over the training split (used when ``steps`` is 0)."""
+    eval_every: int = 0
+    """Evaluate on validation every N steps (0: once per epoch)."""
+    log_every: int = 50
+    """Write train loss to metrics.jsonl every N steps."""
+    precision: Precision = "fp32"
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm (0 disables)."""
+    accumulate: int = 1
+    """Gradient accumulation: micro-batches per optimizer step."""
+    l1: float = 0.0
+    """L1 penalty on weights (not biases/norms), added to the loss."""
+    label_smoothing: float = 0.0
+    checkpoint_every: int = 0
+    """Write a checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 3
+    early_stopping: int = 0
+    """Stop after N evaluations without improving ``monitor`` (0 disables)."""
+    monitor: str = "val_acc"
+    """Validation metric for early stopping and best-model selection."""
+    monitor_mode: Literal["max", "min"] = "max"
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms(True) (slower on some ops)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensorboard: bool = False
+    """Also log scalars to TensorBoard (needs the tensorboard extra)."""
+    threads: int = 0
+    """torch CPU threads (0: leave PyTorch's default)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
+            raise ValueError("set train.steps or train.epochs to a positive number")
+        if self.accumulate < 1:
+            raise ValueError("accumulate must be >= 1")
+
+
+@dataclass
+class ExpectConfig:
+    """The published target this recipe reproduces."""
+
+    metric: str
+    value: float
+    source: str
+    """Paper + table, or repository + file, the target comes from."""
+    compare: Literal["approx", "min", "max"] = "approx"
+    """approx: |achieved - value| <= tolerance; min: achieved >= value; max: achieved <= value."""
+    tolerance: float = 0.0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds that ``archlab reproduce`` averages over."""
+
+    def met(self, achieved: float) -> bool:
+        if self.compare == "approx":
+            return abs(achieved - self.value) <= self.tolerance + 1e-12
+        if self.compare == "min":
+            return achieved >= self.value
+        return achieved <= self.value
+
+    def describe(self) -> str:
+        if self.compare == "approx":
+            return f"{self.value:g} ± {self.tolerance:g}"
+        return f"{'≥' if self.compare == 'min' else '≤'} {self.value:g}"
+
+
+@dataclass
+class Recipe:
+    model: dict[str, Any]
+    data: DataConfig
+    train: TrainConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    expect: ExpectConfig | None = None
+    name: str = "run"
+    """Short name (defaults to the file stem); names the run directory."""
+    description: str = ""
+    seed: int = 0
+
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return _config.to_dict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+_SECTIONS = ("model", "data", "optim", "train", "expect")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=v`` -> (["a", "b"], v), v parsed as a TOML value (bare words are strings)."""
+    if "=" not in item:
+        raise ArchlabError(f"malformed --set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.01")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise ArchlabError(f"malformed --set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.01")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        if not raw.strip() or any(c in raw for c in "[]{}\"'="):
+            raise ArchlabError(f"malformed --set {item!r}: {raw.strip()!r} is not a TOML value") from None
+        value = raw.strip()
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ArchlabError(f"--set {item!r}: {p} is not a table")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
+    """Validate a raw recipe dict (model and dataset keys included)."""
+    from .data import dataset_names
+    from .registry import build_config, get
+
+    raw = dict(raw)
+    for key in ("model", "data", "train"):
+        if key not in raw:
+            raise ArchlabError(f"recipe has no [{key}] table; required tables: model, data, train")
+    allowed = set(_SECTIONS) | {"name", "description", "seed"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ArchlabError(f"unknown key {unknown[0]} in recipe; allowed keys: {', '.join(sorted(allowed))}")
+    model = raw["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ArchlabError("model.name: required string naming a registered model (see `archlab list`)")
+    get(model["name"])  # unknown model -> one-line error listing the registered ones
+    build_config(model["name"], {k: v for k, v in model.items() if k != "name"})
+    raw.setdefault("name", default_name)
+    recipe = _config.build(Recipe, raw)
+    if recipe.data.name not in dataset_names():
+        raise ArchlabError(f"data.name: unknown dataset {recipe.data.name!r}; datasets: {', '.join(dataset_names())}")
+    from .train import loop_names
+
+    if recipe.train.loop not in loop_names():
+        raise ArchlabError(f"train.loop: unknown loop {recipe.train.loop!r}; loops: {', '.join(loop_names())}")
+    return recipe
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchlabError(f"recipe file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ArchlabError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ArchlabError(f"{path}: not a text file") from None
+    return from_dict(apply_overrides(raw, overrides or []), default_name=path.stem)

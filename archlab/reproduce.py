@@ -1,0 +1,176 @@
+"""``archlab reproduce``: run recipes over seeds, aggregate mean ± std, compare to published targets.
+
+Each (recipe, seed) trains in its own subprocess (``archlab train``), ``jobs`` at a time with the CPU
+threads split between them, so small models use both cores without fighting over them. The report
+(markdown + JSON + plot) lands in the output folder; the exit code says whether every target was met.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from . import recipe as recipe_mod
+from .errors import ArchlabError
+
+EMBEDDED_DATASETS = {"digits", "mnist1d"}
+
+
+def recipes_root() -> Path:
+    """``$ARCHLAB_RECIPES``, else the ``recipes/`` folder of the source checkout."""
+    env = os.environ.get("ARCHLAB_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
+
+
+def all_recipes() -> list[Path]:
+    root = recipes_root()
+    return sorted(root.glob("*/*.toml")) if root.is_dir() else []
+
+
+def select(suite: list[str]) -> list[Path]:
+    """Recipe files for ``quick`` | ``full`` | a family name | recipe paths or names."""
+    available = all_recipes()
+    families = sorted({p.parent.name for p in available})
+    chosen: list[Path] = []
+    for item in suite:
+        if item == "full":
+            chosen += available
+        elif item == "quick":
+            chosen += [p for p in available if recipe_mod.load(p).data.name in EMBEDDED_DATASETS]
+        elif item in families:
+            chosen += [p for p in available if p.parent.name == item]
+        elif Path(item).is_file():
+            chosen.append(Path(item))
+        elif any(p.stem == item for p in available):
+            chosen += [p for p in available if p.stem == item]
+        else:
+            names = ", ".join(p.stem for p in available)
+            raise ArchlabError(f"unknown suite or recipe {item!r}; suites: quick, full, {', '.join(families)}; "
+                               f"recipes: {names}")
+    seen: set[Path] = set()
+    return [p for p in chosen if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _run_one(path: Path, seed: int, out: Path, threads: int, extra: list[str]) -> dict[str, Any]:
+    run_dir = out / "runs" / f"{path.stem}-s{seed}"
+    cmd = [sys.executable, "-m", "archlab", "train", str(path), "--seed", str(seed), "--out", str(run_dir),
+           "--no-progress", "--set", f"train.threads={threads}", *extra]
+    resume = (run_dir / "summary.json").is_file()
+    if not resume:
+        if run_dir.exists():  # an earlier reproduce was cut off: continue that run
+            cmd.append("--resume")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode not in (0, 1):  # 1 = trained but missed its target; that is still a result
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+            return {"recipe": path.stem, "seed": seed, "error": tail[0]}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"recipe": path.stem, "seed": seed, "summary": summary}
+
+
+def aggregate(path: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
+    rec = recipe_mod.load(path)
+    exp = rec.expect
+    if exp is None:
+        raise ArchlabError(f"{path}: recipe has no [expect] table; reproduce needs a target")
+    values = [r["summary"]["metrics"][exp.metric] for r in results if "summary" in r]
+    errors = [r["error"] for r in results if "error" in r]
+    mean = statistics.fmean(values) if values else float("nan")
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    walls = [r["summary"]["wall_s"] for r in results if "summary" in r]
+    return {
+        "recipe": rec.name, "file": str(path), "model": rec.model_name, "dataset": rec.data.name,
+        "metric": exp.metric, "target": exp.value, "compare": exp.compare, "tolerance": exp.tolerance,
+        "expected": exp.describe(), "source": exp.source, "seeds": [r["seed"] for r in results],
+        "values": values, "mean": mean, "std": std,
+        "passed": bool(values) and not errors and exp.met(mean),
+        "wall_s_per_seed": statistics.fmean(walls) if walls else None, "errors": errors,
+    }
+
+
+def markdown(rows: list[dict[str, Any]], machine: str, wall: float) -> str:
+    lines = [
+        "| recipe | model | dataset | metric | target | achieved (mean ± std) | seeds | wall/seed | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        wall_s = f"{r['wall_s_per_seed']:.0f} s" if r["wall_s_per_seed"] is not None else "-"
+        lines.append(
+            f"| {r['recipe']} | {r['model']} | {r['dataset']} | {r['metric']} | {r['expected']} "
+            f"| {r['mean']:.4f} ± {r['std']:.4f} | {len(r['values'])} | {wall_s} "
+            f"| {'pass' if r['passed'] else 'FAIL'} |"
+        )
+    lines += ["", f"Machine: {machine}. Total wall time: {wall:.0f} s.", "", "Sources:"]
+    lines += [f"- {r['recipe']}: {r['source']}" for r in rows]
+    errs = [(r["recipe"], e) for r in rows for e in r["errors"]]
+    if errs:
+        lines += ["", "Errors:"] + [f"- {name}: {e}" for name, e in errs]
+    return "\n".join(lines) + "\n"
+
+
+def machine_description() -> str:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} CPU cores ({cpu}){gpu}, torch {torch.__version__}"
+
+
+def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int | None = None,
+              extra: list[str] | None = None, log: Any = print) -> tuple[list[dict[str, Any]], int]:
+    paths = select(suite)
+    if not paths:
+        raise ArchlabError(f"no recipes found for {' '.join(suite)} under {recipes_root()}")
+    recipes = {p: recipe_mod.load(p) for p in paths}
+    for p, r in recipes.items():
+        if r.expect is None:
+            raise ArchlabError(f"{p}: recipe has no [expect] table; reproduce needs a target")
+    tasks = [(p, s) for p in paths for s in (range(seeds) if seeds else recipes[p].expect.seeds)]
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(jobs or cores, len(tasks)))
+    threads = max(1, cores // jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"reproduce: {len(paths)} recipes, {len(tasks)} runs, {jobs} at a time x {threads} threads -> {out}")
+    t0 = time.perf_counter()
+    # Longest first keeps both workers busy until the end.
+    order = sorted(tasks, key=lambda t: -_cost_hint(recipes[t[0]]))
+    results: dict[tuple[Path, int], dict[str, Any]] = {}
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(_run_one, p, s, out, threads, extra or []): (p, s) for p, s in order}
+        for done, fut in enumerate(as_completed(futures), 1):
+            p, s = futures[fut]
+            res = fut.result()
+            results[(p, s)] = res
+            if "error" in res:
+                log(f"  [{done}/{len(tasks)}] {p.stem} seed {s}: ERROR {res['error']}")
+            else:
+                sm = res["summary"]
+                m = recipes[p].expect.metric
+                log(f"  [{done}/{len(tasks)}] {p.stem} seed {s}: {m}={sm['metrics'][m]:.4f} ({sm['wall_s']:.0f} s)")
+    wall = time.perf_counter() - t0
+    rows = [aggregate(p, [results[(p, s)] for q, s in tasks if q == p]) for p in paths]
+    machine = machine_description()
+    report = markdown(rows, machine, wall)
+    (out / "report.md").write_text(report)
+    (out / "report.json").write_text(json.dumps({"machine": machine, "wall_s": wall, "rows": rows}, indent=2) + "\n")
+    from .plots import plot_reproduction
+
+    plot_reproduction(rows, out / "report.png")
+    log("")
+    log(report)
+    log(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
+    return rows, 0 if all(r["passed"] for r in rows) else 1
+
+
+def _cost_hint(rec: recipe_mod.Recipe) -> float:
+    """Rough relative cost, to schedule long runs first."""
+    weights = {"gru": 8.0, "lstm": 8.0, "rnn": 4.0, "cnn1d": 2.0, "resnet20": 50.0, "lenet5": 5.0}
+    return weights.get(rec.model_name, 1.0) * (rec.train.steps or rec.train.epochs * 100)

@@ -1,0 +1,158 @@
+"""Supervised classification: minibatch SGD-family training on an in-memory dataset.
+
+One step = ``accumulate`` micro-batches -> one optimizer update:
+
+    loss = CE(f(x), y; label_smoothing) + l1 * sum|W|          (per micro-batch, averaged)
+    g    = mean over workers of grad(loss)                      (``--nproc``: one all-reduce)
+    W   <- optimizer(W, clip(g)),  lr <- schedule(step)
+
+Batches come from :class:`BatchStream`: a seeded permutation per epoch, drop-last, with its
+position in the checkpoint so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import Dataset, Split, make_transform
+from ..engine.distributed import average_gradients
+from ..engine.optim import build_optimizer, build_scheduler, l1_penalty
+from ..errors import ArchlabError
+from ..models.base import ArchModel
+from ..recipe import Recipe
+from . import Context
+
+
+class BatchStream:
+    """Global batches of indices, reshuffled every epoch from a private generator (drop-last).
+
+    Every worker draws the same global order; ``--nproc`` workers then take disjoint slices.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if batch_size > n:
+            raise ArchlabError(f"data.batch_size {batch_size} is larger than the training split ({n} examples)")
+        self.n = n
+        self.batch_size = batch_size
+        self.per_epoch = n // batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.pos = self.per_epoch  # forces a fresh permutation on the first call
+        self.perm = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> torch.Tensor:
+        if self.pos >= self.per_epoch:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+            self.epoch += 1
+        b = self.batch_size
+        idx = self.perm[self.pos * b:(self.pos + 1) * b]
+        self.pos += 1
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "epoch": self.epoch, "pos": self.pos, "perm": self.perm}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.epoch, self.pos, self.perm = state["epoch"], state["pos"], state["perm"]
+
+
+def total_steps(recipe: Recipe, n_train: int) -> tuple[int, int]:
+    """(optimizer steps of the run, steps per epoch)."""
+    per_epoch = max(1, n_train // (recipe.data.batch_size * recipe.train.accumulate))
+    steps = recipe.train.steps or max(1, round(recipe.train.epochs * per_epoch))
+    return steps, per_epoch
+
+
+class Supervised:
+    """Classification loop implementing the driver's Paradigm interface."""
+
+    def __init__(self, recipe: Recipe, model: ArchModel, data: Dataset, ctx: Context) -> None:
+        tc, dc = recipe.train, recipe.data
+        self.recipe, self.model, self.data, self.ctx = recipe, model.to(ctx.device), data, ctx
+        world = ctx.dist.world_size
+        if dc.batch_size % world:
+            raise ArchlabError(f"data.batch_size {dc.batch_size} must be divisible by --nproc {world}")
+        self.train_x = data.train.x.to(ctx.device)
+        self.train_y = data.train.y.to(ctx.device)
+        self.stream = BatchStream(len(data.train), dc.batch_size, seed=ctx.seed)
+        self.aug_gen = torch.Generator().manual_seed(ctx.seed + 1)
+        self.augment = make_transform(dc.augment) if dc.augment else None
+        self.total_steps, per_epoch = total_steps(recipe, len(data.train))
+        has_val = len(data.val) > 0
+        self.eval_every = (tc.eval_every or per_epoch) if has_val else 0
+        self.optimizer = build_optimizer(model, recipe.optim)
+        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
+        self.forward = torch.compile(self.model) if tc.compile else self.model
+
+    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.stream.next().to(self.ctx.device)
+        x, y = self.train_x[idx], self.train_y[idx]
+        if self.augment is not None:
+            x = self.augment(x, self.aug_gen)  # on the global batch, so workers agree with one process
+        d = self.ctx.dist
+        if d.enabled:
+            b = len(idx) // d.world_size
+            x, y = x[d.rank * b:(d.rank + 1) * b], y[d.rank * b:(d.rank + 1) * b]
+        return x, y
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        tc = self.recipe.train
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.ctx.device)
+        for _ in range(tc.accumulate):
+            x, y = self._micro_batch()
+            with self.ctx.precision.autocast():
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+            if tc.l1:
+                loss = loss + tc.l1 * l1_penalty(self.model.parameters())
+            loss = loss / tc.accumulate
+            self.ctx.precision.backward(loss)
+            total += loss.detach()
+        average_gradients(self.model, self.ctx.dist)
+        self.ctx.precision.unscale(self.optimizer)
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.ctx.precision.step(self.optimizer)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return {"loss": total, "lr": lr}
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        part: Split = getattr(self.data, split)
+        if len(part) == 0:
+            return {}
+        self.model.eval()
+        correct, loss_sum = 0, 0.0
+        bs = self.recipe.data.eval_batch_size
+        for i in range(0, len(part), bs):
+            x = part.x[i:i + bs].to(self.ctx.device)
+            y = part.y[i:i + bs].to(self.ctx.device)
+            with self.ctx.precision.autocast():
+                logits = self.forward(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+        return {f"{split}_acc": correct / len(part), f"{split}_loss": loss_sum / len(part)}
+
+    def final_metrics(self) -> dict[str, float]:
+        return {**self.evaluate("val"), **self.evaluate("test")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
+                "aug_gen": self.aug_gen.get_state(), "precision": self.ctx.precision.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stream.load_state_dict(state["stream"])
+        self.aug_gen.set_state(state["aug_gen"])
+        self.ctx.precision.load_state_dict(state["precision"])
