@@ -68,7 +68,13 @@ def _load_factory(spec_path: Path, target: str) -> Callable[..., Callable[[], An
 
 
 def _missing(modules: list[str]) -> list[str]:
-    return [m for m in modules if importlib.util.find_spec(m) is None]
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except ModuleNotFoundError:  # "pkg.sub" whose parent package is missing
+            return True
+
+    return [m for m in modules if absent(m)]
 
 
 def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None,
@@ -81,12 +87,21 @@ def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None
     for key in ("name", "ours", "peer"):
         if key not in cfg:
             raise ArchlabError(f"{path}: missing key {key!r}; a spec needs name, ours, peer")
+    for key in ("ours", "peer"):
+        side = cfg[key]
+        if not isinstance(side, dict) or not isinstance(side.get("target"), str):
+            raise ArchlabError(f"{path}: [{key}] must be a table with target = \"file.py:factory\"")
+        requires = side.get("requires", [])
+        if not isinstance(requires, list) or not all(isinstance(m, str) for m in requires):
+            raise ArchlabError(f"{path}: {key}.requires must be a list of module names, got {requires!r}")
     missing = _missing(cfg["peer"].get("requires", []) + cfg["ours"].get("requires", []))
     if missing:
         raise ArchlabError(f"bench {cfg['name']}: skipped, missing peer package(s): {', '.join(missing)}")
     params = cfg.get("params", {})
     warmup = int(cfg.get("warmup", 2))
-    repeats = int(repeats or cfg.get("repeats", 9))
+    repeats = int(cfg.get("repeats", 9) if repeats is None else repeats)
+    if repeats < 1 or warmup < 0:
+        raise ArchlabError(f"{path}: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     sides = {k: _load_factory(path, cfg[k]["target"])(**params) for k in ("ours", "peer")}
     log(f"bench {cfg['name']}: warm-up {warmup}, then {repeats} interleaved repeats")
     for _ in range(warmup):

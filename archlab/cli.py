@@ -116,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
     out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise ArchlabError(f"--out {out} is a file, not a directory")
     if args.resume:
         out = out or _newest_run(recipe.name)
         if not (out / RECIPE).is_file():
@@ -150,6 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{summary['wall_s']:.1f} s, {summary['status']}]")
     if summary["expect"]:
         e = summary["expect"]
+        if summary["achieved"] is None:  # summary.json says passed: false; the recipe names a metric nobody reports
+            raise ArchlabError(f"expect.metric: {e['metric']!r} is not a metric of this run; "
+                               f"metrics: {', '.join(summary['metrics'])}")
         verdict = "met" if summary["passed"] else "NOT met"
         print(f"expect {e['metric']} {recipe.expect.describe()} ({e['source']}): {verdict} "
               f"(achieved {summary['achieved']:.4f}; one seed — `archlab reproduce` averages {len(e['seeds'])})")

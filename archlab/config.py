@@ -49,6 +49,9 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        present = [o for o in options if o is not type(None)]
+        if len(present) == 1:  # Optional[X]: X's own error names the offending key, not the whole table
+            return coerce(value, present[0], path)
         for option in options:
             if option is type(None):
                 continue

@@ -10,6 +10,7 @@ overrides are parsed as TOML values and go through the same validation.
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,17 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)
     """step schedule: if given, decay by ``gamma`` at these steps instead of every ``step_size``."""
 
+    def __post_init__(self) -> None:
+        # `not x >= 0` also rejects NaN, which torch's optimizers would report with a traceback.
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.eps > 0 or not self.weight_decay >= 0 or not self.momentum >= 0:
+            raise ValueError("eps must be > 0, weight_decay and momentum >= 0")
+        if self.step_size < 1 or self.warmup_steps < 0:
+            raise ValueError("step_size must be >= 1 and warmup_steps >= 0")
+
 
 @dataclass
 class TrainConfig:
@@ -118,8 +130,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
             raise ValueError("set train.steps or train.epochs to a positive number")
+        if not math.isfinite(self.epochs):
+            raise ValueError(f"epochs must be finite, got {self.epochs}")
         if self.accumulate < 1:
             raise ValueError("accumulate must be >= 1")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        for key in ("eval_every", "checkpoint_every", "early_stopping", "threads"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.grad_clip >= 0 or not self.l1 >= 0:
+            raise ValueError("grad_clip and l1 must be >= 0")
 
 
 @dataclass
@@ -135,6 +158,12 @@ class ExpectConfig:
     tolerance: float = 0.0
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds that ``archlab reproduce`` averages over."""
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        if not self.tolerance >= 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
 
     def met(self, achieved: float) -> bool:
         if self.compare == "approx":
@@ -160,6 +189,11 @@ class Recipe:
     """Short name (defaults to the file stem); names the run directory."""
     description: str = ""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The name becomes part of a path (runs/<name>-s<seed>-<time>): no separators, no "..".
+        if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
+            raise ValueError(f"name {self.name!r} must be a plain file name (no '/' or '\\')")
 
     @property
     def model_name(self) -> str:
@@ -212,7 +246,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     """Validate a raw recipe dict (model and dataset keys included)."""
-    from .data import dataset_names
+    from .data import dataset_names, make_transform
+    from .data.registry import get_entry
     from .registry import build_config, get
 
     raw = dict(raw)
@@ -226,12 +261,21 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     model = raw["model"]
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise ArchlabError("model.name: required string naming a registered model (see `archlab list`)")
-    get(model["name"])  # unknown model -> one-line error listing the registered ones
+    try:
+        get(model["name"])  # unknown model -> one-line error listing the registered ones
+    except ArchlabError as exc:
+        raise ArchlabError(f"model.name: {exc}") from None
     build_config(model["name"], {k: v for k, v in model.items() if k != "name"})
     raw.setdefault("name", default_name)
     recipe = _config.build(Recipe, raw)
     if recipe.data.name not in dataset_names():
         raise ArchlabError(f"data.name: unknown dataset {recipe.data.name!r}; datasets: {', '.join(dataset_names())}")
+    # The dataset's own keys and the augment specs fail here too, not after the run has started.
+    _config.build(get_entry(recipe.data.name).config_class, recipe.data.options, "data.options")
+    try:
+        make_transform(recipe.data.augment)
+    except ArchlabError as exc:
+        raise ArchlabError(f"data.augment: {exc}") from None
     from .train import loop_names
 
     if recipe.train.loop not in loop_names():

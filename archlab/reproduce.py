@@ -67,7 +67,8 @@ def _run_one(path: Path, seed: int, out: Path, threads: int, extra: list[str]) -
         if run_dir.exists():  # an earlier reproduce was cut off: continue that run
             cmd.append("--resume")
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode not in (0, 1):  # 1 = trained but missed its target; that is still a result
+        # Exit 1 without a summary (e.g. a NaN loss stopped training) is an error like any other.
+        if proc.returncode not in (0, 1) or not (run_dir / "summary.json").is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
             return {"recipe": path.stem, "seed": seed, "error": tail[0]}
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -126,6 +127,10 @@ def machine_description() -> str:
 
 def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int | None = None,
               extra: list[str] | None = None, log: Any = print) -> tuple[list[dict[str, Any]], int]:
+    if seeds is not None and seeds < 1:
+        raise ArchlabError(f"--seeds must be >= 1, got {seeds}")
+    if jobs is not None and jobs < 1:
+        raise ArchlabError(f"--jobs must be >= 1, got {jobs}")
     paths = select(suite)
     if not paths:
         raise ArchlabError(f"no recipes found for {' '.join(suite)} under {recipes_root()}")

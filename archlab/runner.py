@@ -13,6 +13,7 @@ Run directory contract (other tools rely on it)::
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -77,15 +78,19 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if tc.threads:
         torch.set_num_threads(tc.threads)
     precision = Precision(tc.precision, dev)
-    dist = dist_init(dev.type)
     run_dir = Path(out) if out is not None else default_run_dir(recipe, seed)
     if resume:
         if not is_run_dir(run_dir):
             raise ArchlabError(f"--resume: {run_dir} is not a run directory (no {RECIPE})")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ArchlabError(f"run directory {run_dir} exists and is not empty; use --resume or another --out")
+    # Join workers only after checking: rank 0 cannot pass the rendezvous (and create run_dir) before
+    # every rank has looked at run_dir, so no rank mistakes rank 0's fresh files for an old run.
+    dist = dist_init(dev.type)
 
     # Everything that can fail on user input happens before the run directory is created.
+    if tc.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ArchlabError("train.tensorboard needs the tensorboard package: pip install tensorboard")
     seed_everything(seed, tc.deterministic)
     data = load_dataset(recipe.data.name, recipe.data.options, recipe.data.val_fraction, recipe.data.split_seed)
     model = create(recipe.model_name, **recipe.model_config)

@@ -65,7 +65,11 @@ def _fsync_dir(folder: Path) -> None:
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Replace every tensor in ``obj`` by a reference, collecting tensors under path-like keys."""
     if isinstance(obj, torch.Tensor):
-        key = prefix or "root"
+        key = base = prefix or "root"
+        n = 0
+        while key in tensors:  # a "/" inside a dict key can spell another tensor's path
+            n += 1
+            key = f"{base}#{n}"
         tensors[key] = obj.detach().cpu().contiguous()
         return {_TENSOR: key}
     if isinstance(obj, dict):
@@ -96,8 +100,9 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+def _digest(tensors: dict[str, torch.Tensor], skeleton_json: str) -> str:
+    """sha256 over the JSON part (step, hyperparameters ...) and every tensor's name, dtype, shape, bytes."""
+    h = hashlib.sha256(skeleton_json.encode())
     for key in sorted(tensors):
         t = tensors[key]
         h.update(key.encode())
@@ -110,6 +115,15 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                         metadata: dict | None = None) -> None:
     """safetensors file written atomically (used for final model weights)."""
+    # safetensors refuses tensors that share storage (tied weights, views): give the later ones a copy.
+    seen: set[int] = set()
+    tensors = dict(tensors)
+    for key, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            tensors[key] = t.clone()
+        elif ptr:
+            seen.add(ptr)
     atomic_write_bytes(path, _st_save(tensors, metadata=metadata))
 
 
@@ -117,7 +131,8 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Save a nested state (tensors + JSON-able leaves) to one verified safetensors file, atomically."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
-    metadata = {_STATE_KEY: json.dumps(skeleton), _DIGEST_KEY: _digest(tensors)}
+    skeleton_json = json.dumps(skeleton)
+    metadata = {_STATE_KEY: skeleton_json, _DIGEST_KEY: _digest(tensors, skeleton_json)}
     save_tensors_atomic(tensors, path, metadata)
 
 
@@ -132,7 +147,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable ({exc})") from None
     if _STATE_KEY not in metadata or _DIGEST_KEY not in metadata:
         raise CheckpointError(f"{path}: not an archlab checkpoint")
-    if _digest(tensors) != metadata[_DIGEST_KEY]:
+    if _digest(tensors, metadata[_STATE_KEY]) != metadata[_DIGEST_KEY]:
         raise CheckpointError(f"{path}: checksum mismatch (corrupted)")
     return _unflatten(json.loads(metadata[_STATE_KEY]), tensors)
 
@@ -161,6 +176,9 @@ class CheckpointManager:
         save_state(state, path)
         for old in self.steps()[: -self.keep]:
             self.path_for(old).unlink(missing_ok=True)
+        # Temp files of writes killed mid-way (SIGKILL, power loss) are never loaded; reclaim the space.
+        for stale in self.folder.glob(".step-*.tmp"):
+            stale.unlink(missing_ok=True)
         return path
 
     def load_latest(self, warn: Any = None) -> tuple[int, dict[str, Any]] | None:

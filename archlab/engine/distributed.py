@@ -69,6 +69,14 @@ def average_gradients(model: nn.Module, info: DistInfo) -> None:
         offset += n
 
 
+def mean_across_workers(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average ``t`` over all workers in place (e.g. a loss, so every rank logs the global-batch value)."""
+    if info.enabled:
+        dist.all_reduce(t)
+        t /= info.world_size
+    return t
+
+
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device | str = "cpu") -> bool:
     """Rank 0's decision, on every rank (used for Ctrl-C so all workers stop at the same step)."""
     if not info.enabled:

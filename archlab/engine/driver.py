@@ -96,11 +96,14 @@ class Driver:
         self.device = device or torch.device("cpu")
         self.early = EarlyStopping(cfg.early_stopping, cfg.monitor_mode)
         self._stop_requested = False
+        # Train loss is logged as the mean over each logging interval (part of the checkpoint, so a
+        # resumed run logs exactly what an uninterrupted one would).
+        self._loss_sum, self._loss_n = 0.0, 0
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _state(self, step: int) -> dict[str, Any]:
         return {"step": step, "paradigm": self.p.state_dict(), "rng": rng_state(),
-                "early": self.early.state_dict()}
+                "early": self.early.state_dict(), "loss_window": [self._loss_sum, self._loss_n]}
 
     def save(self, step: int) -> str | None:
         if self.ckpt is None or not self.dist.is_main:
@@ -113,11 +116,15 @@ class Driver:
             return 0
         found = self.ckpt.load_latest(warn=warn)
         if found is None:
+            # Starting over: records of an attempt that died before its first checkpoint must go too.
+            if self.metrics is not None and self.dist.is_main:
+                self.metrics.truncate_after(0)
             return 0
         step, state = found
         self.p.load_state_dict(state["paradigm"])
         set_rng_state(state["rng"])
         self.early.load_state_dict(state["early"])
+        self._loss_sum, self._loss_n = state["loss_window"]
         if self.metrics is not None and self.dist.is_main:
             self.metrics.truncate_after(step)
         return step
@@ -148,8 +155,12 @@ class Driver:
                 if not math.isfinite(loss):
                     raise NonFiniteLoss(f"loss is {loss} at step {step + 1}; the last good checkpoint is kept")
                 step += 1
+                self._loss_sum += loss
+                self._loss_n += 1
                 if step % self.cfg.log_every == 0 or step == total:
                     logged = {k: _scalar(v) for k, v in out.items()}
+                    logged["loss"] = self._loss_sum / self._loss_n
+                    self._loss_sum, self._loss_n = 0.0, 0
                     if self.metrics is not None and self.dist.is_main:
                         self.metrics.log(step, "train", **logged)
                     progress.update(step, **{k: v for k, v in logged.items() if k == "loss"})

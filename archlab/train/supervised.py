@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, Split, make_transform
-from ..engine.distributed import average_gradients
+from ..engine.distributed import average_gradients, mean_across_workers
 from ..engine.optim import build_optimizer, build_scheduler, l1_penalty
 from ..errors import ArchlabError
 from ..models.base import ArchModel
@@ -116,6 +116,9 @@ class Supervised:
             self.ctx.precision.backward(loss)
             total += loss.detach()
         average_gradients(self.model, self.ctx.dist)
+        # Each rank's loss covers its slice only; the global-batch loss is what one process would log
+        # and NaN-check, and every rank then sees the same value (they stop at the same step).
+        mean_across_workers(total, self.ctx.dist)
         self.ctx.precision.unscale(self.optimizer)
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
