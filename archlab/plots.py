@@ -33,37 +33,30 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         pts = [(r["step"], r[key]) for r in records if r["split"] == split and isinstance(r.get(key), (int, float))]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for split, key, label in (("train", "loss", "train loss"), ("val", "val_loss", "val loss")):
-        xs, ys = series(split, key)
-        if xs:
-            ax.plot(xs, ys, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(run_dir.name)
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=100)
-    plt.close(fig)
-    written.append(out / "loss.png")
-
-    metric_keys = sorted({k for r in records if r["split"] == "val" for k in r if k.endswith("_acc")})
-    if metric_keys:
+    def figure(name: str, ylabel: str, lines: list[tuple[str, str, str]], log_y: bool, marker: str) -> None:
+        drawn = [(series(split, key), label) for split, key, label in lines]
+        if not any(xs for (xs, _), _ in drawn):
+            return
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key in metric_keys:
-            xs, ys = series("val", key)
-            ax.plot(xs, ys, marker=".", label=key)
+        for (xs, ys), label in drawn:
+            if xs:
+                ax.plot(xs, ys, marker=marker, label=label)
         ax.set_xlabel("step")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(run_dir.name)
         fig.tight_layout()
-        fig.savefig(out / "metrics.png", dpi=100)
+        fig.savefig(out / name, dpi=100)
         plt.close(fig)
-        written.append(out / "metrics.png")
+        written.append(out / name)
+
+    figure("loss.png", "cross-entropy", [("train", "loss", "train loss"), ("val", "val_loss", "val loss")],
+           log_y=True, marker="")
+    acc_keys = sorted({k for r in records if r["split"] == "val" for k in r if k.endswith("_acc")})
+    figure("metrics.png", "accuracy", [("val", k, k) for k in acc_keys], log_y=False, marker=".")
     return written
 
 
