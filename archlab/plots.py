@@ -65,12 +65,15 @@ def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike) -> Pa
     plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.5))
+    band_labelled = False
     for i, r in enumerate(rows):
         color = "tab:green" if r["passed"] else "tab:red"
         lo = r["target"] - r["tolerance"] if r["compare"] == "approx" else r["target"]
         hi = r["target"] + r["tolerance"] if r["compare"] == "approx" else r["target"]
         if r["compare"] == "approx":
-            ax.barh(i, hi - lo, left=lo, height=0.5, color="lightgray", label="target band" if i == 0 else None)
+            ax.barh(i, hi - lo, left=lo, height=0.5, color="lightgray",
+                    label=None if band_labelled else "target ± tolerance")
+            band_labelled = True
         ax.plot([r["target"]], [i], marker="|", color="black", markersize=18,
                 label="published target" if i == 0 else None)
         ax.errorbar([r["mean"]], [i], xerr=[r["std"]], fmt="o", color=color, capsize=4,
