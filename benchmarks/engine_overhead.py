@@ -40,7 +40,8 @@ def peer(steps: int) -> Callable[[], None]:
     data = load_dataset("mnist1d", val_fraction=0.0)
     ds = torch.utils.data.TensorDataset(data.train.x, data.train.y)
     loader = torch.utils.data.DataLoader(ds, batch_size=100, shuffle=True, drop_last=True)
-    model = nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+    rec = recipe.load(RECIPE)
+    model = create(rec.model_name, **rec.model_config)  # same network: only the loop differs
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
 
