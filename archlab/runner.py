@@ -13,7 +13,6 @@ Run directory contract (other tools rely on it)::
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ from .engine.device import Precision, resolve_device
 from .engine.distributed import DistInfo
 from .engine.distributed import init as dist_init
 from .engine.driver import Driver, DriverConfig, Interrupted
-from .engine.metrics import MetricsLogger
+from .engine.metrics import MetricsLogger, require_tensorboard
 from .engine.seed import seed_everything
 from .errors import ArchlabError, NonFiniteLoss
 from .models.base import load as load_model
@@ -89,8 +88,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     dist = dist_init(dev.type)
 
     # Everything that can fail on user input happens before the run directory is created.
-    if tc.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ArchlabError("train.tensorboard needs the tensorboard package: pip install tensorboard")
+    if tc.tensorboard:
+        require_tensorboard()
     seed_everything(seed, tc.deterministic)
     data = load_dataset(recipe.data.name, recipe.data.options, recipe.data.val_fraction, recipe.data.split_seed)
     model = create(recipe.model_name, **recipe.model_config)

@@ -17,6 +17,16 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def require_tensorboard() -> None:
+    """Fail with one line when TensorBoard logging is asked for but the package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        from ..errors import ArchlabError
+
+        raise ArchlabError("train.tensorboard needs the tensorboard package: pip install tensorboard")
+
+
 class MetricsLogger:
     """Appends ``{"step": ..., "split": ..., name: value}`` records; flushed per record so a crash loses nothing."""
 
@@ -26,12 +36,9 @@ class MetricsLogger:
         self._fh = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from ..errors import ArchlabError
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
 
-                raise ArchlabError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
             self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
 
     def log(self, step: int, split: str, **values: Any) -> None:
