@@ -42,12 +42,17 @@ class DataConfig:
     """Training-time batch transforms, e.g. ["shift:2"], ["crop:4", "hflip"]."""
     options: dict[str, Any] = field(default_factory=dict)
     """Dataset-specific keys (validated by the dataset), e.g. mnist1d's ``seed``."""
+    fanouts: list[int] = field(default_factory=list)
+    """Graph loops: neighbours sampled per layer for mini-batch training (e.g. [25, 10]); empty: full
+    batch. With fanouts, ``batch_size`` counts target nodes per step."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
+        if any(f < 1 for f in self.fanouts):
+            raise ValueError(f"fanouts must be positive, got {self.fanouts}")
 
 
 @dataclass
@@ -280,6 +285,14 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
 
     if recipe.train.loop not in loop_names():
         raise ArchlabError(f"train.loop: unknown loop {recipe.train.loop!r}; loops: {', '.join(loop_names())}")
+    from .train import get_loop
+
+    wants = getattr(get_loop(recipe.train.loop), "data_kind", "arrays")
+    kind = get_entry(recipe.data.name).kind
+    if kind != wants:
+        fitting = sorted(n for n in dataset_names() if get_entry(n).kind == wants)
+        raise ArchlabError(f"data.name: {recipe.data.name!r} is a {kind} dataset but loop {recipe.train.loop!r} "
+                           f"needs a {wants} dataset ({', '.join(fitting)})")
     return recipe
 
 

@@ -91,10 +91,10 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if tc.tensorboard:
         require_tensorboard()
     seed_everything(seed, tc.deterministic)
-    data = load_dataset(recipe.data.name, recipe.data.options, recipe.data.val_fraction, recipe.data.split_seed)
-    model = create(recipe.model_name, **recipe.model_config)
+    loop_cls = get_loop(tc.loop)
+    data, model = build_data_and_model(loop_cls, recipe)
     ctx = Context(device=dev, precision=precision, dist=dist, seed=seed)
-    paradigm = get_loop(tc.loop)(recipe, model, data, ctx)
+    paradigm = loop_cls(recipe, model, data, ctx)
 
     created = not run_dir.exists()
     if dist.is_main:
@@ -153,6 +153,20 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     return summary
 
 
+def build_data_and_model(loop_cls: type, recipe: Recipe) -> tuple[Any, Any]:
+    """The loop's data and a fresh model. A loop may define ``load_data(recipe)`` (default: the array
+    datasets) and ``model_defaults(recipe, data) -> dict`` (config keys the data decides, such as a
+    graph's feature count; keys the recipe sets win)."""
+    if hasattr(loop_cls, "load_data"):
+        data = loop_cls.load_data(recipe)
+    else:
+        data = load_dataset(recipe.data.name, recipe.data.options, recipe.data.val_fraction, recipe.data.split_seed)
+    overrides = dict(recipe.model_config)
+    if hasattr(loop_cls, "model_defaults"):
+        overrides = {**loop_cls.model_defaults(recipe, data), **overrides}
+    return data, create(recipe.model_name, **overrides)
+
+
 def describe_device(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
@@ -178,8 +192,9 @@ def evaluate(run_dir: str | os.PathLike, device: str = "auto") -> dict[str, floa
     recipe = recipe_mod.load(run_dir / RECIPE)
     dev = resolve_device(device)
     model = load_model(run_dir, map_location=str(dev))
-    data = load_dataset(recipe.data.name, recipe.data.options, recipe.data.val_fraction, recipe.data.split_seed)
+    loop_cls = get_loop(recipe.train.loop)
+    data, _ = build_data_and_model(loop_cls, recipe)
     ctx = Context(device=dev, precision=Precision(recipe.train.precision, dev), dist=DistInfo(), seed=recipe.seed)
     recipe.train.compile = False
-    loop = get_loop(recipe.train.loop)(recipe, model, data, ctx)
+    loop = loop_cls(recipe, model, data, ctx)
     return loop.final_metrics()

@@ -63,18 +63,23 @@ class DatasetEntry:
     config_class: type
     loader: Loader
     num_classes: int
+    kind: str = "arrays"
+    """``arrays``: the loader returns (train, test) :class:`Split`; ``graph``: it returns a
+    :class:`archlab.data.graphs.GraphDataset` (see :func:`archlab.data.graphs.load_graph_dataset`)."""
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, config_class: type, num_classes: int) -> Callable[[Loader], Loader]:
-    """Function decorator: make ``loader(cfg) -> (train, test)`` loadable as ``load_dataset(name)``."""
+def register_dataset(name: str, config_class: type, num_classes: int,
+                     kind: str = "arrays") -> Callable[[Loader], Loader]:
+    """Function decorator: make ``loader(cfg) -> (train, test)`` loadable as ``load_dataset(name)``
+    (``kind="graph"``: ``loader(cfg) -> GraphDataset``, loadable as ``load_graph_dataset(name)``)."""
 
     def deco(loader: Loader) -> Loader:
         if name in _REGISTRY and _REGISTRY[name].loader is not loader:
             raise ValueError(f"dataset name {name!r} is registered twice")
-        _REGISTRY[name] = DatasetEntry(name, config_class, loader, num_classes)
+        _REGISTRY[name] = DatasetEntry(name, config_class, loader, num_classes, kind)
         return loader
 
     return deco
@@ -82,7 +87,7 @@ def register_dataset(name: str, config_class: type, num_classes: int) -> Callabl
 
 def _ensure_loaded() -> None:
     # Importing the dataset modules runs their @register_dataset decorators.
-    from . import digits, mnist, mnist1d  # noqa: F401
+    from . import digits, graphs, mnist, mnist1d  # noqa: F401
 
 
 def dataset_names() -> list[str]:
@@ -145,6 +150,9 @@ def load_dataset(
     does not affect later calls. Unknown names and options raise ArchlabError.
     """
     entry = get_entry(name)
+    if entry.kind != "arrays":
+        raise ArchlabError(f"dataset {name!r} is a graph dataset: train it with a graph loop (train.loop = "
+                           f"\"node\", \"link\" or \"graph\"), or load it with archlab.data.load_graph_dataset")
     cfg = _config.build(entry.config_class, options or {}, "data.options")
     if not 0.0 <= val_fraction < 1.0:
         raise ArchlabError(f"data.val_fraction: must be in [0, 1), got {val_fraction!r}")

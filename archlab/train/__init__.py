@@ -25,6 +25,7 @@ class Context:
 # name -> "module:class"; imported lazily so `archlab list` stays fast.
 _LOOPS = {
     "supervised": "archlab.train.supervised:Supervised",
+    "node": "archlab.train.node:NodeClassification",
 }
 
 

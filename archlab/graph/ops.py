@@ -1,0 +1,215 @@
+"""Graph operations in pure PyTorch: scatter/segment reductions, self loops, degrees, normalization,
+dense and sparse (CSR) adjacency. No compiled extensions.
+
+Every function takes ``edge_index`` in the convention of :mod:`archlab.graph.structure`
+(row 0 = source ``j``, row 1 = target ``i``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Reduce = Literal["sum", "mean", "max", "min"]
+
+# CSR matmul is stable for what archlab uses it for (CSR @ dense, differentiable in the dense side).
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+def scatter(src: Tensor, index: Tensor, dim_size: int, reduce: Reduce = "sum") -> Tensor:
+    """Reduce rows of ``src`` into ``dim_size`` buckets: ``out[k] = reduce_{e : index[e] = k} src[e]``.
+
+    Empty buckets are 0 for every reduction (also for max/min, as in PyG).
+
+    Shapes:
+        src: (E, *D), index: (E,) int64 in [0, dim_size) -> (dim_size, *D)
+    """
+    shape = (dim_size, *src.shape[1:])
+    if reduce == "sum":
+        return src.new_zeros(shape).index_add_(0, index, src)
+    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    if reduce == "mean":
+        out = src.new_zeros(shape).index_add_(0, index, src)
+        count = torch.bincount(index, minlength=dim_size).clamp_(min=1).to(src.dtype)
+        return out / count.view(-1, *([1] * (src.dim() - 1)))
+    if reduce in ("max", "min"):
+        op = "amax" if reduce == "max" else "amin"
+        return src.new_zeros(shape).scatter_reduce_(0, idx, src, reduce=op, include_self=False)
+    raise ValueError(f"unknown reduction {reduce!r}; choose sum, mean, max or min")
+
+
+def segment_softmax(scores: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    """Softmax of ``scores`` over the entries that share an ``index`` (e.g. the edges into one node).
+
+    Shapes:
+        scores: (E, *H), index: (E,) -> (E, *H); entries with the same index sum to 1.
+    """
+    idx = index.view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)
+    shape = (dim_size, *scores.shape[1:])
+    peak = scores.new_full(shape, float("-inf")).scatter_reduce_(0, idx, scores.detach(), "amax", include_self=True)
+    exp = (scores - peak.gather(0, idx)).exp()
+    denom = scores.new_zeros(shape).index_add_(0, index, exp)
+    return exp / denom.gather(0, idx)
+
+
+def degree(index: Tensor, num_nodes: int, weight: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """How often each node occurs in ``index`` (weighted by ``weight`` when given). Shape (num_nodes,)."""
+    if weight is None:
+        return torch.bincount(index, minlength=num_nodes).to(dtype)
+    return torch.zeros(num_nodes, dtype=weight.dtype, device=weight.device).index_add_(0, index, weight)
+
+
+def remove_self_loops(edge_index: Tensor, edge_attr: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    keep = edge_index[0] != edge_index[1]
+    return edge_index[:, keep], (edge_attr[keep] if edge_attr is not None else None)
+
+
+def add_self_loops(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None,
+                   fill_value: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    """Append one loop ``i -> i`` per node (existing loops are kept: call :func:`remove_self_loops` first
+    for exactly one). Loop weights are ``fill_value`` when ``edge_weight`` is given."""
+    loops = torch.arange(num_nodes, device=edge_index.device).repeat(2, 1)
+    out = torch.cat([edge_index, loops], dim=1)
+    if edge_weight is None:
+        return out, None
+    fill = edge_weight.new_full((num_nodes, *edge_weight.shape[1:]), fill_value)
+    return out, torch.cat([edge_weight, fill])
+
+
+def coalesce(edge_index: Tensor, num_nodes: int, edge_attr: Tensor | None = None,
+             reduce: Reduce = "sum") -> tuple[Tensor, Tensor | None]:
+    """Sort edges by (target, source) and merge duplicates (their ``edge_attr`` reduced by ``reduce``)."""
+    key = edge_index[1] * num_nodes + edge_index[0]
+    unique, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    out = torch.stack([unique % num_nodes, unique // num_nodes])
+    if edge_attr is None:
+        return out, None
+    return out, scatter(edge_attr, inverse, len(unique), reduce)
+
+
+def to_undirected(edge_index: Tensor, num_nodes: int) -> Tensor:
+    """Add every missing reverse edge; duplicates removed, sorted as by :func:`coalesce`."""
+    both = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+    return coalesce(both, num_nodes)[0]
+
+
+def is_undirected(edge_index: Tensor, num_nodes: int) -> bool:
+    a = coalesce(edge_index, num_nodes)[0]
+    b = coalesce(edge_index.flip(0), num_nodes)[0]
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def gcn_norm(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None,
+             add_loops: bool = True) -> tuple[Tensor, Tensor]:
+    """Symmetric normalization of Kipf & Welling (2017): ``Â = D̃^-1/2 (A + I) D̃^-1/2``.
+
+    Returns ``(edge_index, w)`` with ``w[e] = 1 / sqrt(deg(j) deg(i))`` for edge ``e = j -> i``,
+    degrees counted on the target side after adding the self loops (each node gets exactly one).
+    """
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.shape[1], device=edge_index.device)
+    if add_loops:
+        edge_index, edge_weight = remove_self_loops(edge_index, edge_weight)
+        edge_index, edge_weight = add_self_loops(edge_index, num_nodes, edge_weight, 1.0)
+    deg = degree(edge_index[1], num_nodes, edge_weight)
+    inv_sqrt = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
+    return edge_index, inv_sqrt[edge_index[0]] * edge_weight * inv_sqrt[edge_index[1]]
+
+
+def to_dense_adj(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None) -> Tensor:
+    """Dense ``(N, N)`` matrix ``A[i, j] = sum of the weights of edges j -> i`` (target row, source column),
+    so ``A @ X`` aggregates source features into targets."""
+    w = edge_weight if edge_weight is not None else torch.ones(edge_index.shape[1], device=edge_index.device)
+    adj = torch.zeros(num_nodes * num_nodes, dtype=w.dtype, device=w.device)
+    adj.index_add_(0, edge_index[1] * num_nodes + edge_index[0], w)
+    return adj.view(num_nodes, num_nodes)
+
+
+def to_csr(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None,
+           num_cols: int | None = None) -> Tensor:
+    """Sparse CSR ``(N, num_cols)`` with the layout of :func:`to_dense_adj` (duplicates summed).
+
+    ``num_cols`` (default ``num_nodes``) lets bipartite blocks (sampled mini-batches) have fewer
+    target rows than source columns: row = target, column = source.
+    """
+    cols = num_nodes if num_cols is None else num_cols
+    w = edge_weight if edge_weight is not None else torch.ones(edge_index.shape[1], device=edge_index.device)
+    key = edge_index[1] * cols + edge_index[0]
+    unique, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    values = torch.zeros(len(unique), dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
+    rows, col = unique // cols, unique % cols
+    crow = torch.zeros(num_nodes + 1, dtype=torch.long, device=w.device)
+    crow[1:] = torch.bincount(rows, minlength=num_nodes).cumsum(0)
+    return torch.sparse_csr_tensor(crow, col, values, (num_nodes, cols), check_invariants=False)
+
+
+def spmm(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` for a sparse CSR (or dense) ``adj``; differentiable in ``x`` (and in the values of a
+    dense ``adj``)."""
+    return adj @ x
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` for a dense or sparse CSR ``x`` (bag-of-words node features stay sparse).
+
+    Shapes: x: (N, F_in) dense or CSR, weight: (F_out, F_in) -> (N, F_out)
+    """
+    out = torch.sparse.mm(x, weight.t()) if x.layout == torch.sparse_csr else x @ weight.t()
+    return out if bias is None else out + bias
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout for dense or sparse CSR tensors (see :func:`sparse_dropout`)."""
+    if x.layout == torch.sparse_csr:
+        return sparse_dropout(x, p, training)
+    return torch.nn.functional.dropout(x, p, training)
+
+
+def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout of a sparse CSR tensor's stored values (zeros stay zero, so this is the same function as
+    dense dropout on the densified tensor, at the cost of the non-zeros only)."""
+    if not training or p == 0.0:
+        return x
+    values = torch.nn.functional.dropout(x.values(), p, True)
+    return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape, check_invariants=False)
+
+
+def laplacian_eigenvectors(edge_index: Tensor, num_nodes: int, k: int) -> Tensor:
+    """The ``k`` eigenvectors of the normalized Laplacian ``I - D^-1/2 A D^-1/2`` with the smallest
+    non-trivial eigenvalues (dense eigendecomposition: fine for small graphs). Shape (N, k); columns
+    beyond N - 1 are zero. Signs are arbitrary (flip them at random during training)."""
+    ei, w = gcn_norm(edge_index, num_nodes, add_loops=False)
+    lap = torch.eye(num_nodes) - to_dense_adj(ei.cpu(), num_nodes, w.cpu()).double()
+    _, vecs = torch.linalg.eigh(lap)
+    out = torch.zeros(num_nodes, k, dtype=torch.float32)
+    take = min(k, num_nodes - 1)
+    out[:, :take] = vecs[:, 1:1 + take].float()
+    return out.to(edge_index.device)
+
+
+def random_walk_pe(edge_index: Tensor, num_nodes: int, k: int) -> Tensor:
+    """Random-walk positional encoding: ``pe[i, t] = (P^(t+1))[i, i]`` for ``t < k``, ``P = D^-1 A``.
+    Shape (N, k). Sparse matmuls, so it scales to large graphs."""
+    deg = degree(edge_index[1], num_nodes)
+    w = 1.0 / deg.clamp(min=1)[edge_index[1]]
+    walk = to_csr(edge_index, num_nodes, w)  # row i: 1/deg(i) on each neighbour
+    cur = walk.to_dense() if num_nodes <= 4096 else None
+    out = []
+    if cur is not None:
+        for _ in range(k):
+            out.append(torch.diagonal(cur))
+            cur = walk @ cur
+        return torch.stack(out, dim=1)
+    # Large graphs: diag(P^t) one node block at a time.
+    pe = torch.zeros(num_nodes, k)
+    for start in range(0, num_nodes, 1024):
+        cols = torch.arange(start, min(start + 1024, num_nodes), device=edge_index.device)
+        block = torch.zeros(num_nodes, len(cols))
+        block[cols, torch.arange(len(cols))] = 1.0
+        for t in range(k):
+            block = walk @ block
+            pe[cols, t] = block[cols, torch.arange(len(cols))]
+    return pe

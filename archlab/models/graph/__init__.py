@@ -1,0 +1,3 @@
+"""Graph neural networks. Importing this package registers every model of the ``graph`` family."""
+
+from . import gcn  # noqa: F401
