@@ -59,7 +59,8 @@ def load_graph_dataset(name: str, options: dict | None = None) -> GraphDataset:
     """Load graph dataset ``name`` with its ``options`` (validated); returns fresh copies each call."""
     entry = get_entry(name)
     if entry.kind != "graph":
-        raise ArchlabError(f"dataset {name!r} is not a graph dataset; graph datasets: {', '.join(graph_dataset_names())}")
+        names = ", ".join(graph_dataset_names())
+        raise ArchlabError(f"dataset {name!r} is not a graph dataset; graph datasets: {names}")
     cfg = _config.build(entry.config_class, options or {}, "data.options")
     key = (name, str(data_root()), cfg)
     if key not in _CACHE:
