@@ -102,6 +102,52 @@ def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None
     repeats = int(cfg.get("repeats", 9) if repeats is None else repeats)
     if repeats < 1 or warmup < 0:
         raise ArchlabError(f"{path}: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    cases = cfg.get("cases")
+    if cases is None:
+        result = _run_case(path, cfg, params, warmup, repeats, log)
+        result.update({"name": cfg["name"], "description": cfg.get("description", ""), "params": params,
+                       "warmup": warmup, "repeats": repeats, "machine": machine_description(),
+                       "date": time.strftime("%Y-%m-%d")})
+        md = (f"# {cfg['name']}\n\n{result['description']}\n\n| side | median (s) |\n|---|---|\n"
+              f"| {result['ours']['label']} | {result['ours']['median_s']:.4f} |\n"
+              f"| {result['peer']['label']} | {result['peer']['median_s']:.4f} |\n\n"
+              f"peer / ours = **{result['ratio_peer_over_ours']:.2f}x** (median of {repeats} interleaved repeats "
+              f"after {warmup} warm-up; > 1 means archlab is faster). "
+              f"Machine: {result['machine']}, {result['date']}.\n")
+    else:
+        if not isinstance(cases, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                                                  for c in cases):
+            raise ArchlabError(f"{path}: cases must be an array of tables, each with a name")
+        per = cfg.get("per")
+        rows = []
+        for case in cases:
+            case_params = {**params, **case.get("params", {})}
+            log(f"case {case['name']}")
+            row = _run_case(path, {**cfg, **{k: {**cfg[k], **case.get(k, {})} for k in ("ours", "peer")}},
+                            case_params, warmup, repeats, log)
+            row = {"case": case["name"], "params": case_params, **row}
+            if per:
+                row["per"] = per
+                row["ours"]["per_unit_ms"] = 1000 * row["ours"]["median_s"] / case_params[per]
+                row["peer"]["per_unit_ms"] = 1000 * row["peer"]["median_s"] / case_params[per]
+            rows.append(row)
+        result = {"name": cfg["name"], "description": cfg.get("description", ""), "params": params, "cases": rows,
+                  "warmup": warmup, "repeats": repeats, "goal": cfg.get("goal"), "machine": machine_description(),
+                  "date": time.strftime("%Y-%m-%d")}
+        md = _cases_markdown(result, per)
+    out_dir = out_dir or benchmarks_root() / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{cfg['name']}.md").write_text(md)
+    if cases is not None and isinstance(cfg.get("plot"), dict):
+        _plot_cases(result, cfg["plot"], out_dir / f"{cfg['name']}.png")
+    log(md)
+    return result
+
+
+def _run_case(path: Path, cfg: dict[str, Any], params: dict[str, Any], warmup: int, repeats: int,
+              log: Any) -> dict[str, Any]:
+    """Time ``ours`` against ``peer`` with ``params``: warm-up, then interleaved repeats; medians and ratio."""
     sides = {k: _load_factory(path, cfg[k]["target"])(**params) for k in ("ours", "peer")}
     log(f"bench {cfg['name']}: warm-up {warmup}, then {repeats} interleaved repeats")
     for _ in range(warmup):
@@ -114,20 +160,48 @@ def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None
             sides[key]()
             times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {
-        "name": cfg["name"], "description": cfg.get("description", ""), "params": params,
-        "ours": {"label": cfg["ours"].get("label", "ours"), "median_s": med["ours"], "times_s": times["ours"]},
-        "peer": {"label": cfg["peer"].get("label", "peer"), "median_s": med["peer"], "times_s": times["peer"]},
-        "ratio_peer_over_ours": med["peer"] / med["ours"], "warmup": warmup, "repeats": repeats,
-        "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-    }
-    out_dir = out_dir or benchmarks_root() / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = (f"# {cfg['name']}\n\n{result['description']}\n\n| side | median (s) |\n|---|---|\n"
-          f"| {result['ours']['label']} | {med['ours']:.4f} |\n| {result['peer']['label']} | {med['peer']:.4f} |\n\n"
-          f"peer / ours = **{result['ratio_peer_over_ours']:.2f}x** (median of {repeats} interleaved repeats after "
-          f"{warmup} warm-up; > 1 means archlab is faster). Machine: {result['machine']}, {result['date']}.\n")
-    (out_dir / f"{cfg['name']}.md").write_text(md)
-    log(md)
-    return result
+    return {"ours": {"label": cfg["ours"].get("label", "ours"), "median_s": med["ours"], "times_s": times["ours"]},
+            "peer": {"label": cfg["peer"].get("label", "peer"), "median_s": med["peer"], "times_s": times["peer"]},
+            "ratio_peer_over_ours": med["peer"] / med["ours"]}
+
+
+def _cases_markdown(result: dict[str, Any], per: str | None) -> str:
+    unit = f"ms per {per.rstrip('s')}" if per else "median s"
+    lines = [f"# {result['name']}", "", result["description"], "",
+             f"| case | ours ({unit}) | peer ({unit}) | peer / ours |", "|---|---|---|---|"]
+    for row in result["cases"]:
+        key = "per_unit_ms" if per else "median_s"
+        fmt = ".2f" if per else ".4f"
+        lines.append(f"| {row['case']} ({row['ours']['label']} vs {row['peer']['label']}) | "
+                     f"{row['ours'][key]:{fmt}} | {row['peer'][key]:{fmt}} | **{row['ratio_peer_over_ours']:.2f}x** |")
+    goal = f" Goal: {result['goal']}." if result.get("goal") else ""
+    lines += ["", f"Medians of {result['repeats']} interleaved repeats after {result['warmup']} warm-up; "
+              f"peer / ours > 1 means archlab is faster.{goal} Machine: {result['machine']}, {result['date']}.", ""]
+    return "\n".join(lines)
+
+
+def _plot_cases(result: dict[str, Any], plot: dict[str, Any], path: Path) -> None:
+    """Time of both sides against a case parameter (``plot.x``), log-log, with an O(x) guide line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "per_unit_ms" if result["cases"][0].get("per") else "median_s"
+    xs = [row["params"][plot["x"]] for row in result["cases"]]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for side, marker in (("ours", "o"), ("peer", "s")):
+        ys = [row[side][key] for row in result["cases"]]
+        ax.plot(xs, ys, marker=marker, label=result["cases"][0][side]["label"])
+    ours = [row["ours"][key] for row in result["cases"]]
+    ax.plot(xs, [ours[-1] * x / xs[-1] for x in xs], "k:", lw=1, label="linear in x (guide)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(plot.get("xlabel", plot["x"]))
+    ax.set_ylabel(plot.get("ylabel", "ms" if key == "per_unit_ms" else "s"))
+    ax.set_title(plot.get("title", result["name"]))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -291,8 +291,8 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     kind = get_entry(recipe.data.name).kind
     if kind != wants:
         fitting = sorted(n for n in dataset_names() if get_entry(n).kind == wants)
-        raise ArchlabError(f"data.name: {recipe.data.name!r} is a {kind} dataset but loop {recipe.train.loop!r} "
-                           f"needs a {wants} dataset ({', '.join(fitting)})")
+        raise ArchlabError(f"data.name: {recipe.data.name!r} is a dataset of kind {kind!r} but loop "
+                           f"{recipe.train.loop!r} needs kind {wants!r} ({', '.join(fitting)})")
     return recipe
 
 
