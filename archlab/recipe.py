@@ -42,6 +42,14 @@ class DataConfig:
     """Training-time batch transforms, e.g. ["shift:2"], ["crop:4", "hflip"]."""
     options: dict[str, Any] = field(default_factory=dict)
     """Dataset-specific keys (validated by the dataset), e.g. mnist1d's ``seed``."""
+    folds: int = 0
+    """Graph classification: k-fold cross-validation with this many folds (0: no folds; a stratified
+    ``val_fraction`` / ``test_fraction`` split instead)."""
+    fold: int = -1
+    """Which fold is held out for testing; -1: ``seed % folds``, so seeds 0..k-1 together run the whole
+    cross-validation (``archlab reproduce`` with ``expect.seeds = k``)."""
+    test_fraction: float = 0.1
+    """Graph classification without folds: share of the graphs held out for testing."""
     fanouts: list[int] = field(default_factory=list)
     """Graph loops: neighbours sampled per layer for mini-batch training (e.g. [25, 10]); empty: full
     batch. With fanouts, ``batch_size`` counts target nodes per step."""
@@ -51,6 +59,11 @@ class DataConfig:
             raise ValueError("batch sizes must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
+        if self.folds < 0 or self.folds == 1 or (self.folds and self.fold >= self.folds) or self.fold < -1:
+            raise ValueError(f"need folds = 0 or >= 2 and -1 <= fold < folds, got folds={self.folds}, "
+                             f"fold={self.fold}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError("test_fraction must be in [0, 1)")
         if any(f < 1 for f in self.fanouts):
             raise ValueError(f"fanouts must be positive, got {self.fanouts}")
 

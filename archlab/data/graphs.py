@@ -39,6 +39,8 @@ class GraphDataset:
     task: str = "node"
     """``node`` (node classification on ``graphs[0]``) or ``graph`` (graph classification)."""
     info: dict = field(default_factory=dict)
+    num_edge_features: int = 0
+    """Size of ``edge_attr`` (0: the graphs have no edge features)."""
 
     @property
     def graph(self) -> Graph:
@@ -52,7 +54,7 @@ def _copy(ds: GraphDataset) -> GraphDataset:
     def clone(g: Graph) -> Graph:
         return g.replace(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(g).items()})
     return GraphDataset(ds.name, [clone(g) for g in ds.graphs], ds.num_classes, ds.num_features, ds.task,
-                        dict(ds.info))
+                        dict(ds.info), ds.num_edge_features)
 
 
 def load_graph_dataset(name: str, options: dict | None = None) -> GraphDataset:
@@ -130,3 +132,39 @@ def _load_sbm(cfg: SBMConfig) -> GraphDataset:
     train, val, test = planetoid_style_masks(y, cfg.num_classes, cfg.train_per_class, cfg.num_val, gen)
     g = Graph(x=x, edge_index=edge_index, y=y, train_mask=train, val_mask=val, test_mask=test)
     return GraphDataset("sbm", [g], cfg.num_classes, cfg.num_features)
+
+
+@dataclass(frozen=True)
+class GraphSBMConfig:
+    """Many small random graphs; the class of a graph is its density: class ``c`` has expected degree
+    ``2 (c + 1)``. Node features are one-hot degrees (capped), as GIN uses for featureless graphs."""
+
+    num_graphs: int = 200
+    num_classes: int = 2
+    min_nodes: int = 10
+    max_nodes: int = 20
+    max_degree: int = 10
+    """Degrees above this share the last one-hot slot."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_graphs < 2 * self.num_classes or self.num_classes < 2:
+            raise ValueError("need num_classes >= 2 and at least two graphs per class")
+        if not 4 <= self.min_nodes <= self.max_nodes:
+            raise ValueError("need 4 <= min_nodes <= max_nodes")
+
+
+@register_dataset("graph_sbm", GraphSBMConfig, num_classes=0, kind="graph")
+def _load_graph_sbm(cfg: GraphSBMConfig) -> GraphDataset:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    graphs = []
+    for i in range(cfg.num_graphs):
+        c = i % cfg.num_classes
+        n = int(torch.randint(cfg.min_nodes, cfg.max_nodes + 1, (1,), generator=gen))
+        p = min(1.0, 2.0 * (c + 1) / (n - 1))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        edge_index, _ = stochastic_block_model([n], p, 0.0, seed=seed)
+        deg = torch.bincount(edge_index[1], minlength=n).clamp(max=cfg.max_degree)
+        x = torch.nn.functional.one_hot(deg, cfg.max_degree + 1).float()
+        graphs.append(Graph(x=x, edge_index=edge_index, y=torch.tensor([c])))
+    return GraphDataset("graph_sbm", graphs, cfg.num_classes, cfg.max_degree + 1, task="graph")

@@ -26,6 +26,7 @@ class Context:
 _LOOPS = {
     "supervised": "archlab.train.supervised:Supervised",
     "node": "archlab.train.node:NodeClassification",
+    "graph": "archlab.train.graph_level:GraphClassification",
 }
 
 
