@@ -19,6 +19,7 @@ from archlab.engine.metrics import read_metrics
 from archlab.graph import (
     Graph,
     Set2Set,
+    SparseAdj,
     add_self_loops,
     batch_graphs,
     coalesce,
@@ -32,6 +33,7 @@ from archlab.graph import (
     scatter,
     segment_softmax,
     sparse_dropout,
+    spmm,
     to_csr,
     to_dense_adj,
     to_undirected,
@@ -301,3 +303,30 @@ def test_graph_and_array_datasets_are_not_mixed_up():
 def test_node_loop_rejects_an_unknown_monitor(tmp_path: Path):
     with pytest.raises(archlab.ArchlabError, match="train.monitor"):
         _run(_node_recipe(monitor="val_auc"), tmp_path / "run")
+
+
+def test_spmm_with_stored_transpose_has_the_dense_gradient():
+    gen = torch.Generator().manual_seed(0)
+    ei = torch.tensor([[0, 0, 1, 2, 3], [1, 2, 3, 3, 0]])  # directed: the transpose matters
+    w = torch.rand(5, generator=gen)
+    adj = SparseAdj.build(ei, 4, w, num_cols=5)
+    dense = to_dense_adj(torch.cat([ei, torch.tensor([[4], [0]])], 1), 5, torch.cat([w, torch.zeros(1)]))[:4]
+    x = torch.randn(5, 3, generator=gen, requires_grad=True)
+    g = torch.randn(4, 3, generator=gen)
+    (spmm(adj, x) * g).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    (dense @ x2 * g).sum().backward()
+    torch.testing.assert_close(spmm(adj, x), dense @ x)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(spmm(adj, x.detach().bfloat16()).float(), dense @ x.detach(), atol=0.05, rtol=0.02)
+
+
+def test_dense_dropout_keeps_expected_share_and_scale():
+    from archlab.graph import dropout
+
+    x = torch.ones(200, 200)
+    torch.manual_seed(0)
+    y = dropout(x, 0.6, True)
+    assert set(torch.unique(y).tolist()) == {0.0, 2.5}
+    assert abs((y != 0).float().mean().item() - 0.4) < 0.01
+    assert dropout(x, 0.6, False) is x and dropout(x, 1.0, True).abs().sum() == 0

@@ -6,6 +6,7 @@
 
 from .message_passing import MessagePassing
 from .ops import (
+    SparseAdj,
     add_self_loops,
     coalesce,
     degree,
@@ -28,7 +29,7 @@ from .readout import Set2Set, global_pool
 from .structure import Graph, batch_graphs
 
 __all__ = [
-    "Graph", "MessagePassing", "Set2Set", "global_pool", "add_self_loops", "batch_graphs", "coalesce",
+    "SparseAdj", "Graph", "MessagePassing", "Set2Set", "global_pool", "add_self_loops", "batch_graphs", "coalesce",
     "degree", "dropout", "gcn_norm", "is_undirected", "laplacian_eigenvectors", "linear", "random_walk_pe",
     "remove_self_loops", "scatter", "segment_softmax", "sparse_dropout", "spmm", "to_csr", "to_dense_adj",
     "to_undirected",

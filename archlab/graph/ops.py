@@ -8,7 +8,7 @@ Every function takes ``edge_index`` in the convention of :mod:`archlab.graph.str
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -146,9 +146,52 @@ def to_csr(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None
     return torch.sparse_csr_tensor(crow, col, values, (num_nodes, cols), check_invariants=False)
 
 
-def spmm(adj: Tensor, x: Tensor) -> Tensor:
-    """``adj @ x`` for a sparse CSR (or dense) ``adj``; differentiable in ``x`` (and in the values of a
-    dense ``adj``)."""
+class SparseAdj(NamedTuple):
+    """A sparse CSR matrix together with its transpose (also CSR).
+
+    ``adj @ x`` is cheap in CSR, but autograd's backward needs ``adj.T @ grad``, and PyTorch builds that
+    transpose by converting and sorting the matrix on every backward pass. Keeping the transpose (built
+    once, next to the matrix) makes the backward as cheap as the forward. For a symmetric matrix (the
+    normalized adjacency of an undirected graph) both fields may hold the same tensor.
+    """
+
+    csr: Tensor
+    csr_t: Tensor
+
+    @staticmethod
+    def build(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None,
+              num_cols: int | None = None) -> SparseAdj:
+        """Like :func:`to_csr` (row = target, column = source), plus the transpose."""
+        cols = num_nodes if num_cols is None else num_cols
+        return SparseAdj(to_csr(edge_index, num_nodes, edge_weight, cols),
+                         to_csr(edge_index.flip(0), cols, edge_weight, num_nodes))
+
+
+class _SpMM(torch.autograd.Function):
+    """``A @ x`` with a precomputed ``A.T`` for the backward pass (no gradient for ``A``'s values)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:
+        ctx.a_t = a_t
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor]:
+        return None, None, ctx.a_t @ grad
+
+
+def spmm(adj: Tensor | SparseAdj, x: Tensor) -> Tensor:
+    """``adj @ x`` for a :class:`SparseAdj`, a sparse CSR or a dense ``adj``; differentiable in ``x``.
+
+    With a :class:`SparseAdj` the backward uses the stored transpose; mixed dtypes (bf16 ``x`` under
+    autocast, fp32 matrix) are computed in fp32 and cast back.
+    """
+    if isinstance(adj, SparseAdj):
+        dtype = x.dtype
+        if dtype != adj.csr.dtype:
+            x = x.to(adj.csr.dtype)
+        out = _SpMM.apply(adj.csr, adj.csr_t, x) if x.requires_grad else adj.csr @ x
+        return out.to(dtype)
     return adj @ x
 
 
@@ -162,10 +205,20 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Dropout for dense or sparse CSR tensors (see :func:`sparse_dropout`)."""
+    """Dropout for dense or sparse CSR tensors (see :func:`sparse_dropout`).
+
+    Dense tensors: each entry kept with probability ``1 - p`` and scaled by ``1 / (1 - p)`` -- the same
+    function as ``F.dropout``, but drawing the mask with ``rand`` (about 2x faster on CPU than the
+    Bernoulli kernel; this matters for wide node-feature matrices).
+    """
+    if not training or p == 0.0:
+        return x
     if x.layout == torch.sparse_csr:
         return sparse_dropout(x, p, training)
-    return torch.nn.functional.dropout(x, p, training)
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    keep = torch.rand_like(x) >= p
+    return x * keep * (1.0 / (1.0 - p))
 
 
 def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:

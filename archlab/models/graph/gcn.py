@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...graph import MessagePassing, dropout, gcn_norm, linear, to_csr
+from ...graph import MessagePassing, SparseAdj, dropout, gcn_norm, linear, spmm
 from ...registry import register
 from .base import GraphModel
 
@@ -68,11 +68,11 @@ class GCNConv(MessagePassing):
         n = x.shape[0]
         h = linear(x, self.weight)
         if self.impl == "sparse":
-            def build() -> Tensor:
+            def build() -> SparseAdj:
                 ei, w = gcn_norm(edge_index, n, edge_weight, self.add_loops)
-                return to_csr(ei, n, w.float())
+                return SparseAdj.build(ei, n, w.float())
             adj = self._cache.get(edge_index, n, build) if edge_weight is None else build()
-            out = adj @ h if h.dtype == adj.dtype else (adj @ h.float()).to(h.dtype)
+            out = spmm(adj, h)
         else:
             ei, w = gcn_norm(edge_index, n, edge_weight, self.add_loops)
             out = self.propagate(ei, h, edge_weight=w.to(h.dtype))
