@@ -330,3 +330,16 @@ def test_dense_dropout_keeps_expected_share_and_scale():
     assert set(torch.unique(y).tolist()) == {0.0, 2.5}
     assert abs((y != 0).float().mean().item() - 0.4) < 0.01
     assert dropout(x, 0.6, False) is x and dropout(x, 1.0, True).abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["gcn", "gat", "sage", "chebnet", "hgnn", "rgcn", "slgcn", "graph_transformer"])
+def test_node_models_run_under_bf16_autocast_with_sparse_features(name):
+    """The sparse kernels lack bf16: the graph ops switch autocast off around them."""
+    x, ei = random_graph(30, 8)
+    x = torch.relu(x)
+    model = archlab.create(name, in_channels=8, out_channels=3)
+    inputs = x.to_sparse_csr() if model.accepts_sparse else x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(inputs, ei)
+    out.float().sum().backward()
+    assert out.shape == (30, 3) and torch.isfinite(out.float()).all()

@@ -186,13 +186,19 @@ def spmm(adj: Tensor | SparseAdj, x: Tensor) -> Tensor:
     With a :class:`SparseAdj` the backward uses the stored transpose; mixed dtypes (bf16 ``x`` under
     autocast, fp32 matrix) are computed in fp32 and cast back.
     """
-    if isinstance(adj, SparseAdj):
-        dtype = x.dtype
-        if dtype != adj.csr.dtype:
-            x = x.to(adj.csr.dtype)
-        out = _SpMM.apply(adj.csr, adj.csr_t, x) if x.requires_grad else adj.csr @ x
-        return out.to(dtype)
-    return adj @ x
+    matrix = adj.csr if isinstance(adj, SparseAdj) else adj
+    if matrix.layout != torch.sparse_csr:
+        return matrix @ x
+    dtype = x.dtype
+    # The sparse kernels have no bf16/fp16 variant: run them in the matrix's precision with autocast off.
+    with torch.autocast(x.device.type, enabled=False):
+        if dtype != matrix.dtype:
+            x = x.to(matrix.dtype)
+        if isinstance(adj, SparseAdj) and x.requires_grad:
+            out = _SpMM.apply(adj.csr, adj.csr_t, x)
+        else:
+            out = matrix @ x
+    return out.to(dtype)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -200,7 +206,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     Shapes: x: (N, F_in) dense or CSR, weight: (F_out, F_in) -> (N, F_out)
     """
-    out = torch.sparse.mm(x, weight.t()) if x.layout == torch.sparse_csr else x @ weight.t()
+    if x.layout == torch.sparse_csr:
+        # No bf16 sparse kernels: the sparse product runs in the features' precision, autocast off.
+        with torch.autocast(weight.device.type, enabled=False):
+            out = torch.sparse.mm(x, weight.t().to(x.dtype))
+        return out if bias is None else out + bias
+    out = x @ weight.t()
     return out if bias is None else out + bias
 
 
