@@ -343,3 +343,40 @@ def test_node_models_run_under_bf16_autocast_with_sparse_features(name):
         out = model(inputs, ei)
     out.float().sum().backward()
     assert out.shape == (30, 3) and torch.isfinite(out.float()).all()
+
+
+def test_adjacency_cache_is_not_fooled_by_a_reused_address():
+    from archlab.graph.cache import AdjacencyCache
+
+    cache, builds = AdjacencyCache(), []
+    for k in range(20):  # fresh tensors of one shape, freed each round: the allocator reuses addresses
+        ei = torch.tensor([[k % 3, 1], [2, 0]])
+        assert cache.get(ei, 3, lambda ei=ei: builds.append(ei.clone()) or ei.clone()).equal(ei)
+        del ei
+    assert len(builds) == 20
+    ei = torch.tensor([[0, 1], [1, 0]])
+    cache.get(ei, 2, lambda: 1)
+    assert cache.get(ei, 2, lambda: 2) == 1  # same tensor: a hit
+    assert cache.get(ei, 3, lambda: 3) == 3  # other node count: rebuilt
+    ei.add_(0)
+    assert cache.get(ei, 3, lambda: 4) == 4  # changed in place: rebuilt
+    assert cache.get((ei, None), 3, lambda: 5) == 5 and cache.get((ei, None), 3, lambda: 6) == 5
+
+
+def test_sparse_linear_gradient_equals_dense_also_after_dropout():
+    from archlab.graph import linear
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(9, 6, generator=gen))
+    csr = x.to_sparse_csr()
+    w = torch.randn(4, 6, generator=gen, requires_grad=True)
+    g = torch.randn(9, 4, generator=gen)
+    for _ in range(2):  # second pass: the cached transpose layout, new values from dropout
+        torch.manual_seed(1)
+        dropped = sparse_dropout(csr, 0.5, True)
+        w.grad = None
+        (linear(dropped, w) * g).sum().backward()
+        w2 = w.detach().clone().requires_grad_()
+        (dropped.to_dense() @ w2.t() * g).sum().backward()
+        torch.testing.assert_close(w.grad, w2.grad)
+        torch.testing.assert_close(linear(dropped, w), dropped.to_dense() @ w.t())

@@ -209,10 +209,54 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if x.layout == torch.sparse_csr:
         # No bf16 sparse kernels: the sparse product runs in the features' precision, autocast off.
         with torch.autocast(weight.device.type, enabled=False):
-            out = torch.sparse.mm(x, weight.t().to(x.dtype))
+            w = weight.to(x.dtype)
+            out = _SparseLinear.apply(x, _transposed(x), w) if w.requires_grad else torch.sparse.mm(x, w.t())
         return out if bias is None else out + bias
     out = x @ weight.t()
     return out if bias is None else out + bias
+
+
+class _TransposeLayout:
+    """The CSR layout of ``x.T`` for one sparsity pattern: ``x.T`` has values ``x.values()[perm]``.
+    Sparse features keep their pattern (dropout only zeroes stored values), so this is built once."""
+
+    def __init__(self) -> None:
+        self.crow: Tensor | None = None  # held (with col) so their storage, the cache key, cannot be reused
+        self.col: Tensor | None = None
+        self.value: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def get(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        crow, col = x.crow_indices(), x.col_indices()
+        if self.crow is None or crow.data_ptr() != self.crow.data_ptr() or crow.shape != self.crow.shape \
+                or col.data_ptr() != self.col.data_ptr() or col.shape != self.col.shape:
+            rows = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device), crow.diff())
+            perm = torch.argsort(col * x.shape[0] + rows, stable=True)
+            crow_t = torch.zeros(x.shape[1] + 1, dtype=crow.dtype, device=x.device)
+            crow_t[1:] = torch.bincount(col, minlength=x.shape[1]).cumsum(0)
+            self.crow, self.col, self.value = crow, col, (crow_t, rows[perm].to(col.dtype), perm)
+        return self.value
+
+
+_TRANSPOSE = _TransposeLayout()
+
+
+def _transposed(x: Tensor) -> Tensor:
+    crow_t, col_t, perm = _TRANSPOSE.get(x)
+    return torch.sparse_csr_tensor(crow_t, col_t, x.values()[perm], (x.shape[1], x.shape[0]), check_invariants=False)
+
+
+class _SparseLinear(torch.autograd.Function):
+    """``x @ W.T`` for sparse CSR ``x``; the backward ``grad_W = (x.T @ grad).T`` uses a prepared ``x.T``
+    (PyTorch would convert and sort ``x`` on every backward pass). No gradient for ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, x_t: Tensor, weight: Tensor) -> Tensor:
+        ctx.x_t = x_t
+        return torch.sparse.mm(x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor]:
+        return None, None, (ctx.x_t @ grad).t()
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:

@@ -1,3 +1,3 @@
 """Graph neural networks. Importing this package registers every model of the ``graph`` family."""
 
-from . import gcn  # noqa: F401
+from . import cheb, gae, gat, gcn, gin, graph_transformer, hypergraph, mpnn, rgcn, sage, structure_learning, tgn  # noqa: F401

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...graph import MessagePassing, SparseAdj, dropout, gcn_norm, linear, remove_self_loops, spmm
+from ...graph.cache import AdjacencyCache
 from ...registry import register
 from .base import GraphModel
-from .gcn import AdjacencyCache
 
 
 def scaled_laplacian(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:

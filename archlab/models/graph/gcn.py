@@ -23,23 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...graph import MessagePassing, SparseAdj, dropout, gcn_norm, linear, spmm
+from ...graph.cache import AdjacencyCache
 from ...registry import register
 from .base import GraphModel
-
-
-class AdjacencyCache:
-    """Remembers one derived adjacency per ``edge_index`` tensor (same storage, same version, same
-    node count), so full-batch training normalizes the graph once instead of every step."""
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value: object = None
-
-    def get(self, edge_index: Tensor, num_nodes: int, build):
-        key = (edge_index.data_ptr(), edge_index._version, tuple(edge_index.shape), num_nodes, edge_index.device)
-        if key != self.key:
-            self.key, self.value = key, build()
-        return self.value
 
 
 class GCNConv(MessagePassing):
@@ -126,4 +112,4 @@ class GCN(GraphModel):
         return x
 
 
-__all__ = ["GCN", "GCNConfig", "GCNConv", "AdjacencyCache"]
+__all__ = ["GCN", "GCNConfig", "GCNConv"]

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...graph import dropout, gcn_norm, global_pool, laplacian_eigenvectors, linear, random_walk_pe
+from ...graph.cache import AdjacencyCache
 from ...registry import register
 from .base import GraphModel
-from .gcn import AdjacencyCache, GCNConv
+from .gcn import GCNConv
 
 
 class Packing(NamedTuple):

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...graph import MessagePassing, SparseAdj, coalesce, degree, dropout, linear, remove_self_loops, spmm
+from ...graph.cache import AdjacencyCache
 from ...registry import register
 from .base import GraphModel
-from .gcn import AdjacencyCache
 
 
 def neighborhood_hyperedges(edge_index: Tensor, num_nodes: int) -> Tensor:

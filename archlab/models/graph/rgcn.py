@@ -31,13 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...graph import MessagePassing, SparseAdj, spmm
+from ...graph.cache import AdjacencyCache
 from ...registry import register
 from .base import GraphModel, random_graph
-
-
-def _tensor_key(t: Tensor | None) -> tuple | None:
-    """Identity of a tensor's current contents (same storage, same in-place version, same shape)."""
-    return None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.device)
 
 
 def relation_norm(edge_index: Tensor, edge_type: Tensor, num_nodes: int, num_relations: int) -> Tensor:
@@ -66,8 +62,7 @@ class RGCNConv(MessagePassing):
             self.weight = nn.Parameter(torch.empty(num_relations, in_channels, out_channels))  # W_r
         self.root = nn.Parameter(torch.empty(in_channels, out_channels))  # W_0
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self._graph_key: tuple | None = None
-        self._adj: SparseAdj | None = None
+        self._cache = AdjacencyCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -96,17 +91,16 @@ class RGCNConv(MessagePassing):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_type: Tensor | None = None) -> Tensor:
         n, r = x.shape[0], self.num_relations
-        graph_key = (_tensor_key(edge_index), _tensor_key(edge_type), n)  # before edge_type gets its default
+        graph_key = (edge_index, edge_type)  # before edge_type gets its default
         if edge_type is None:
             edge_type = torch.zeros(edge_index.shape[1], dtype=torch.long, device=edge_index.device)
         table = self._transformed(x)
         # edge j -> i of type r reads row r N + j of the table
         table_edges = torch.stack([edge_type * n + edge_index[0], edge_index[1]])
         if self.impl == "sparse":
-            if graph_key != self._graph_key:  # full-batch training builds the CSR matrix once
-                norm = relation_norm(edge_index, edge_type, n, r)
-                self._graph_key, self._adj = graph_key, SparseAdj.build(table_edges, n, norm, num_cols=r * n)
-            out = spmm(self._adj, table)
+            def build() -> SparseAdj:  # full-batch training builds the CSR matrix once
+                return SparseAdj.build(table_edges, n, relation_norm(edge_index, edge_type, n, r), num_cols=r * n)
+            out = spmm(self._cache.get(graph_key, n, build), table)
         else:
             norm = relation_norm(edge_index, edge_type, n, r).to(table.dtype)
             out = self.propagate(table_edges, (table, None), num_nodes=n, edge_weight=norm)

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...graph import MessagePassing, SparseAdj, coalesce, dropout, gcn_norm, linear, spmm
+from ...graph.cache import AdjacencyCache
 from ...registry import register
 from .base import GraphModel
-from .gcn import AdjacencyCache
 
 
 class GraphLearner(nn.Module):
