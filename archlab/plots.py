@@ -64,7 +64,7 @@ def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike) -> Pa
     """Target vs achieved (mean ± std over seeds) per recipe, green when met, red when missed."""
     plt = _pyplot()
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 2.0))
     band_labelled = False
     for i, r in enumerate(rows):
         color = "tab:green" if r["passed"] else "tab:red"
@@ -82,7 +82,7 @@ def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike) -> Pa
     ax.invert_yaxis()
     ax.set_xlabel(rows[0]["metric"] if len({r["metric"] for r in rows}) == 1 else "metric")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
