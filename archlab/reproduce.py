@@ -135,9 +135,18 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     if not paths:
         raise ArchlabError(f"no recipes found for {' '.join(suite)} under {recipes_root()}")
     recipes = {p: recipe_mod.load(p) for p in paths}
-    for p, r in recipes.items():
+    named = {Path(item).resolve() for item in suite if Path(item).is_file()} | \
+        {p.resolve() for p in paths if p.stem in suite}
+    for p, r in list(recipes.items()):
         if r.expect is None:
-            raise ArchlabError(f"{p}: recipe has no [expect] table; reproduce needs a target")
+            if p.resolve() in named:
+                raise ArchlabError(f"{p}: recipe has no [expect] table; reproduce needs a target")
+            # An experiment without a published reference (e.g. on synthetic data) is not a reproduction.
+            log(f"reproduce: skipping {p.stem} (no [expect] table)")
+            del recipes[p]
+    paths = list(recipes)
+    if not paths:
+        raise ArchlabError(f"no recipes with an [expect] table for {' '.join(suite)}")
     tasks = [(p, s) for p in paths for s in (range(seeds) if seeds else recipes[p].expect.seeds)]
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(tasks)))

@@ -27,6 +27,8 @@ _LOOPS = {
     "supervised": "archlab.train.supervised:Supervised",
     "node": "archlab.train.node:NodeClassification",
     "graph": "archlab.train.graph_level:GraphClassification",
+    "link": "archlab.train.link:LinkPrediction",
+    "temporal": "archlab.train.temporal:TemporalLinkPrediction",
 }
 
 
