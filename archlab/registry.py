@@ -9,6 +9,7 @@ the list of allowed keys instead of a ``TypeError`` deep inside ``__init__``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,13 @@ _REGISTRY: dict[str, Entry] = {}
 
 
 def _first_line(doc: str | None) -> str:
-    for line in (doc or "").strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+    """The docstring's first sentence, without reST markup, at most 110 characters (for ``archlab list``)."""
+    paragraph = " ".join(line.strip() for line in (doc or "").strip().split("\n\n")[0].splitlines())
+    paragraph = re.sub(r":\w+:`([^`]*)`", r"\1", paragraph).replace("``", "")
+    # A sentence ends at ". " or ";" -- but not after "et al." or "e.g.".
+    match = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.(\s|$)|;", paragraph)
+    sentence = paragraph[:match.start() + 1].rstrip(";") if match else paragraph
+    return sentence if len(sentence) <= 110 else sentence[:109].rstrip() + "…"
 
 
 def register(name: str, family: str, description: str | None = None) -> Callable[[type], type]:

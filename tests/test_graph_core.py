@@ -380,3 +380,26 @@ def test_sparse_linear_gradient_equals_dense_also_after_dropout():
         (dropped.to_dense() @ w2.t() * g).sum().backward()
         torch.testing.assert_close(w.grad, w2.grad)
         torch.testing.assert_close(linear(dropped, w), dropped.to_dense() @ w.t())
+
+
+def test_sampled_minibatch_training_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    raw = _node_recipe(epochs=6)
+    raw["model"] = {"name": "sage", "hidden_channels": 16}
+    raw["data"] = {**raw["data"], "fanouts": [5, 5], "batch_size": 16}  # 60 training nodes: 4 steps per epoch
+    full = _run(raw, tmp_path / "full")
+    assert full["steps"] == 24 and full["metrics"]["test_acc"] > 0.7
+    original = NodeClassification.train_step
+
+    def interrupt_at_13(self: NodeClassification, step: int) -> dict[str, Any]:
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step)
+
+    monkeypatch.setattr(NodeClassification, "train_step", interrupt_at_13)
+    with pytest.raises(Interrupted):
+        _run(raw, tmp_path / "cut")
+    monkeypatch.setattr(NodeClassification, "train_step", original)
+    _run(raw, tmp_path / "cut", resume=True)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -144,7 +144,8 @@ class ChebNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-@register("chebnet", family="graph")
+@register("chebnet", family="graph",
+          description="ChebNet (Defferrard et al. 2016): K-term Chebyshev spectral filters.")
 class ChebNet(GraphModel):
     """Stack of :class:`ChebConv` with ReLU and dropout; returns per-node logits.
 

@@ -249,7 +249,8 @@ class GATConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
-@register("gat", family="graph")
+@register("gat", family="graph",
+          description="Graph Attention Network (Veličković et al. 2018); GATv2 dynamic attention with v2=true.")
 class GAT(GraphModel):
     """Stack of :class:`GATConv`: hidden layers concatenate ``heads`` heads and apply ELU, the output
     layer averages ``out_heads`` heads; dropout before every layer. Returns per-node logits.

@@ -86,7 +86,8 @@ class GCNConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-@register("gcn", family="graph")
+@register("gcn", family="graph",
+          description="Graph Convolutional Network (Kipf & Welling 2017): renormalized-adjacency propagation.")
 class GCN(GraphModel):
     """Stack of :class:`GCNConv` with ReLU and dropout; returns per-node logits.
 

@@ -86,7 +86,8 @@ class GINConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-@register("gin", family="graph")
+@register("gin", family="graph",
+          description="Graph Isomorphism Network (Xu et al. 2019): sum aggregation, (1 + eps) self term, readout.")
 class GIN(GraphModel):
     """GIN for graph classification: ``num_layers - 1`` GIN layers, sum readout of every layer
     (input included), one linear scorer per layer, scores summed.

@@ -140,7 +140,8 @@ class HGNNConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-@register("hgnn", family="graph")
+@register("hgnn", family="graph",
+          description="Hypergraph neural network (Feng et al. 2019): node -> hyperedge -> node convolution.")
 class HGNN(GraphModel):
     """Stack of :class:`HypergraphConv` with ReLU and dropout; returns per-node logits.
 

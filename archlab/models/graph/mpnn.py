@@ -76,7 +76,8 @@ class MPNNConfig:
             raise ValueError("steps and set2set_steps must be >= 1")
 
 
-@register("mpnn", family="graph")
+@register("mpnn", family="graph",
+          description="MPNN (Gilmer et al. 2017): edge network messages, GRU updates, Set2Set readout.")
 class MPNN(GraphModel):
     """Edge-network MPNN with GRU updates and a Set2Set readout; returns one output row per graph.
 

@@ -138,7 +138,8 @@ class RGCNConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-@register("rgcn", family="graph")
+@register("rgcn", family="graph",
+          description="Relational GCN (Schlichtkrull et al. 2018): per-relation weights, basis decomposition.")
 class RGCN(GraphModel):
     """Stack of :class:`RGCNConv` with ReLU and dropout; returns per-node logits.
 

@@ -138,7 +138,8 @@ class SAGEConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-@register("sage", family="graph")
+@register("sage", family="graph",
+          description="GraphSAGE (Hamilton et al. 2017): mean / max-pool / gcn aggregators, full batch or sampled.")
 class GraphSAGE(GraphModel):
     """Stack of :class:`SAGEConv` with ReLU (then L2 normalization with ``normalize``) and dropout;
     returns per-node logits (the last layer is never normalized).
