@@ -15,8 +15,11 @@ import pytest
 import tomli_w
 
 from archlab import recipe as recipe_mod
+from archlab.data import dataset_names
 from archlab.errors import ArchlabError
 from archlab.recipe import Recipe, apply_overrides, from_dict, parse_override
+from archlab.registry import entries
+from archlab.train import loop_names
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.toml"))
 
@@ -53,7 +56,9 @@ seeds = [0]
 source = "test"
 """
 
-MODELS = "cnn1d, cnn2d, gru, lenet5, logistic, lstm, mlp"
+MODELS = ", ".join(sorted(e.name for e in entries()))
+DATASETS = ", ".join(dataset_names())
+LOOPS = ", ".join(loop_names())
 TRAIN_KEYS = "accumulate, checkpoint_every, compile, deterministic, device"
 
 
@@ -84,7 +89,7 @@ BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
      ["unknown key model.hidden in model", "allowed keys: in_features, init, num_classes"]),
     ("model-config-check", None, ["model.in_features=0"], ["model:", "in_features must be >= 1"]),
     ("unknown-dataset", None, ["data.name=cifar11"],
-     ["data.name: unknown dataset 'cifar11'", "datasets: digits, mnist, mnist1d"]),
+     ["data.name: unknown dataset 'cifar11'", "datasets: " + DATASETS]),
     ("unknown-data-option", None, ["data.options.sed=1"],
      ["unknown key data.options.sed in data.options", "allowed keys:", "num_samples", "seed"]),
     ("wrong-data-option-type", None, ["data.options.num_samples=lots"],
@@ -94,7 +99,7 @@ BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
      ["train.precision: 'fp8' is not allowed", "'fp32', 'bf16', 'fp16'"]),
     ("bad-device", None, ["train.device=tpu"], ["train.device: 'tpu' is not allowed", "'auto', 'cpu', 'cuda'"]),
     ("bad-optimizer", None, ["optim.name=lbfgs"], ["optim.name: 'lbfgs' is not allowed", "'adamw', 'adam', 'sgd'"]),
-    ("unknown-loop", None, ["train.loop=episodic9"], ["train.loop: unknown loop 'episodic9'", "loops: supervised"]),
+    ("unknown-loop", None, ["train.loop=episodic9"], ["train.loop: unknown loop 'episodic9'", "loops: " + LOOPS]),
     ("malformed-no-equals", None, ["optim.lr"], ["malformed --set 'optim.lr'", "KEY=VALUE"]),
     ("malformed-no-key", None, ["=3"], ["malformed --set '=3'", "KEY=VALUE"]),
     ("malformed-empty-part", None, ["a..b=1"], ["malformed --set 'a..b=1'", "KEY=VALUE"]),
