@@ -403,3 +403,14 @@ def test_sampled_minibatch_training_learns_and_resumes_exactly(tmp_path: Path, m
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sage_add_self_loops_equals_adding_them_to_the_graph():
+    x, ei = _graph(10)
+    torch.manual_seed(0)
+    looped = archlab.create("sage", in_channels=3, out_channels=2, aggr="gcn", add_self_loops=True).eval()
+    plain = archlab.create("sage", in_channels=3, out_channels=2, aggr="gcn").eval()
+    plain.load_state_dict(looped.state_dict())
+    ei_loops, _ = add_self_loops(ei, 10)
+    torch.testing.assert_close(looped(x, ei), plain(x, ei_loops))
+    assert not torch.allclose(looped(x, ei), plain(x, ei))

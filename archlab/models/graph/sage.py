@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...graph import MessagePassing, SparseAdj, add_self_loops, degree, dropout, linear, spmm
+from ...graph import MessagePassing, SparseAdj, add_self_loops, degree, dropout, linear, remove_self_loops, spmm
 from ...graph.cache import AdjacencyCache
 from ...registry import register
 from .base import GraphModel
@@ -130,6 +130,9 @@ class SAGEConfig:
     """L2-normalize every hidden layer's output after its ReLU (the paper's Algorithm 1, line 7)."""
     impl: Literal["fast", "generic"] = "fast"
     """``fast``: cached row-normalized CSR matmul for the mean; ``generic``: message passing."""
+    add_self_loops: bool = False
+    """Give every node one self loop before aggregating, as DGL's Cora example does (its
+    ``AddSelfLoop`` transform); with ``aggr="gcn"`` the node then counts twice in its own mean."""
 
     def __post_init__(self) -> None:
         if self.num_layers < 1:
@@ -157,8 +160,13 @@ class GraphSAGE(GraphModel):
         dims = [c.in_channels] + [c.hidden_channels] * (c.num_layers - 1) + [c.out_channels]
         self.convs = nn.ModuleList(
             SAGEConv(a, b, c.aggr, impl=c.impl) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self._loops = AdjacencyCache()
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        if self.config.add_self_loops:
+            n = x.shape[0]
+            # Cached, so the layers' own caches see the same edge_index object every step.
+            edge_index = self._loops.get(edge_index, n, lambda: add_self_loops(remove_self_loops(edge_index)[0], n)[0])
         for k, conv in enumerate(self.convs):
             x = dropout(x, self.config.dropout, self.training)
             x = conv(x, edge_index)
