@@ -254,6 +254,22 @@ def _run(raw: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]
     return train(from_dict(copy.deepcopy(raw)), out=out, resume=resume, progress=False, log=lambda _m: None)
 
 
+def _interrupt_then_resume(raw: dict[str, Any], out: Path, monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    """Run ``raw`` into ``out`` with a real SIGINT at step ``at_step``, then resume it to the end."""
+    original = NodeClassification.train_step
+
+    def interrupt(self: NodeClassification, step: int) -> dict[str, Any]:
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step)
+
+    monkeypatch.setattr(NodeClassification, "train_step", interrupt)
+    with pytest.raises(Interrupted):
+        _run(raw, out)
+    monkeypatch.setattr(NodeClassification, "train_step", original)
+    _run(raw, out, resume=True)
+
+
 def test_node_loop_learns_and_reports_test_at_best_validation(tmp_path: Path):
     summary = _run(_node_recipe(), tmp_path / "run")
     m = summary["metrics"]
@@ -269,18 +285,7 @@ def test_node_loop_learns_and_reports_test_at_best_validation(tmp_path: Path):
 def test_node_loop_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     raw = _node_recipe()
     _run(raw, tmp_path / "full")
-    original = NodeClassification.train_step
-
-    def interrupt_at_25(self: NodeClassification, step: int) -> dict[str, Any]:
-        if step == 25:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step)
-
-    monkeypatch.setattr(NodeClassification, "train_step", interrupt_at_25)
-    with pytest.raises(Interrupted):
-        _run(raw, tmp_path / "cut")
-    monkeypatch.setattr(NodeClassification, "train_step", original)
-    _run(raw, tmp_path / "cut", resume=True)
+    _interrupt_then_resume(raw, tmp_path / "cut", monkeypatch, at_step=25)
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -388,18 +393,7 @@ def test_sampled_minibatch_training_learns_and_resumes_exactly(tmp_path: Path, m
     raw["data"] = {**raw["data"], "fanouts": [5, 5], "batch_size": 16}  # 60 training nodes: 4 steps per epoch
     full = _run(raw, tmp_path / "full")
     assert full["steps"] == 24 and full["metrics"]["test_acc"] > 0.7
-    original = NodeClassification.train_step
-
-    def interrupt_at_13(self: NodeClassification, step: int) -> dict[str, Any]:
-        if step == 13:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step)
-
-    monkeypatch.setattr(NodeClassification, "train_step", interrupt_at_13)
-    with pytest.raises(Interrupted):
-        _run(raw, tmp_path / "cut")
-    monkeypatch.setattr(NodeClassification, "train_step", original)
-    _run(raw, tmp_path / "cut", resume=True)
+    _interrupt_then_resume(raw, tmp_path / "cut", monkeypatch, at_step=13)
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -22,6 +22,20 @@ class Context:
     dist: DistInfo
     seed: int
 
+def optimizer_step(ctx: Context, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float) -> float:
+    """The end of every loop's step, after the backward pass: unscale (fp16), clip the gradient norm
+    to ``grad_clip`` (0: no clipping), step the optimizer and then the schedule. Returns the learning
+    rate the step used."""
+    ctx.precision.unscale(optimizer)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    ctx.precision.step(optimizer)
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return lr
+
+
 # name -> "module:class"; imported lazily so `archlab list` stays fast.
 _LOOPS = {
     "supervised": "archlab.train.supervised:Supervised",

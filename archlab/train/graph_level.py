@@ -30,7 +30,7 @@ from ..errors import ArchlabError
 from ..graph import Graph, batch_graphs
 from ..models.base import ArchModel
 from ..recipe import Recipe
-from . import Context
+from . import Context, optimizer_step
 from .node import data_defaults
 from .supervised import BatchStream
 
@@ -116,12 +116,7 @@ class GraphClassification:
         b = self._batch([self.train_graphs[i] for i in idx.tolist()])
         loss = F.cross_entropy(self._forward(b), b.y.reshape(-1))
         self.ctx.precision.backward(loss)
-        self.ctx.precision.unscale(self.optimizer)
-        if self.recipe.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.grad_clip)
-        self.ctx.precision.step(self.optimizer)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
         return {"loss": loss.detach(), "lr": lr}
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ from ..graph import remove_self_loops
 from ..graph.metrics import average_precision, roc_auc
 from ..models.base import ArchModel
 from ..recipe import Recipe
-from . import Context
+from . import Context, optimizer_step
 from .node import SPARSE_DENSITY, data_defaults
 
 METRICS = ("val_auc", "val_ap", "test_auc", "test_ap")
@@ -200,12 +200,7 @@ class LinkPrediction:
             loss = loss + kl / self.num_nodes
             out["kl"] = kl.detach()
         self.ctx.precision.backward(loss)
-        self.ctx.precision.unscale(self.optimizer)
-        if self.recipe.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.grad_clip)
-        self.ctx.precision.step(self.optimizer)
-        out["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        out["lr"] = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
         return {"loss": loss.detach(), **out}
 
     # ----------------------------------------------------------------------------- evaluation

@@ -30,7 +30,7 @@ from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..recipe import Recipe
 from ..registry import get
-from . import Context
+from . import Context, optimizer_step
 
 #: Bag-of-words features below this density go to sparse-capable models as a CSR tensor.
 SPARSE_DENSITY = 0.25
@@ -121,12 +121,7 @@ class NodeClassification:
                 logits = self.model(x, sub.edge_index.to(self.ctx.device))[:len(seeds)]
                 loss = F.cross_entropy(logits.float(), g.y[seeds])
         self.ctx.precision.backward(loss)
-        self.ctx.precision.unscale(self.optimizer)
-        if self.recipe.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.grad_clip)
-        self.ctx.precision.step(self.optimizer)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
         return {"loss": loss.detach(), "lr": lr}
 
     # ----------------------------------------------------------------------------- evaluation

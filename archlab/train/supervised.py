@@ -23,7 +23,7 @@ from ..engine.optim import build_optimizer, build_scheduler, l1_penalty
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..recipe import Recipe
-from . import Context
+from . import Context, optimizer_step
 
 
 class BatchStream:
@@ -119,12 +119,7 @@ class Supervised:
         # Each rank's loss covers its slice only; the global-batch loss is what one process would log
         # and NaN-check, and every rank then sees the same value (they stop at the same step).
         mean_across_workers(total, self.ctx.dist)
-        self.ctx.precision.unscale(self.optimizer)
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.ctx.precision.step(self.optimizer)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, tc.grad_clip)
         return {"loss": total, "lr": lr}
 
     @torch.no_grad()

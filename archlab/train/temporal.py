@@ -34,7 +34,7 @@ from ..graph.temporal import EventStream, random_destinations
 from ..models.base import ArchModel
 from ..recipe import Recipe
 from ..registry import get
-from . import Context
+from . import Context, optimizer_step
 
 
 class TemporalLinkPrediction:
@@ -101,12 +101,7 @@ class TemporalLinkPrediction:
         # Observed with the weights that made this batch's predictions (TGN updates the memory before
         # the optimizer step), so the stored memory is exactly the one the loss saw.
         self.model.observe(ev.src, ev.dst, ev.t, ev.edge_feat)
-        self.ctx.precision.unscale(self.optimizer)
-        if self.recipe.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.grad_clip)
-        self.ctx.precision.step(self.optimizer)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
         return {"loss": loss.detach(), "lr": lr}
 
     # ----------------------------------------------------------------------------- evaluation
