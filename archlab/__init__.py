@@ -6,6 +6,7 @@ Python entry points::
     model = archlab.create("mlp", in_features=40, num_classes=10)
     archlab.list("classic")            # registered models of a family
     model = archlab.load("runs/mlp")   # the final model of a run directory (or any save_pretrained dir)
+    gpt2 = archlab.from_hf("path/to/gpt2")   # a Hugging Face model directory; model.save_hf(dir) writes one
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from .registry import entries as _entries
 __version__ = "0.1.0"
 
 
+def from_hf(path: str, **overrides: object) -> ArchModel:
+    """Load a Hugging Face model directory (config.json + model.safetensors) or hub id into archlab."""
+    from .models.transformers.hf import from_hf as _from_hf
+
+    return _from_hf(path, **overrides)
+
+
 def list(family: str | None = None) -> list[str]:  # noqa: A001 - mirrors the CLI verb
     """Names of registered models, optionally of one family."""
     return [e.name for e in _entries(family)]
 
 
-__all__ = ["ArchModel", "ArchlabError", "__version__", "create", "list", "load", "register"]
+__all__ = ["ArchModel", "ArchlabError", "__version__", "create", "from_hf", "list", "load", "register"]

@@ -149,6 +149,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
 
         model.save_pretrained(run_dir)
         plot_run(run_dir)
+        if hasattr(paradigm, "write_artifacts"):  # loop-specific files: tokenizer, attention maps ...
+            paradigm.write_artifacts(run_dir)
         _write_json(run_dir / SUMMARY, summary)
     return summary
 

@@ -52,6 +52,12 @@ class ArchModel(nn.Module):
         atomic_write_bytes(d / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
         return d
 
+    def save_hf(self, directory: str | os.PathLike) -> Path:
+        """Write the model in Hugging Face format (models with an HF counterpart; see models/transformers/hf.py)."""
+        from .transformers.hf import save_hf
+
+        return save_hf(self, directory)
+
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> ArchModel:
         model = load(directory, map_location)

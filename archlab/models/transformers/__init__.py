@@ -1,0 +1,5 @@
+"""Attention and transformer models (GPT, BERT family, T5, BART, ViT, Seq2Seq). Importing registers them."""
+
+from .hf import from_hf, save_hf
+
+__all__ = ["from_hf", "save_hf"]
