@@ -15,6 +15,9 @@ A spec is a TOML file (``benchmarks/<name>.toml``)::
     target = "engine_overhead.py:peer"
     label = "plain PyTorch"
     requires = []          # modules the peer needs; missing -> the bench is skipped with a reason
+    # optional: [[cases]] (a table row each, params merged over [params]), per = "steps" (time per unit),
+    # goal = "...", plot = {x = "param"}, report = "file.py:fn" (fn(result) -> markdown appended);
+    # mode = "sweep" with [[variants]] times several archlab variants without a peer (see run_sweep)
 
 A factory takes ``**params`` and returns a zero-argument callable: one timed unit of work (setup
 happens in the factory, outside the timing). Interleaving A and B spreads the noise of a shared
@@ -84,6 +87,8 @@ def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None
         cfg = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ArchlabError(f"{path}: not valid TOML ({exc})") from None
+    if cfg.get("mode") == "sweep":
+        return run_sweep(path, cfg, out_dir, repeats, log)
     for key in ("name", "ours", "peer"):
         if key not in cfg:
             raise ArchlabError(f"{path}: missing key {key!r}; a spec needs name, ours, peer")
@@ -135,6 +140,8 @@ def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None
                   "warmup": warmup, "repeats": repeats, "goal": cfg.get("goal"), "machine": machine_description(),
                   "date": time.strftime("%Y-%m-%d")}
         md = _cases_markdown(result, per)
+    if isinstance(cfg.get("report"), str):  # spec-specific analysis (e.g. MFU) appended to the table
+        md += _load_factory(path, cfg["report"])(result)
     out_dir = out_dir or benchmarks_root() / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -202,6 +209,140 @@ def _plot_cases(result: dict[str, Any], plot: dict[str, Any], path: Path) -> Non
     ax.set_title(plot.get("title", result["name"]))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+_MEMORY_PROBE = """
+import importlib.util, json, resource, sys
+path, name, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+spec = importlib.util.spec_from_file_location("archlab_bench_probe", path)
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+fn = getattr(mod, name)(**params)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_extra_mib": (after - before) / 1024}))
+"""
+
+
+def _peak_memory(spec_path: Path, target: str, params: dict[str, Any]) -> float:
+    """Extra peak resident memory (MiB) of one call, measured in a fresh process: the high-water mark
+    after the call minus the one after setup (the factory). CPU tensors have no allocator statistics,
+    so the process high-water mark is the honest measure."""
+    import subprocess
+    import sys
+
+    file, name = target.split(":", 1)
+    res = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str((spec_path.parent / file).resolve()), name,
+                          json.dumps(params)], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        raise ArchlabError(f"memory probe of {target} failed: {res.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(res.stdout.strip().splitlines()[-1])["peak_extra_mib"])
+
+
+def run_sweep(path: Path, cfg: dict[str, Any], out_dir: Path | None, repeats: int | None,
+              log: Any = print) -> dict[str, Any]:
+    """``mode = "sweep"``: several ``[[variants]]`` of archlab (no peer) timed over ``[[cases]]``,
+    interleaved within each case; with ``memory = true`` also the peak memory of one call of each
+    (fresh process per variant and case). Table + log-log plot of time (and memory) against ``plot.x``."""
+    variants, cases = cfg.get("variants"), cfg.get("cases")
+    if not isinstance(variants, list) or not variants or not all(
+            isinstance(v, dict) and isinstance(v.get("target"), str) and isinstance(v.get("name"), str)
+            for v in variants):
+        raise ArchlabError(f"{path}: a sweep needs [[variants]] tables with name and target")
+    if not isinstance(cases, list) or not cases:
+        raise ArchlabError(f"{path}: a sweep needs [[cases]]")
+    params = cfg.get("params", {})
+    warmup = int(cfg.get("warmup", 1))
+    repeats = int(cfg.get("repeats", 3) if repeats is None else repeats)
+    rows = []
+    for case in cases:
+        case_params = {**params, **case.get("params", {})}
+        skip = set(case.get("skip", []))
+        active = [v for v in variants if v["name"] not in skip]
+        log(f"case {case['name']}: {', '.join(v['name'] for v in active)}")
+        fns = {v["name"]: _load_factory(path, v["target"])(**case_params) for v in active}
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for i in range(repeats):
+            order = list(fns) if i % 2 == 0 else list(reversed(fns))
+            for k in order:
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t0)
+        del fns
+        row: dict[str, Any] = {"case": case["name"], "params": case_params, "variants": {}}
+        for v in active:
+            entry = {"median_ms": 1000 * statistics.median(times[v["name"]]),
+                     "times_s": times[v["name"]]}
+            if cfg.get("memory"):
+                entry["peak_extra_mib"] = _peak_memory(path, v["target"], case_params)
+            row["variants"][v["name"]] = entry
+        rows.append(row)
+    result = {"name": cfg["name"], "description": cfg.get("description", ""), "params": params, "cases": rows,
+              "variants": [v["name"] for v in variants], "warmup": warmup, "repeats": repeats,
+              "machine": machine_description(), "date": time.strftime("%Y-%m-%d")}
+    names = result["variants"]
+    lines = [f"# {cfg['name']}", "", result["description"], "",
+             "| case | " + " | ".join(f"{n} (ms)" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for row in rows:
+        cells = [f"{row['variants'][n]['median_ms']:.2f}" if n in row["variants"] else "—" for n in names]
+        lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
+    if cfg.get("memory"):
+        lines += ["", "Extra peak memory of one call (MiB, process high-water mark, fresh process):", "",
+                  "| case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for row in rows:
+            cells = [f"{row['variants'][n]['peak_extra_mib']:.1f}" if n in row["variants"] else "—" for n in names]
+            lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Medians of {repeats} interleaved repeats after {warmup} warm-up. "
+              f"Machine: {result['machine']}, {result['date']}.", ""]
+    md = "\n".join(lines)
+    out_dir = out_dir or benchmarks_root() / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{cfg['name']}.md").write_text(md)
+    if isinstance(cfg.get("plot"), dict):
+        _plot_sweep(result, cfg["plot"], bool(cfg.get("memory")), out_dir / f"{cfg['name']}.png")
+    log(md)
+    return result
+
+
+def _plot_sweep(result: dict[str, Any], plot: dict[str, Any], memory: bool, path: Path) -> None:
+    """Time (and memory) of every variant against ``plot.x``, log-log, with O(x) and O(x^2) guides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("median_ms", plot.get("ylabel", "ms per call"))]
+    if memory:
+        panels.append(("peak_extra_mib", "extra peak memory (MiB)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
+        for name in result["variants"]:
+            pts = [(row["params"][plot["x"]], row["variants"][name][key]) for row in result["cases"]
+                   if name in row["variants"] and row["variants"][name][key] > 0]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        xs = [row["params"][plot["x"]] for row in result["cases"]]
+        ys = [v[key] for row in result["cases"] for v in row["variants"].values() if v[key] > 0]
+        if ys:
+            x0, y0 = xs[-1], max(ys)
+            ax.plot(xs, [y0 * (x / x0) for x in xs], "k:", lw=1, label="O(n) guide")
+            ax.plot(xs, [y0 * (x / x0) ** 2 for x in xs], "k--", lw=1, label="O(n²) guide")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(plot.get("xlabel", plot["x"]))
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_title(plot.get("title", result["name"]))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -88,3 +88,26 @@ def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike) -> Pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """A comparison of recipes on one metric: achieved (mean ± std over seeds) against wall time per
+    seed, one point per recipe labelled with its parameter count."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in rows:
+        if r["wall_s_per_seed"] is None or not r["values"]:
+            continue
+        ax.errorbar([r["wall_s_per_seed"]], [r["mean"]], yerr=[r["std"]], fmt="o", capsize=4, markersize=8,
+                    label=f"{r['recipe']} ({r['num_params']:,} params)" if r.get("num_params") else r["recipe"])
+    ax.axhline(rows[0]["target"], color="black", lw=1, ls=":", label="target")
+    ax.set_xlabel("wall time per seed (s)")
+    ax.set_ylabel(rows[0]["metric"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -85,6 +85,7 @@ def aggregate(path: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
     mean = statistics.fmean(values) if values else float("nan")
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     walls = [r["summary"]["wall_s"] for r in results if "summary" in r]
+    params = [r["summary"].get("num_params") for r in results if "summary" in r]
     return {
         "recipe": rec.name, "file": str(path), "model": rec.model_name, "dataset": rec.data.name,
         "metric": exp.metric, "target": exp.value, "compare": exp.compare, "tolerance": exp.tolerance,
@@ -92,18 +93,20 @@ def aggregate(path: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
         "values": values, "mean": mean, "std": std,
         "passed": bool(values) and not errors and exp.met(mean),
         "wall_s_per_seed": statistics.fmean(walls) if walls else None, "errors": errors,
+        "num_params": params[0] if params else None,
     }
 
 
 def markdown(rows: list[dict[str, Any]], machine: str, wall: float) -> str:
     lines = [
-        "| recipe | model | dataset | metric | target | achieved (mean ± std) | seeds | wall/seed | result |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| recipe | model | params | dataset | metric | target | achieved (mean ± std) | seeds | wall/seed | result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         wall_s = f"{r['wall_s_per_seed']:.0f} s" if r["wall_s_per_seed"] is not None else "-"
+        n_params = f"{r['num_params']:,}" if r.get("num_params") else "-"
         lines.append(
-            f"| {r['recipe']} | {r['model']} | {r['dataset']} | {r['metric']} | {r['expected']} "
+            f"| {r['recipe']} | {r['model']} | {n_params} | {r['dataset']} | {r['metric']} | {r['expected']} "
             f"| {r['mean']:.4f} ± {r['std']:.4f} | {len(r['values'])} | {wall_s} "
             f"| {'pass' if r['passed'] else 'FAIL'} |"
         )
@@ -175,9 +178,11 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     report = markdown(rows, machine, wall)
     (out / "report.md").write_text(report)
     (out / "report.json").write_text(json.dumps({"machine": machine, "wall_s": wall, "rows": rows}, indent=2) + "\n")
-    from .plots import plot_reproduction
+    from .plots import plot_reproduction, plot_tradeoff
 
     plot_reproduction(rows, out / "report.png")
+    if len(rows) > 1 and len({r["metric"] for r in rows}) == 1:  # a comparison: metric vs cost
+        plot_tradeoff(rows, out / "tradeoff.png")
     log("")
     log(report)
     log(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")

@@ -137,7 +137,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
         "recipe": recipe.name, "model": recipe.model_name, "dataset": recipe.data.name, "seed": seed,
         "metrics": final, "steps": outcome.steps, "status": outcome.status,
         "expect": to_dict(recipe.expect) if recipe.expect else None, "passed": None,
-        "wall_s": round(wall, 3), "device": describe_device(dev), "world_size": dist.world_size,
+        "wall_s": round(wall, 3), "num_params": sum(p.numel() for p in model.parameters()),
+        "device": describe_device(dev), "world_size": dist.world_size,
         "versions": versions(), "run_dir": str(run_dir),
     }
     if recipe.expect is not None:
