@@ -12,6 +12,8 @@ position in the checkpoint so a resumed run sees exactly the batches an uninterr
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,6 +143,12 @@ class Supervised:
 
     def final_metrics(self) -> dict[str, float]:
         return {**self.evaluate("val"), **self.evaluate("test")}
+
+    def write_artifacts(self, run_dir: str | os.PathLike) -> None:
+        """Pictures of a few test examples from models that draw them (``plot_examples(x, y, folder)``,
+        e.g. ViT's attention rollout) into ``RUN/plots``."""
+        if hasattr(self.model, "plot_examples"):
+            self.model.plot_examples(self.data.test.x[:8], self.data.test.y[:8], Path(run_dir) / "plots")
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
