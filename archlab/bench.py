@@ -216,23 +216,28 @@ def _plot_cases(result: dict[str, Any], plot: dict[str, Any], path: Path) -> Non
 
 # ------------------------------------------------------------------------------------------ sweeps
 _MEMORY_PROBE = """
-import importlib.util, json, resource, sys
+import importlib.util, json, sys
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])  # kB
 path, name, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 spec = importlib.util.spec_from_file_location("archlab_bench_probe", path)
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 fn = getattr(mod, name)(**params)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as fh:  # reset the high-water mark (VmHWM) to the current RSS
+    fh.write("5")
+before = status("VmRSS")
 fn()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_extra_mib": (after - before) / 1024}))
+print(json.dumps({"peak_extra_mib": (status("VmHWM") - before) / 1024}))
 """
 
 
 def _peak_memory(spec_path: Path, target: str, params: dict[str, Any]) -> float:
     """Extra peak resident memory (MiB) of one call, measured in a fresh process: the high-water mark
-    after the call minus the one after setup (the factory). CPU tensors have no allocator statistics,
-    so the process high-water mark is the honest measure."""
+    during the call (reset after setup) minus the resident size before it. CPU tensors have no allocator
+    statistics, so the process high-water mark is the honest measure (Linux /proc)."""
     import subprocess
     import sys
 

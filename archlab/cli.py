@@ -1,4 +1,4 @@
-"""The ``archlab`` command: list, info, train, eval, reproduce, bench.
+"""The ``archlab`` command: list, info, train, eval, generate, reproduce, bench.
 
 The CLI only wires recipe -> registry -> loop; user mistakes print one line and exit 2.
 """
@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="re-evaluate the saved model of a run directory")
     s.add_argument("run_dir")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    s = sub.add_parser("generate", help="continue a prompt with the language model of a run directory")
+    s.add_argument("run_dir")
+    s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    s.add_argument("--tokens", type=int, default=200, help="tokens to generate (default 200)")
+    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0: greedy")
+    s.add_argument("--top-k", type=int, help="sample among the K most likely tokens only")
+    s.add_argument("--top-p", type=float, help="sample within the nucleus of probability P only")
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     s = sub.add_parser("reproduce", help="run recipes over seeds and compare with published targets")
@@ -186,6 +196,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .train.lm import generate_from_run
+
+    text = generate_from_run(args.run_dir, args.prompt, args.tokens, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device)
+    print(text)
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
@@ -209,7 +228,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
-               "reproduce": cmd_reproduce, "bench": cmd_bench}[args.command]
+               "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate}[args.command]
     try:
         return handler(args)
     except ArchlabError as exc:

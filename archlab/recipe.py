@@ -53,6 +53,10 @@ class DataConfig:
     fanouts: list[int] = field(default_factory=list)
     """Graph loops: neighbours sampled per layer for mini-batch training (e.g. [25, 10]); empty: full
     batch. With fanouts, ``batch_size`` counts target nodes per step."""
+    seq_len: int = 128
+    """Masked-LM loop: text tokens per training window ([CLS] and [SEP] come on top)."""
+    mask_prob: float = 0.15
+    """Masked-LM loop: share of the text tokens the model must predict (Devlin et al. 2019: 0.15)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -66,6 +70,8 @@ class DataConfig:
             raise ValueError("test_fraction must be in [0, 1)")
         if any(f < 1 for f in self.fanouts):
             raise ValueError(f"fanouts must be positive, got {self.fanouts}")
+        if self.seq_len < 1 or not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"need seq_len >= 1 and 0 < mask_prob < 1, got {self.seq_len}, {self.mask_prob}")
 
 
 @dataclass
@@ -117,6 +123,8 @@ class TrainConfig:
     """Passes over the training split (used when ``steps`` is 0)."""
     eval_every: int = 0
     """Evaluate on validation every N steps (0: once per epoch)."""
+    eval_iters: int = 200
+    """Language-model loop: random batches of train and of val averaged per evaluation (nanoGPT's eval_iters)."""
     log_every: int = 50
     """Write train loss to metrics.jsonl every N steps."""
     precision: Precision = "fp32"
@@ -154,6 +162,8 @@ class TrainConfig:
             raise ValueError("accumulate must be >= 1")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.eval_iters < 1:
+            raise ValueError(f"eval_iters must be >= 1, got {self.eval_iters}")
         for key in ("eval_every", "checkpoint_every", "early_stopping", "threads"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")

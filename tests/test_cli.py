@@ -359,7 +359,9 @@ def test_reproduce_passes(reproduced: dict[str, Any]) -> None:
     assert row["std"] == pytest.approx(statistics.stdev(row["values"]))
     assert row["target"] == 0.3 and row["tolerance"] == 0.7 and row["passed"] is True
     md = (out / "report.md").read_text()
-    assert "| tiny_logistic | logistic | mnist1d | test_acc | 0.3 ± 0.7 |" in md and "| pass |" in md
+    n_params = runs[0]["num_params"]
+    assert n_params == row["num_params"] == 40 * 10 + 10  # logistic regression on 40 features, 10 classes
+    assert f"| tiny_logistic | logistic | {n_params:,} | mnist1d | test_acc | 0.3 ± 0.7 |" in md and "| pass |" in md
 
 
 def test_reproduce_seeds_option_uses_that_many_seeds(reproduced: dict[str, Any], tmp_path: Path,

@@ -87,7 +87,7 @@ def register_dataset(name: str, config_class: type, num_classes: int,
 
 def _ensure_loaded() -> None:
     # Importing the dataset modules runs their @register_dataset decorators.
-    from . import digits, events, graphs, mnist, mnist1d, planetoid, tu  # noqa: F401
+    from . import digits, events, graphs, mnist, mnist1d, planetoid, seq2seq, text, tu  # noqa: F401
 
 
 def dataset_names() -> list[str]:

@@ -171,6 +171,11 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     """
     b, h, t, d = q.shape
     w = window
+    if t <= w:  # the band covers everything up to the window: one masked dense call is cheaper than blocks
+        mask = sliding_window_mask(t, t, w, causal, q.device)
+        if key_mask is not None:
+            mask = mask & padding_mask(key_mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_as_bias(mask, None, q.dtype), scale=scale)
     nb = -(-t // w)
     pad = nb * w - t
     if pad:

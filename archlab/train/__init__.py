@@ -43,6 +43,9 @@ _LOOPS = {
     "graph": "archlab.train.graph_level:GraphClassification",
     "link": "archlab.train.link:LinkPrediction",
     "temporal": "archlab.train.temporal:TemporalLinkPrediction",
+    "lm": "archlab.train.lm:LanguageModeling",
+    "seq2seq": "archlab.train.seq2seq:Seq2Seq",
+    "mlm": "archlab.train.mlm:MaskedLM",
 }
 
 
