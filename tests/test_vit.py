@@ -157,3 +157,19 @@ def test_plot_attention_rollout(tmp_path):
     assert path.is_file() and path.stat().st_size > 1000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert model.training                     # the model's mode is restored
+
+
+def test_supervised_run_writes_attention_rollout(tmp_path):
+    """The supervised loop asks the model for its example plots at the end of a run."""
+    from archlab import recipe as recipe_mod
+    from archlab.runner import train
+
+    rec = recipe_mod.from_dict({
+        "name": "vit_tiny", "model": {"name": "vit", "image_size": 8, "patch_size": 4, "dim": 16, "depth": 1,
+                                      "heads": 2, "mlp_dim": 16},
+        "data": {"name": "digits", "batch_size": 32},
+        "train": {"steps": 3, "threads": 1},
+    })
+    summary = train(rec, out=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "plots" / "attention_rollout.png").stat().st_size > 1000
+    assert summary["num_params"] > 0

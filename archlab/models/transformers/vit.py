@@ -215,6 +215,10 @@ class ViT(ArchModel):
         """``forward(x, output_attentions=True)``: (logits, per-layer attention weights)."""
         return self(x, output_attentions=True)
 
+    def plot_examples(self, images: torch.Tensor, labels: torch.Tensor | None, folder: str | os.PathLike) -> Path:
+        """``folder/attention_rollout.png`` for a few examples (the training loops call this at the end of a run)."""
+        return plot_attention_rollout(self, images, labels, Path(folder) / "attention_rollout.png")
+
     # ------------------------------------------------------------------------------- HF format
     @classmethod
     def config_from_hf(cls, hf_config: dict[str, Any]) -> ViTConfig:
