@@ -132,9 +132,10 @@ def train_flops(n_layer: int, n_head: int, n_embd: int, block: int, batch: int, 
 def report(result: dict[str, Any]) -> str:
     """Markdown appended to the table: model FLOP utilization of each train-step case against the measured
     bf16 and fp32 matmul peak of this machine."""
-    peaks = {"bf16": matmul_peak(dtype=torch.bfloat16), "fp32": matmul_peak(dtype=torch.float32)}
+    threads = int(result["params"].get("threads", 2))
+    peaks = {"bf16": matmul_peak(threads, dtype=torch.bfloat16), "fp32": matmul_peak(threads, dtype=torch.float32)}
     result["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
-    lines = ["", f"Measured matmul peak (4096^3, 2 threads): bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, "
+    lines = ["", f"Measured matmul peak (4096^3, {threads} thread(s)): bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, "
              f"fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s.", "",
              "| case | model TFLOP per step | archlab MFU | HF MFU |", "|---|---|---|---|"]
     for row in result["cases"]:
