@@ -39,10 +39,8 @@ from ...nn.transformer import TransformerLayer
 from ...registry import register
 from ..base import ArchModel
 from .decoding import DecoderCache, EarlyStopping, generate, shift_tokens_right
+from .hf import ACT_FROM_HF, ACT_TO_HF
 
-_ACT_FROM_HF = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "silu": "silu", "swish": "silu", "tanh": "tanh"}
-_ACT_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "tanh": "tanh"}
 _POSITION_OFFSET = 2  # fairseq reserved the first two rows of the position table
 
 
@@ -217,7 +215,7 @@ class Bart(ArchModel):
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> BartConfig:
         act = hf.get("activation_function", "gelu")
-        if act not in _ACT_FROM_HF:
+        if act not in ACT_FROM_HF:
             raise ArchlabError(f"unsupported BART activation_function {act!r}")
         eos = hf.get("eos_token_id", 2)
         if isinstance(eos, list):
@@ -231,7 +229,7 @@ class Bart(ArchModel):
             encoder_attention_heads=hf.get("encoder_attention_heads", 16),
             decoder_attention_heads=hf.get("decoder_attention_heads", 16),
             encoder_ffn_dim=hf.get("encoder_ffn_dim", 4096), decoder_ffn_dim=hf.get("decoder_ffn_dim", 4096),
-            max_position_embeddings=hf.get("max_position_embeddings", 1024), activation=_ACT_FROM_HF[act],
+            max_position_embeddings=hf.get("max_position_embeddings", 1024), activation=ACT_FROM_HF[act],
             dropout=float(hf.get("dropout", 0.1)), attention_dropout=float(hf.get("attention_dropout", 0.0)),
             activation_dropout=float(hf.get("activation_dropout", 0.0)),
             scale_embedding=bool(hf.get("scale_embedding", False)),
@@ -247,7 +245,7 @@ class Bart(ArchModel):
             "encoder_attention_heads": c.encoder_attention_heads,
             "decoder_attention_heads": c.decoder_attention_heads, "encoder_ffn_dim": c.encoder_ffn_dim,
             "decoder_ffn_dim": c.decoder_ffn_dim, "max_position_embeddings": c.max_position_embeddings,
-            "activation_function": _ACT_TO_HF[c.activation], "dropout": c.dropout,
+            "activation_function": ACT_TO_HF[c.activation], "dropout": c.dropout,
             "attention_dropout": c.attention_dropout, "activation_dropout": c.activation_dropout,
             "scale_embedding": c.scale_embedding, "init_std": c.init_std, "is_encoder_decoder": True,
             "use_cache": True, "tie_word_embeddings": c.tie_word_embeddings, "pad_token_id": c.pad_token_id,

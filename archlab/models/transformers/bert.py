@@ -43,16 +43,9 @@ from ...nn.attention import padding_mask
 from ...nn.transformer import TransformerLayer
 from ...registry import register
 from ..base import ArchModel
+from .hf import ACT_FROM_HF, ACT_TO_HF
 
 Head = Literal["mlm", "classify", "none"]
-
-# Hugging Face activation names <-> ours. "gelu" is the exact (erf) GELU; the tanh approximation has
-# several HF names that compute the same function.
-HF_ACTIVATIONS: dict[str, str] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                                  "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu",
-                                  "tanh": "tanh"}
-TO_HF_ACTIVATION: dict[str, str] = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu",
-                                    "tanh": "tanh"}
 
 
 @dataclass
@@ -236,9 +229,9 @@ def hf_num_labels(hf_config: dict[str, Any]) -> int:
 
 
 def hf_activation(name: str) -> str:
-    if name not in HF_ACTIVATIONS:
-        raise ArchlabError(f"activation {name!r} is not supported; supported: {', '.join(HF_ACTIVATIONS)}")
-    return HF_ACTIVATIONS[name]
+    if name not in ACT_FROM_HF:
+        raise ArchlabError(f"activation {name!r} is not supported; supported: {', '.join(ACT_FROM_HF)}")
+    return ACT_FROM_HF[name]
 
 
 def hf_head_fields(c: Any, stem: str) -> dict[str, Any]:
@@ -401,7 +394,7 @@ class Bert(ArchModel):
         return {**hf_head_fields(c, self.hf_stem), "model_type": self.hf_model_types[0],
                 "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers,
                 "num_attention_heads": c.num_heads, "intermediate_size": c.intermediate_size,
-                "hidden_act": TO_HF_ACTIVATION[c.activation], "hidden_dropout_prob": c.dropout,
+                "hidden_act": ACT_TO_HF[c.activation], "hidden_dropout_prob": c.dropout,
                 "attention_probs_dropout_prob": c.attention_dropout, "classifier_dropout": c.classifier_dropout,
                 "max_position_embeddings": c.max_position_embeddings, "type_vocab_size": c.type_vocab_size,
                 "initializer_range": c.initializer_range, "layer_norm_eps": c.layer_norm_eps,

@@ -32,7 +32,6 @@ from ...nn import Activation
 from ...nn.positional import sinusoidal_table
 from ...registry import register
 from .bert import (
-    TO_HF_ACTIVATION,
     Bert,
     Head,
     SequenceClassifier,
@@ -43,6 +42,7 @@ from .bert import (
     hf_head_fields,
     hf_num_labels,
 )
+from .hf import ACT_TO_HF
 
 
 @dataclass
@@ -139,7 +139,7 @@ class DistilBert(Bert):
         return {**hf_head_fields(c, self.hf_stem), "model_type": "distilbert", "vocab_size": c.vocab_size,
                 "dim": c.hidden_size, "n_layers": c.num_layers, "n_heads": c.num_heads,
                 "hidden_dim": c.intermediate_size, "max_position_embeddings": c.max_position_embeddings,
-                "sinusoidal_pos_embds": c.sinusoidal_positions, "activation": TO_HF_ACTIVATION[c.activation],
+                "sinusoidal_pos_embds": c.sinusoidal_positions, "activation": ACT_TO_HF[c.activation],
                 "dropout": c.dropout, "attention_dropout": c.attention_dropout,
                 "seq_classif_dropout": c.classifier_dropout, "initializer_range": c.initializer_range,
                 "pad_token_id": c.pad_token_id, "tie_word_embeddings": True}

@@ -43,17 +43,10 @@ from ...nn.positional import LearnedPositionalEmbedding, RotaryEmbedding
 from ...nn.transformer import TransformerLayer
 from ...registry import register
 from ..base import ArchModel
+from .hf import ACT_FROM_HF, ACT_TO_HF
 
 Positional = Literal["learned", "rotary"]
 
-# archlab activation <-> Hugging Face ``activation_function`` (the first HF name is the one written)
-_HF_ACTIVATIONS: dict[str, tuple[str, ...]] = {
-    "gelu_tanh": ("gelu_new", "gelu_pytorch_tanh"),
-    "gelu": ("gelu",),
-    "relu": ("relu",),
-    "silu": ("silu", "swish"),
-    "tanh": ("tanh",),
-}
 
 
 @dataclass
@@ -349,10 +342,10 @@ class GPT(ArchModel):
             raise ArchlabError("GPT-2 with scale_attn_weights=False or scale_attn_by_inverse_layer_idx is "
                                "not supported")
         act = h.get("activation_function", "gelu_new")
-        ours = next((k for k, names in _HF_ACTIVATIONS.items() if act in names), None)
+        ours = ACT_FROM_HF.get(act)
         if ours is None:
             raise ArchlabError(f"GPT-2 activation_function {act!r} is not supported; supported: "
-                               f"{', '.join(n for names in _HF_ACTIVATIONS.values() for n in names)}")
+                               f"{', '.join(ACT_FROM_HF)}")
         try:
             return GPTConfig(vocab_size=h.get("vocab_size", 50257), block_size=h.get("n_positions", 1024),
                              n_layer=h.get("n_layer", 12), n_head=h.get("n_head", 12), n_embd=h.get("n_embd", 768),
@@ -380,7 +373,7 @@ class GPT(ArchModel):
         eot = 50256 if c.vocab_size > 50256 else None
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
                 "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
-                "n_inner": c.n_inner, "activation_function": _HF_ACTIVATIONS[c.activation][0],
+                "n_inner": c.n_inner, "activation_function": ACT_TO_HF[c.activation],
                 "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
                 "layer_norm_epsilon": c.layer_norm_eps, "initializer_range": c.init_std,
                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,

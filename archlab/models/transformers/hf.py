@@ -28,6 +28,13 @@ from safetensors.torch import load_file
 from ...errors import ArchlabError
 from ..base import ArchModel
 
+# Hugging Face activation names <-> ours. "gelu" is the exact (erf) GELU; the tanh approximation has
+# several HF names that compute the same function (the first one is what we write).
+ACT_FROM_HF: dict[str, str] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                               "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu",
+                               "tanh": "tanh"}
+ACT_TO_HF: dict[str, str] = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu", "tanh": "tanh"}
+
 
 def hf_classes() -> dict[str, type[ArchModel]]:
     """``model_type`` -> archlab model class, over every registered model that reads HF weights."""

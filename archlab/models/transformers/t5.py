@@ -43,11 +43,7 @@ from ...nn.transformer import TransformerLayer
 from ...registry import register
 from ..base import ArchModel
 from .decoding import DecoderCache, EarlyStopping, generate
-
-# Hugging Face activation names <-> ours
-_ACT_FROM_HF = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "silu": "silu", "swish": "silu", "tanh": "tanh"}
-_ACT_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "tanh": "tanh"}
+from .hf import ACT_FROM_HF, ACT_TO_HF
 
 
 @dataclass
@@ -229,7 +225,7 @@ class T5(ArchModel):
             raise ArchlabError(f"unsupported T5 feed_forward_proj {proj!r}")
         # Hugging Face's backward-compatible quirk: "gated-gelu" means the tanh approximation
         hf_act = "gelu_new" if proj == "gated-gelu" else parts[-1]
-        if hf_act not in _ACT_FROM_HF:
+        if hf_act not in ACT_FROM_HF:
             raise ArchlabError(f"unsupported T5 activation {hf_act!r}")
         eos = hf.get("eos_token_id", 1)
         if isinstance(eos, list):
@@ -249,7 +245,7 @@ class T5(ArchModel):
             relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
             relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
             dropout=float(hf.get("dropout_rate", 0.1)), layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
-            activation=_ACT_FROM_HF[hf_act], gated=gated, tie_word_embeddings=bool(tie),
+            activation=ACT_FROM_HF[hf_act], gated=gated, tie_word_embeddings=bool(tie),
             scale_decoder_outputs=bool(scale), pad_token_id=pad, eos_token_id=eos,
             decoder_start_token_id=start if start is not None else pad,
             init_factor=float(hf.get("initializer_factor", 1.0)))
@@ -258,7 +254,7 @@ class T5(ArchModel):
         c = self.config
         if c.gated and c.activation == "gelu":
             raise ArchlabError("Hugging Face T5 cannot express a gated exact-GELU FFN ('gated-gelu' means gelu_tanh)")
-        act = _ACT_TO_HF[c.activation]
+        act = ACT_TO_HF[c.activation]
         proj = ("gated-gelu" if act == "gelu_new" else f"gated-{act}") if c.gated else act
         return {
             "model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "vocab_size": c.vocab_size,
