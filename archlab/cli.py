@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    s = sub.add_parser("rollout", help="play the trained policy of an RL run directory (or saved agent)")
+    s.add_argument("run_dir")
+    s.add_argument("--episodes", type=int, default=5, help="episodes to play (default 5)")
+    s.add_argument("--gif", help="write the rendered frames to this animated GIF")
+    s.add_argument("--fps", type=int, default=30, help="GIF frames per second (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="environment seed")
+    s.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic policy")
+
     s = sub.add_parser("reproduce", help="run recipes over seeds and compare with published targets")
     s.add_argument("suite", nargs="*", default=["quick"], help="quick | full | FAMILY | RECIPE ... (default quick)")
     s.add_argument("--suite", dest="suite_opt", action="append", help="same as the positional form")
@@ -77,11 +85,17 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import entries
 
-    items = entries(args.family)
-    width = max(len(e.name) for e in items)
-    fam_w = max(len(e.family) for e in items)
-    for e in items:
-        print(f"{e.name:<{width}}  {e.family:<{fam_w}}  {e.description}")
+    rows = []
+    if args.family != "rl":
+        rows = [(e.name, e.family, e.description) for e in entries(args.family)]
+    if args.family in (None, "rl"):  # RL algorithms live in their own registry (archlab.rl)
+        from .rl import algo_descriptions
+
+        rows += [(name, "rl", desc) for name, desc in algo_descriptions().items()]
+    width = max(len(r[0]) for r in rows)
+    fam_w = max(len(r[1]) for r in rows)
+    for name, family, desc in rows:
+        print(f"{name:<{width}}  {family:<{fam_w}}  {desc}")
     return 0
 
 
@@ -205,6 +219,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from .rl.rollout import rollout
+
+    rollout(args.run_dir, args.episodes, args.gif, seed=args.seed, deterministic=not args.stochastic, fps=args.fps)
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
@@ -228,7 +249,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
-               "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate}[args.command]
+               "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
+               "rollout": cmd_rollout}[args.command]
     try:
         return handler(args)
     except ArchlabError as exc:

@@ -53,8 +53,10 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         plt.close(fig)
         written.append(out / name)
 
-    figure("loss.png", "cross-entropy", [("train", "loss", "train loss"), ("val", "val_loss", "val loss")],
-           log_y=True, marker="")
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+    positive = bool(losses) and min(losses) > 0  # RL losses can be negative: no log axis then
+    figure("loss.png", "loss", [("train", "loss", "train loss"), ("val", "val_loss", "val loss")],
+           log_y=positive, marker="")
     acc_keys = sorted({k for r in records if r["split"] == "val" for k in r if k.endswith("_acc")})
     figure("metrics.png", "accuracy", [("val", k, k) for k in acc_keys], log_y=False, marker=".")
     return written
@@ -108,6 +110,64 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _smooth(steps: list[int], returns: list[float], window: int) -> tuple[list[int], list[float]]:
+    """Mean of the last ``window`` episode returns at each episode's end step."""
+    import numpy as np
+
+    r = np.asarray(returns, np.float64)
+    c = np.concatenate([[0.0], np.cumsum(r)])
+    idx = np.arange(1, len(r) + 1)
+    lo = np.maximum(0, idx - window)
+    return list(steps), list((c[idx] - c[lo]) / (idx - lo))
+
+
+def plot_returns(runs: list[list[tuple[int, float, int]]], path: str | os.PathLike, title: str = "",
+                 evals: list[tuple[int, float, float]] | None = None, window: int = 20) -> Path | None:
+    """Episode return vs environment steps.
+
+    One run: every episode's return (faint) and the mean of the last ``window`` episodes; with
+    ``evals``, the periodic deterministic evaluations (mean ± std over episodes). Several runs (seeds):
+    each run's ``window``-episode mean, interpolated on a common step grid, drawn as mean ± std over
+    the runs."""
+    import numpy as np
+
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if len(runs) == 1:
+        steps, rets = [s for s, _, _ in runs[0]], [r for _, r, _ in runs[0]]
+        ax.plot(steps, rets, ".", color="tab:blue", alpha=0.25, markersize=3, label="episode return")
+        xs, ys = _smooth(steps, rets, window)
+        ax.plot(xs, ys, color="tab:blue", label=f"mean of last {window} episodes")
+    else:
+        end = min(r[-1][0] for r in runs)
+        grid = np.linspace(max(r[0][0] for r in runs), end, 200)
+        curves = []
+        for r in runs:
+            xs, ys = _smooth([s for s, _, _ in r], [v for _, v, _ in r], window)
+            curves.append(np.interp(grid, xs, ys))
+        c = np.stack(curves)
+        mean, std = c.mean(0), c.std(0)
+        ax.plot(grid, mean, color="tab:blue", label=f"mean over {len(runs)} seeds ({window}-episode average)")
+        ax.fill_between(grid, mean - std, mean + std, color="tab:blue", alpha=0.25, label="± std over seeds")
+    if evals:
+        ax.errorbar([e[0] for e in evals], [e[1] for e in evals], yerr=[e[2] for e in evals], fmt="o",
+                    color="tab:orange", capsize=3, markersize=4, label="deterministic evaluation")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -207,10 +207,30 @@ class ExpectConfig:
 
 
 @dataclass
+class EnvConfig:
+    """Reinforcement learning (``train.loop = "rl"``): the environment."""
+
+    id: str
+    """gymnasium environment id, e.g. ``CartPole-v1`` (or one of archlab's toy envs, ``archlab/Identity-v0``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``gymnasium.make``, e.g. ``{ is_slippery = false }``."""
+    eval_episodes: int = 10
+    """Episodes of the deterministic policy averaged by each evaluation."""
+
+    def __post_init__(self) -> None:
+        if self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
+
+
+@dataclass
 class Recipe:
-    model: dict[str, Any]
-    data: DataConfig
     train: TrainConfig
+    model: dict[str, Any] | None = None
+    """The model: ``name`` plus its config keys (every loop but ``rl``)."""
+    data: DataConfig | None = None
+    algo: dict[str, Any] | None = None
+    """Reinforcement learning: ``name`` of the algorithm plus its hyperparameters."""
+    env: EnvConfig | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     expect: ExpectConfig | None = None
     name: str = "run"
@@ -224,21 +244,34 @@ class Recipe:
             raise ValueError(f"name {self.name!r} must be a plain file name (no '/' or '\\')")
 
     @property
+    def is_rl(self) -> bool:
+        return self.algo is not None
+
+    @property
     def model_name(self) -> str:
-        return self.model["name"]
+        """The model's registered name (the algorithm's, for RL recipes)."""
+        return self.algo["name"] if self.algo is not None else self.model["name"]
+
+    @property
+    def dataset(self) -> str:
+        """The dataset name (the environment id, for RL recipes)."""
+        return self.env.id if self.env is not None else self.data.name
 
     @property
     def model_config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model.items() if k != "name"}
+        return {k: v for k, v in (self.model or self.algo).items() if k != "name"}
 
     def to_dict(self) -> dict[str, Any]:
-        return _config.to_dict(self)
+        d = _config.to_dict(self)
+        if self.is_rl:  # RL hyperparameters live in [algo]; an [optim] table would be rejected on reload
+            d.pop("optim", None)
+        return d
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
 
-_SECTIONS = ("model", "data", "optim", "train", "expect")
+_SECTIONS = ("model", "data", "algo", "env", "optim", "train", "expect")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -279,13 +312,28 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     from .registry import build_config, get
 
     raw = dict(raw)
-    for key in ("model", "data", "train"):
-        if key not in raw:
-            raise ArchlabError(f"recipe has no [{key}] table; required tables: model, data, train")
+    if "train" not in raw:
+        raise ArchlabError("recipe has no [train] table; required tables: model, data, train (or algo, env, train)")
     allowed = set(_SECTIONS) | {"name", "description", "seed"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ArchlabError(f"unknown key {unknown[0]} in recipe; allowed keys: {', '.join(sorted(allowed))}")
+    train = raw["train"] if isinstance(raw["train"], dict) else {}
+    from .train import loop_names
+
+    loop = train.get("loop", "supervised")
+    if loop not in loop_names():
+        raise ArchlabError(f"train.loop: unknown loop {loop!r}; loops: {', '.join(loop_names())}")
+    raw.setdefault("name", default_name)
+    if loop == "rl":
+        return _rl_from_dict(raw)
+    for key in ("model", "data"):
+        if key not in raw:
+            raise ArchlabError(f"recipe has no [{key}] table; required tables: model, data, train")
+    for key in ("algo", "env"):
+        if key in raw:
+            raise ArchlabError(f"[{key}] is for reinforcement learning recipes (train.loop = \"rl\"); "
+                               f"this recipe's loop is {loop!r}")
     model = raw["model"]
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise ArchlabError("model.name: required string naming a registered model (see `archlab list`)")
@@ -294,7 +342,6 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     except ArchlabError as exc:
         raise ArchlabError(f"model.name: {exc}") from None
     build_config(model["name"], {k: v for k, v in model.items() if k != "name"})
-    raw.setdefault("name", default_name)
     recipe = _config.build(Recipe, raw)
     if recipe.data.name not in dataset_names():
         raise ArchlabError(f"data.name: unknown dataset {recipe.data.name!r}; datasets: {', '.join(dataset_names())}")
@@ -304,10 +351,6 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
         make_transform(recipe.data.augment)
     except ArchlabError as exc:
         raise ArchlabError(f"data.augment: {exc}") from None
-    from .train import loop_names
-
-    if recipe.train.loop not in loop_names():
-        raise ArchlabError(f"train.loop: unknown loop {recipe.train.loop!r}; loops: {', '.join(loop_names())}")
     from .train import get_loop
 
     wants = getattr(get_loop(recipe.train.loop), "data_kind", "arrays")
@@ -317,6 +360,28 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
         raise ArchlabError(f"data.name: {recipe.data.name!r} is a dataset of kind {kind!r} but loop "
                            f"{recipe.train.loop!r} needs kind {wants!r} ({', '.join(fitting)})")
     return recipe
+
+
+def _rl_from_dict(raw: dict[str, Any]) -> Recipe:
+    """An RL recipe: [algo] (name + hyperparameters) and [env] instead of [model] and [data]."""
+    from .rl import algo_names, get_algo
+
+    for key in ("algo", "env"):
+        if key not in raw:
+            raise ArchlabError(f"recipe has no [{key}] table; reinforcement learning recipes need algo, env, train")
+    for key in ("model", "data", "optim"):
+        if key in raw:
+            raise ArchlabError(f"[{key}] is not used by reinforcement learning recipes; put hyperparameters "
+                               f"(learning_rate, net_arch ...) in [algo]")
+    algo = raw["algo"]
+    if not isinstance(algo, dict) or not isinstance(algo.get("name"), str):
+        raise ArchlabError(f"algo.name: required string naming an algorithm ({', '.join(algo_names())})")
+    try:
+        cls = get_algo(algo["name"])
+    except ArchlabError as exc:
+        raise ArchlabError(f"algo.name: {exc}") from None
+    _config.build(cls.Config, {k: v for k, v in algo.items() if k != "name"}, "algo")
+    return _config.build(Recipe, raw)
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:

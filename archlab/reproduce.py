@@ -43,7 +43,7 @@ def select(suite: list[str]) -> list[Path]:
         if item == "full":
             chosen += available
         elif item == "quick":
-            chosen += [p for p in available if recipe_mod.load(p).data.name in EMBEDDED_DATASETS]
+            chosen += [p for p in available if recipe_mod.load(p).dataset in EMBEDDED_DATASETS]
         elif item in families:
             chosen += [p for p in available if p.parent.name == item]
         elif Path(item).is_file():
@@ -87,7 +87,7 @@ def aggregate(path: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
     walls = [r["summary"]["wall_s"] for r in results if "summary" in r]
     params = [r["summary"].get("num_params") for r in results if "summary" in r]
     return {
-        "recipe": rec.name, "file": str(path), "model": rec.model_name, "dataset": rec.data.name,
+        "recipe": rec.name, "file": str(path), "model": rec.model_name, "dataset": rec.dataset,
         "metric": exp.metric, "target": exp.value, "compare": exp.compare, "tolerance": exp.tolerance,
         "expected": exp.describe(), "source": exp.source, "seeds": [r["seed"] for r in results],
         "values": values, "mean": mean, "std": std,
@@ -183,6 +183,13 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     plot_reproduction(rows, out / "report.png")
     if len(rows) > 1 and len({r["metric"] for r in rows}) == 1:  # a comparison: metric vs cost
         plot_tradeoff(rows, out / "tradeoff.png")
+    for p in paths:
+        if recipes[p].is_rl:  # learning curves: mean ± std over seeds
+            from .plots import plot_returns
+            from .train.rl import read_episodes
+
+            dirs = [out / "runs" / f"{p.stem}-s{s}" for q, s in tasks if q == p and "summary" in results[(q, s)]]
+            plot_returns([read_episodes(d) for d in dirs], out / f"{p.stem}_returns.png", title=p.stem)
     log("")
     log(report)
     log(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")

@@ -103,7 +103,10 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
         atomic_write_bytes(run_dir / RECIPE, recipe.to_toml().encode())
     metrics = MetricsLogger(run_dir / "metrics.jsonl", tc.tensorboard) if dist.is_main else None
     ckpt = CheckpointManager(run_dir / "checkpoints", tc.keep_checkpoints)
-    driver = Driver(paradigm, DriverConfig(log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
+    # A loop may count steps its own way (RL: environment steps) and convert the intervals.
+    log_every = getattr(paradigm, "log_every", tc.log_every)
+    checkpoint_every = getattr(paradigm, "checkpoint_every", tc.checkpoint_every)
+    driver = Driver(paradigm, DriverConfig(log_every=log_every, checkpoint_every=checkpoint_every,
                                            keep_checkpoints=tc.keep_checkpoints, early_stopping=tc.early_stopping,
                                            monitor=tc.monitor, monitor_mode=tc.monitor_mode,
                                            progress=progress, desc=recipe.name),
@@ -134,7 +137,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     wall = prior_wall + time.perf_counter() - t0
     final = paradigm.final_metrics()
     summary: dict[str, Any] = {
-        "recipe": recipe.name, "model": recipe.model_name, "dataset": recipe.data.name, "seed": seed,
+        "recipe": recipe.name, "model": recipe.model_name, "dataset": recipe.dataset, "seed": seed,
         "metrics": final, "steps": outcome.steps, "status": outcome.status,
         "expect": to_dict(recipe.expect) if recipe.expect else None, "passed": None,
         "wall_s": round(wall, 3), "num_params": sum(p.numel() for p in model.parameters()),
@@ -159,7 +162,10 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
 def build_data_and_model(loop_cls: type, recipe: Recipe) -> tuple[Any, Any]:
     """The loop's data and a fresh model. A loop may define ``load_data(recipe)`` (default: the array
     datasets) and ``model_defaults(recipe, data) -> dict`` (config keys the data decides, such as a
-    graph's feature count; keys the recipe sets win)."""
+    graph's feature count; keys the recipe sets win), or build both itself with
+    ``build_data_and_model(recipe)`` (reinforcement learning: the environment and the agent)."""
+    if hasattr(loop_cls, "build_data_and_model"):
+        return loop_cls.build_data_and_model(recipe)
     if hasattr(loop_cls, "load_data"):
         data = loop_cls.load_data(recipe)
     else:
@@ -194,8 +200,10 @@ def evaluate(run_dir: str | os.PathLike, device: str = "auto") -> dict[str, floa
         raise ArchlabError(f"{run_dir} has no final model (config.json): the run did not finish")
     recipe = recipe_mod.load(run_dir / RECIPE)
     dev = resolve_device(device)
-    model = load_model(run_dir, map_location=str(dev))
     loop_cls = get_loop(recipe.train.loop)
+    if hasattr(loop_cls, "evaluate_run"):  # loops whose final "model" is not an ArchModel (RL agents)
+        return loop_cls.evaluate_run(run_dir, recipe, str(dev))
+    model = load_model(run_dir, map_location=str(dev))
     data, _ = build_data_and_model(loop_cls, recipe)
     ctx = Context(device=dev, precision=Precision(recipe.train.precision, dev), dist=DistInfo(), seed=recipe.seed)
     recipe.train.compile = False

@@ -140,8 +140,11 @@ def test_list_shows_every_model_with_its_family(capsys: pytest.CaptureFixture[st
     code, out, err = run(capsys, "list")
     assert code == 0 and not err
     rows = {line.split()[0]: line.split()[1] for line in out.strip().splitlines()}
-    assert rows == {e.name: e.family for e in entries()}
-    assert set(rows) == set(archlab.list())
+    from archlab.rl import algo_names
+
+    # models from the model registry, RL algorithms from archlab.rl's own registry
+    assert rows == {**{e.name: e.family for e in entries()}, **{a: "rl" for a in algo_names()}}
+    assert set(rows) == set(archlab.list()) | set(algo_names())
 
 
 def test_list_family(capsys: pytest.CaptureFixture[str]) -> None:
@@ -292,7 +295,9 @@ def test_expect_metric_that_the_run_does_not_report(tmp_path: Path, capsys: pyte
 def test_module_entry_point_list() -> None:
     proc = subprocess.run([sys.executable, "-m", "archlab", "list"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert {line.split()[0] for line in proc.stdout.splitlines()} == set(archlab.list())
+    from archlab.rl import algo_names
+
+    assert {line.split()[0] for line in proc.stdout.splitlines()} == set(archlab.list()) | set(algo_names())
 
 
 def test_module_entry_point_bad_input_has_no_traceback(tmp_path: Path) -> None:

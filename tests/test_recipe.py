@@ -73,9 +73,9 @@ def _drop_table(name: str) -> str:
 # "{path}" in a fragment stands for the recipe file.
 BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("unknown-table", BASE_TOML + "\n[trian]\nsteps = 3\n", [],
-     ["unknown key trian", "allowed keys: data, description, expect, model, name, optim, seed, train"]),
+     ["unknown key trian", "allowed keys: algo, data, description, env, expect, model, name, optim, seed, train"]),
     ("unknown-table-set", None, ["trian.steps=3"],
-     ["unknown key trian", "allowed keys: data, description, expect, model, name, optim, seed, train"]),
+     ["unknown key trian", "allowed keys: algo, data, description, env, expect, model, name, optim, seed, train"]),
     ("unknown-train-key", None, ["train.step=5"], ["unknown key train.step in train", TRAIN_KEYS, "steps"]),
     ("wrong-type-int", None, ["train.steps=many"], ["train.steps: expected int, got 'many'"]),
     ("wrong-type-fraction", None, ["train.steps=2.5"], ["train.steps: expected int, got 2.5"]),

@@ -163,7 +163,8 @@ class Driver:
                     self._loss_sum, self._loss_n = 0.0, 0
                     if self.metrics is not None and self.dist.is_main:
                         self.metrics.log(step, "train", **logged)
-                    progress.update(step, **{k: v for k, v in logged.items() if k == "loss"})
+                    shown = getattr(self.p, "progress_keys", ("loss",))
+                    progress.update(step, **{k: v for k, v in logged.items() if k in shown})
                 else:
                     progress.update(step)
                 if self.p.eval_every and (step % self.p.eval_every == 0 or step == total):

@@ -46,6 +46,7 @@ _LOOPS = {
     "lm": "archlab.train.lm:LanguageModeling",
     "seq2seq": "archlab.train.seq2seq:Seq2Seq",
     "mlm": "archlab.train.mlm:MaskedLM",
+    "rl": "archlab.train.rl:ReinforcementLearning",
 }
 
 

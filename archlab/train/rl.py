@@ -1,0 +1,163 @@
+"""Reinforcement learning on the engine: an agent's ``iteration()`` is the driver's step.
+
+One driver step = one algorithm iteration (a PPO rollout + its epochs, a chunk of DQN env steps and
+gradient steps, an A3C round ...). Everything in the recipe counts *environment steps* (all env copies
+together): ``train.steps`` is the budget, ``train.eval_every`` and ``train.checkpoint_every`` are
+intervals in environment steps, converted here into iterations. ``train.log_every`` counts iterations.
+
+Every evaluation plays ``env.eval_episodes`` episodes of the deterministic policy on fresh envs and
+reports ``val_return_mean`` / ``val_return_std`` (logged under split "val"). The run's final metrics are
+an evaluation seeded from the run's seed -- ``eval_return_mean``, ``eval_return_std`` -- plus
+``train_return_mean`` (last 100 training episodes), ``episodes`` and ``env_steps``.
+
+Checkpoints hold the networks, optimizers, normalization statistics, the agent's generators, the
+episode log, the replay buffer (off-policy: its filled part) and, for classic-control and toy-text
+environments, the environments' own state -- so a resumed run continues exactly. Environments with
+other internal state (Box2D physics) start fresh episodes on resume.
+
+Files: ``episodes.csv`` (step, return, length of every training episode) and ``plots/returns.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..engine.checkpoint import atomic_write_bytes
+from ..errors import ArchlabError
+from ..recipe import Recipe
+from . import Context
+
+EPISODES_FILE = "episodes.csv"
+
+
+def make_agent(recipe: Recipe, seed: int | None = None, device: str = "cpu") -> Any:
+    from ..rl import get_algo
+
+    cls = get_algo(recipe.algo["name"])
+    return cls(recipe.env.id, seed=recipe.seed if seed is None else seed, device=device,
+               env_options=recipe.env.options, total_steps=recipe.train.steps, **recipe.model_config)
+
+
+class ReinforcementLearning:
+    """The driver's Paradigm for every RL algorithm in ``archlab.rl``."""
+
+    data_kind: ClassVar[str] = "env"
+    progress_keys: ClassVar[tuple[str, ...]] = ("env_steps", "episodes", "return", "steps_per_s")
+
+    @staticmethod
+    def build_data_and_model(recipe: Recipe) -> tuple[Any, Any]:
+        if recipe.train.steps < 1:
+            raise ArchlabError("train.steps: reinforcement learning counts environment steps; set train.steps")
+        from ..engine.device import resolve_device
+
+        return recipe.env, make_agent(recipe, device=str(resolve_device(recipe.train.device)))
+
+    def __init__(self, recipe: Recipe, agent: Any, env: Any, ctx: Context) -> None:
+        if ctx.dist.world_size > 1:
+            raise ArchlabError("--nproc is not supported for reinforcement learning (A3C has its own workers)")
+        self.recipe, self.agent, self.ctx = recipe, agent, ctx
+        tc = recipe.train
+        self.env_steps = tc.steps
+        per_iter = self.steps_per_iteration()
+        self.total_steps = math.ceil(tc.steps / per_iter)
+        self.eval_every = max(1, round(tc.eval_every / per_iter)) if tc.eval_every else 0
+        self.checkpoint_every = max(1, round(tc.checkpoint_every / per_iter)) if tc.checkpoint_every else 0
+        self.log_every = tc.log_every
+        self._t0: float | None = None
+        self._s0 = 0
+
+    def steps_per_iteration(self) -> int:
+        """Environment steps one iteration takes, measured on a throwaway copy would cost a run; the
+        algorithms declare it instead (``iteration_steps``), 1 when they do not."""
+        return max(1, int(getattr(self.agent, "iteration_steps", 1)))
+
+    # -- the driver's interface ------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, Any]:
+        if self._t0 is None:
+            self._t0, self._s0 = time.perf_counter(), self.agent.num_steps
+        out = dict(self.agent.iteration())
+        a = self.agent
+        out["env_steps"] = a.num_steps
+        out["episodes"] = len(a.episodes)
+        ret = a.recent_return()
+        if ret is not None:
+            out["return"] = ret
+        out["steps_per_s"] = int((a.num_steps - self._s0) / max(1e-9, time.perf_counter() - self._t0))
+        out.setdefault("loss", 0.0)
+        return out
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        seed = self.ctx.seed + 10_000 + self.agent.num_steps  # fresh episodes at every evaluation
+        mean, std, _ = self.agent.evaluate(self.recipe.env.eval_episodes, seed=seed)
+        return {f"{split}_return_mean": mean, f"{split}_return_std": std, "env_steps": self.agent.num_steps}
+
+    def final_metrics(self) -> dict[str, float]:
+        return final_metrics(self.agent, self.recipe, self.ctx.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"agent": self.agent.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+
+    # -- files -----------------------------------------------------------------------------------
+    def write_artifacts(self, run_dir: str | os.PathLike) -> None:
+        run_dir = Path(run_dir)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["step", "return", "length"])
+        w.writerows(self.agent.episodes)
+        atomic_write_bytes(run_dir / EPISODES_FILE, buf.getvalue().encode())
+        from ..plots import plot_returns
+
+        plot_returns([read_episodes(run_dir)], run_dir / "plots" / "returns.png", title=run_dir.name,
+                     evals=_eval_points(run_dir))
+        if hasattr(self.agent, "close"):
+            self.agent.close()
+
+    @staticmethod
+    def evaluate_run(run_dir: Path, recipe: Recipe, device: str) -> dict[str, float]:
+        """``archlab eval RUN``: the final metrics of a finished RL run, recomputed."""
+        from ..rl import load
+
+        agent = load(run_dir, device=device)
+        try:
+            return final_metrics(agent, recipe, recipe.seed, episodes=read_episodes(run_dir))
+        finally:
+            if hasattr(agent, "close"):
+                agent.close()
+
+
+def final_metrics(agent: Any, recipe: Recipe, seed: int,
+                  episodes: list[tuple[int, float, int]] | None = None) -> dict[str, float]:
+    mean, std, _ = agent.evaluate(recipe.env.eval_episodes, seed=seed + 1_000_000)
+    eps = agent.episodes if episodes is None else episodes
+    out = {"eval_return_mean": mean, "eval_return_std": std, "episodes": len(eps),
+           "env_steps": eps[-1][0] if episodes is not None and eps else agent.num_steps}
+    if eps:
+        last = [r for _, r, _ in eps[-100:]]
+        out["train_return_mean"] = sum(last) / len(last)
+    return out
+
+
+def read_episodes(run_dir: str | os.PathLike) -> list[tuple[int, float, int]]:
+    path = Path(run_dir) / EPISODES_FILE
+    if not path.is_file():
+        raise ArchlabError(f"{run_dir} has no {EPISODES_FILE}: not a finished RL run")
+    with path.open() as fh:
+        rows = list(csv.reader(fh))[1:]
+    return [(int(s), float(r), int(n)) for s, r, n in rows]
+
+
+def _eval_points(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(env step, mean, std) of the periodic evaluations in metrics.jsonl."""
+    from ..engine.metrics import read_metrics
+
+    return [(r["env_steps"], r["val_return_mean"], r["val_return_std"])
+            for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "val" and "val_return_mean" in r]
