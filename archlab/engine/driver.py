@@ -149,7 +149,10 @@ class Driver:
         last_eval: dict[str, float] = {}
         step = start_step
         try:
-            while step < total:
+            # A paradigm whose steps vary in size (RL iterations of whole episodes) sets total_steps to
+            # an upper bound and says when its own budget is spent.
+            finished = getattr(self.p, "finished", lambda: False)
+            while step < total and not finished():
                 out = self.p.train_step(step)
                 loss = _scalar(out.get("loss", 0.0))
                 if not math.isfinite(loss):
@@ -167,7 +170,7 @@ class Driver:
                     progress.update(step, **{k: v for k, v in logged.items() if k in shown})
                 else:
                     progress.update(step)
-                if self.p.eval_every and (step % self.p.eval_every == 0 or step == total):
+                if self.p.eval_every and (step % self.p.eval_every == 0 or step == total or finished()):
                     last_eval = self.p.evaluate("val")
                     if last_eval:
                         if self.metrics is not None and self.dist.is_main:

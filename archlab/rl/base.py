@@ -128,6 +128,19 @@ class Agent:
     def load_train_state(self, state: dict[str, Any]) -> None:
         pass
 
+    @property
+    def iteration_steps(self) -> int:
+        """Environment steps one ``iteration()`` takes (a lower bound when iterations are whole
+        episodes); the engine converts step budgets and intervals with it. Default: one rollout of
+        ``n_steps`` per env copy when the config has ``n_steps``, else one step per env copy."""
+        if "_iteration_steps" in self.__dict__:  # set by the algorithm
+            return self.__dict__["_iteration_steps"]
+        return getattr(self.cfg, "n_steps", 1) * self.cfg.n_envs
+
+    @iteration_steps.setter
+    def iteration_steps(self, value: int) -> None:
+        self.__dict__["_iteration_steps"] = value
+
     # -- helpers for algorithms -----------------------------------------------------------------
     def start(self) -> np.ndarray:
         """Reset the training envs on first use; returns the current normalized observations."""

@@ -66,21 +66,30 @@ class ReinforcementLearning:
         self.env_steps = tc.steps
         per_iter = self.steps_per_iteration()
         self.total_steps = math.ceil(tc.steps / per_iter)
-        self.eval_every = max(1, round(tc.eval_every / per_iter)) if tc.eval_every else 0
+        # The driver asks after every iteration; evaluate() answers only when the iteration crossed a
+        # multiple of train.eval_every environment steps (iterations can vary in length).
+        self.eval_every = 1 if tc.eval_every else 0
+        self._before = 0
         self.checkpoint_every = max(1, round(tc.checkpoint_every / per_iter)) if tc.checkpoint_every else 0
         self.log_every = tc.log_every
         self._t0: float | None = None
         self._s0 = 0
 
     def steps_per_iteration(self) -> int:
-        """Environment steps one iteration takes, measured on a throwaway copy would cost a run; the
-        algorithms declare it instead (``iteration_steps``), 1 when they do not."""
-        return max(1, int(getattr(self.agent, "iteration_steps", 1)))
+        """Environment steps one iteration takes (at least, for algorithms whose iterations are whole
+        episodes); the algorithms declare it as ``iteration_steps``."""
+        return max(1, int(self.agent.iteration_steps))
+
+    def finished(self) -> bool:
+        """The environment-step budget is spent (the driver's step count is only an upper bound when
+        iterations vary in length)."""
+        return self.agent.num_steps >= self.env_steps
 
     # -- the driver's interface ------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
         if self._t0 is None:
             self._t0, self._s0 = time.perf_counter(), self.agent.num_steps
+        self._before = self.agent.num_steps
         out = dict(self.agent.iteration())
         a = self.agent
         out["env_steps"] = a.num_steps
@@ -93,6 +102,9 @@ class ReinforcementLearning:
         return out
 
     def evaluate(self, split: str) -> dict[str, float]:
+        every, now = self.recipe.train.eval_every, self.agent.num_steps
+        if now // every == self._before // every and not self.finished():
+            return {}
         seed = self.ctx.seed + 10_000 + self.agent.num_steps  # fresh episodes at every evaluation
         mean, std, _ = self.agent.evaluate(self.recipe.env.eval_episodes, seed=seed)
         return {f"{split}_return_mean": mean, f"{split}_return_std": std, "env_steps": self.agent.num_steps}
