@@ -89,6 +89,8 @@ def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None
         raise ArchlabError(f"{path}: not valid TOML ({exc})") from None
     if cfg.get("mode") == "sweep":
         return run_sweep(path, cfg, out_dir, repeats, log)
+    if cfg.get("mode") == "custom":
+        return run_custom(path, cfg, out_dir, log)
     for key in ("name", "ours", "peer"):
         if key not in cfg:
             raise ArchlabError(f"{path}: missing key {key!r}; a spec needs name, ours, peer")
@@ -351,3 +353,25 @@ def _plot_sweep(result: dict[str, Any], plot: dict[str, Any], memory: bool, path
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_custom(path: Path, cfg: dict[str, Any], out_dir: Path | None, log: Any) -> dict[str, Any]:
+    """A spec whose comparison is not "time a callable" (e.g. whole RL training runs with returns):
+    ``run = "file.py:function"`` gets ``params`` and ``log`` and returns ``(result dict, markdown)``;
+    the result gets the machine and date and lands in ``results/<name>.{json,md}`` like any other."""
+    for key in ("name", "run"):
+        if not isinstance(cfg.get(key), str):
+            raise ArchlabError(f"{path}: a custom bench needs string keys name and run (\"file.py:function\")")
+    missing = _missing(cfg.get("requires", []))
+    if missing:
+        raise ArchlabError(f"bench {cfg['name']}: skipped, missing peer package(s): {', '.join(missing)}")
+    result, md = _load_factory(path, cfg["run"])(cfg.get("params", {}), log)
+    result.update({"name": cfg["name"], "description": cfg.get("description", ""), "goal": cfg.get("goal"),
+                   "machine": machine_description(), "date": time.strftime("%Y-%m-%d")})
+    md = f"# {cfg['name']}\n\n{result['description']}\n\n{md}\nMachine: {result['machine']}, {result['date']}.\n"
+    out_dir = out_dir or benchmarks_root() / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{cfg['name']}.md").write_text(md)
+    log(md)
+    return result
