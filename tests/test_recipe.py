@@ -162,7 +162,7 @@ def test_every_recipe_loads_validates_and_round_trips(path: Path) -> None:
     else:
         assert rec.expect.source and rec.expect.seeds
         assert rec.expect.metric in {"test_acc", "val_acc", "test_loss", "val_loss", "test_auc", "test_ap",
-                                  "test_exact_match"}
+                                  "test_exact_match", "eval_return_mean"}
     assert rec.train.steps > 0 or rec.train.epochs > 0
     assert from_dict(tomllib.loads(rec.to_toml())) == rec
 

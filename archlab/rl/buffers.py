@@ -104,7 +104,9 @@ class ReplayBuffer:
             terminated: np.ndarray) -> None:
         """Add a batch of ``n`` transitions (one per env copy)."""
         n = len(obs)
-        idx = (self.pos + np.arange(n)) % self.capacity
+        # A slice when the batch does not wrap around: several times cheaper than fancy indexing.
+        end = self.pos + n
+        idx = slice(self.pos, end) if end <= self.capacity else np.arange(self.pos, end) % self.capacity
         self.obs[idx], self.actions[idx], self.rewards[idx] = obs, action, reward
         self.next_obs[idx], self.terminated[idx] = next_obs, terminated
         self.pos = int((self.pos + n) % self.capacity)

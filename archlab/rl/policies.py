@@ -1,0 +1,372 @@
+"""What the on-policy algorithms (REINFORCE, A2C, A3C, PPO) share: the actor-critic network, action
+sampling and log-probabilities for discrete and continuous actions, the rollout loop, and a flat
+parameter buffer that makes the optimizer step and gradient clipping one operation each.
+
+Action distributions (no ``torch.distributions`` objects: they cost more than the math here):
+
+- Discrete: a categorical over ``logits [B, A]``.
+- Box: a diagonal Gaussian ``N(mean(s), exp(log_std)^2)`` with a state-independent, learned
+  ``log_std`` (Schulman et al. 2017, PPO sec. 6.1; SB3's default). Samples are unbounded; the env
+  gets them clipped to ``[low, high]`` while the update uses the unclipped sample (as SB3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Agent, AgentConfig
+from .buffers import RolloutBuffer
+from .env import SpaceInfo
+from .networks import Tanh, encode_obs, gaussian_entropy, gaussian_log_prob, gaussian_sample, mlp
+from .networks import activation as activation_cls
+
+SQRT2 = math.sqrt(2.0)
+
+
+# ------------------------------------------------------------------------------ a one-node MLP
+class _MLPFunction(torch.autograd.Function):
+    """An MLP ``Linear -> act -> ... -> Linear`` as ONE autograd node with a hand-written backward.
+
+    For networks this small, autograd's per-node bookkeeping costs as much as the math; one node per
+    network instead of ``2 * depth`` cuts the PPO gradient step by about a tenth. Textbook backprop:
+
+        forward:   h_0 = x,   h_i = act(h_{i-1} W_i^T + b_i),   y = h_{n-1} W_n^T + b_n
+        backward:  g_n = dL/dy;   dL/dW_i = g_i^T h_{i-1};   dL/db_i = sum_batch g_i;
+                   g_{i-1} = act'(.) * (g_i W_i),   with tanh' = 1 - h^2 and relu' = [h > 0] from the output h.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, act: nn.Module, *params: torch.Tensor) -> torch.Tensor:
+        weights, biases = params[0::2], params[1::2]
+        hs = [x]
+        h = x
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.addmm(b, h, w.t())
+            if i < len(weights) - 1:
+                h = act(h)
+                hs.append(h)
+        ctx.relu = isinstance(act, nn.ReLU)
+        ctx.save_for_backward(*hs, *weights)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        n = len(saved) // 2
+        hs, weights = saved[:n], saved[n:]
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        gx = None
+        for i in reversed(range(n)):
+            # dL/dW_i = g_i^T h_{i-1}, computed so the product comes out wide ([4, 64] rather than
+            # [64, 4]): MKL is several times faster on that orientation for small matrices.
+            h = hs[i]
+            grads[2 * i] = g.t() @ h if g.shape[1] <= h.shape[1] else (h.t() @ g).t()
+            grads[2 * i + 1] = g.sum(0)
+            if i > 0:
+                g = g @ weights[i]
+                if ctx.relu:
+                    g = torch.ops.aten.threshold_backward(g, hs[i], 0)
+                else:
+                    g = torch.ops.aten.tanh_backward(g, hs[i])
+            elif ctx.needs_input_grad[0]:
+                gx = g @ weights[0]
+        return (gx, None, *grads)
+
+
+class FusedMLP:
+    """Calls an :func:`~archlab.rl.networks.mlp` ``Sequential`` through :class:`_MLPFunction` when
+    gradients are needed and its activation is tanh or ReLU, and as the plain ``Sequential`` otherwise.
+
+    Holds the parameter list, built once: looking the layers up on every call costs more than the math
+    of the smallest layers."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        layers = list(net)
+        self.net = net
+        self.act = layers[1] if len(layers) > 1 else None
+        self.params = [t for layer in layers[0::2] for t in (layer.weight, layer.bias)]
+        self.fusable = isinstance(self.act, (Tanh, nn.ReLU))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fusable and torch.is_grad_enabled():
+            return _MLPFunction.apply(x, self.act, *self.params)
+        return self.net(x)
+
+
+def mlp_forward(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` through :class:`FusedMLP` (one autograd node when it can)."""
+    return FusedMLP(net)(x)
+
+
+class ActorCritic(nn.Module):
+    """Policy ``pi(a|s)`` and value ``V(s)`` as MLPs over the (one-hot encoded, for discrete
+    observation spaces) observation.
+
+    ``shared=False`` (SB3's default for MLPs): two separate networks ``obs -> net_arch -> logits``
+    and ``obs -> net_arch -> 1``. ``shared=True``: one body ``obs -> net_arch`` with two linear heads.
+    ``ortho_init``: orthogonal weights, zero biases, gains sqrt(2) for hidden layers, 0.01 for the
+    policy head (near-uniform initial policy) and 1 for the value head (OpenAI baselines / SB3).
+
+    ``forward(obs) -> (pi, value)``: ``pi`` is the logits ``[B, n_actions]`` (discrete) or the
+    Gaussian mean ``[B, act_dim]`` (Box; the std is ``exp(self.log_std)``); ``value`` is ``[B]``.
+    """
+
+    def __init__(self, spaces: SpaceInfo, net_arch: Sequence[int] = (64, 64), activation: str = "tanh",
+                 ortho_init: bool = True, log_std_init: float = 0.0, shared: bool = False) -> None:
+        super().__init__()
+        self.discrete, self.n_obs, self.shared = spaces.discrete, spaces.n_obs, shared
+        self.act_shape = spaces.act_shape
+        obs_dim, out_dim, arch = spaces.obs_dim, spaces.act_dim, list(net_arch)
+        hidden, pi_gain, vf_gain = (SQRT2, 0.01, 1.0) if ortho_init else (None, None, None)
+        if shared:
+            body = mlp([obs_dim, *arch], activation, out_gain=hidden, hidden_gain=hidden) if arch else nn.Identity()
+            self.body = nn.Sequential(*body, activation_cls(activation)()) if arch else body
+            width = arch[-1] if arch else obs_dim
+            self.pi_net = mlp([width, out_dim], out_gain=pi_gain)
+            self.vf_net = mlp([width, 1], out_gain=vf_gain)
+        else:
+            self.pi_net = mlp([obs_dim, *arch, out_dim], activation, out_gain=pi_gain, hidden_gain=hidden)
+            self.vf_net = mlp([obs_dim, *arch, 1], activation, out_gain=vf_gain, hidden_gain=hidden)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)))
+        self.act = activation_cls(activation)()
+        # Not submodules (plain attributes): the parameter lists of the two networks for the fast path.
+        self._pi = FusedMLP(self.pi_net)
+        self._vf = FusedMLP(self.vf_net)
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        x = encode_obs(obs, self.n_obs)
+        return x if x.dim() == 2 else x.flatten(1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.encode(obs)
+        if self.shared:
+            x = self.body(x)
+        return self._pi(x), self._vf(x).squeeze(-1)
+
+    @torch.no_grad()
+    def frozen_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``forward`` for a stretch where the weights do not change (a rollout), in half the operations.
+
+        Separate actor and critic become one MLP whose output is ``[pi | V]``: the first layers
+        concatenated (both read the observation), the later ones block-diagonal. Built once per
+        rollout; the per-step forward is then ``len(net_arch) + 1`` matmuls instead of twice that."""
+        if self.shared:
+            return self.forward
+        pi = [m for m in self.pi_net if isinstance(m, nn.Linear)]
+        vf = [m for m in self.vf_net if isinstance(m, nn.Linear)]
+        layers = [(torch.cat([pi[0].weight, vf[0].weight]).t(), torch.cat([pi[0].bias, vf[0].bias]))]
+        layers += [(torch.block_diag(a.weight, c.weight).t(), torch.cat([a.bias, c.bias]))
+                   for a, c in zip(pi[1:], vf[1:], strict=True)]
+        last = len(layers) - 1
+
+        def forward(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = self.encode(obs)
+            for i, (w, b) in enumerate(layers):
+                x = torch.addmm(b, x, w)
+                if i < last:
+                    x = self.act(x)
+            return x[:, :-1], x[:, -1]
+
+        return forward
+
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """Logits or Gaussian mean only (acting without the critic)."""
+        x = self.encode(obs)
+        return self._pi(self.body(x) if self.shared else x)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        x = self.encode(obs)
+        return self._vf(self.body(x) if self.shared else x).squeeze(-1)
+
+    # -- the action distribution ----------------------------------------------------------------
+    def sample(self, pi: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions ``a ~ pi(.|s)`` and ``log pi(a|s)`` (``[B]``)."""
+        if self.discrete:
+            # Inverse-CDF sampling: a = #{k : P(A <= k) < u}, u ~ U[0, 1) (cheaper than torch.multinomial).
+            logp_all = torch.log_softmax(pi, -1)
+            u = torch.rand(pi.shape[0], 1, generator=generator, device=pi.device)
+            a = (logp_all.exp().cumsum(-1)[:, :-1] < u).sum(-1, keepdim=True)
+            return a.squeeze(-1), logp_all.gather(-1, a).squeeze(-1)
+        a = gaussian_sample(pi, self.log_std, generator)
+        return a, gaussian_log_prob(pi, self.log_std, a)
+
+    def log_prob_entropy(self, pi: torch.Tensor, actions: torch.Tensor,
+                         entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``log pi(a|s)`` ``[B]`` and the entropy ``H[pi(.|s)]`` ``[B]`` (``None`` when not asked for).
+
+        Categorical: H = -sum_a p_a log p_a. Gaussian: H = sum_i (log sigma_i + (1 + log 2 pi) / 2)."""
+        if self.discrete:
+            if not entropy:  # one fused node instead of log_softmax + gather
+                return -F.cross_entropy(pi, actions.long(), reduction="none"), None
+            logp_all = torch.log_softmax(pi, -1)
+            logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            return logp, -(logp_all.exp() * logp_all).sum(-1)
+        logp = gaussian_log_prob(pi, self.log_std, actions)
+        ent = gaussian_entropy(self.log_std).expand(pi.shape[0]) if entropy else None
+        return logp, ent
+
+    def mode(self, pi: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: argmax of the logits, or the Gaussian mean."""
+        return pi.argmax(-1) if self.discrete else pi
+
+
+def env_actions(actions: torch.Tensor, spaces: SpaceInfo) -> np.ndarray:
+    """Network actions -> what the env accepts: integer ids, or Box actions clipped to its bounds."""
+    a = actions.cpu().numpy()
+    if spaces.discrete:
+        return a
+    return np.clip(a.reshape(len(a), *spaces.act_shape), spaces.low, spaces.high)
+
+
+class FlatParams:
+    """Every parameter of ``modules`` as a view into one flat tensor, and every gradient into another.
+
+    The optimizer then steps a single tensor (one fused Adam/RMSprop kernel instead of a loop over
+    a dozen small tensors), ``zero_grad`` is one ``zero_()`` and the gradient norm is one norm --
+    the per-tensor overhead dominates the update of networks this small. Autograd accumulates into
+    the existing ``.grad`` views in place, so they must never be set to ``None``.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        params = [p for m in modules for p in m.parameters()]
+        n = sum(p.numel() for p in params)
+        device = params[0].device
+        self.param = nn.Parameter(torch.zeros(n, device=device))
+        self.param.grad = torch.zeros(n, device=device)
+        i = 0
+        for p in params:
+            k = p.numel()
+            self.param.data[i:i + k].copy_(p.data.flatten())
+            p.data = self.param.data[i:i + k].view_as(p)
+            p.grad = self.param.grad[i:i + k].view_as(p)
+            i += k
+        self.params = params
+
+    def zero_grad(self) -> None:
+        self.param.grad.zero_()
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Scale the gradient to norm at most ``max_norm`` (as ``clip_grad_norm_``; no sync)."""
+        norm = torch.linalg.vector_norm(self.param.grad)
+        self.param.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        return norm
+
+
+def make_optimizer(name: str, flat: FlatParams, lr: float, eps: float, alpha: float = 0.99) -> torch.optim.Optimizer:
+    """Adam or RMSprop (PyTorch's, as SB3 uses them) over the flat parameter."""
+    fused = {"fused": True} if flat.param.device.type in ("cpu", "cuda") else {}
+    if name == "adam":
+        return torch.optim.Adam([flat.param], lr=lr, eps=eps, **fused)
+    return torch.optim.RMSprop([flat.param], lr=lr, alpha=alpha, eps=eps, foreach=False)
+
+
+@torch.inference_mode()
+def collect_rollout(agent: Agent, model: ActorCritic, buffer: RolloutBuffer, gae_lambda: float) -> None:
+    """Fill ``buffer`` with ``n_steps`` steps of every env copy under the current policy, then
+    compute advantages (GAE) and value targets.
+
+    Time-limit truncation: the reward of the last step gets ``+ gamma * V(final_obs)`` (the value
+    the episode would have continued with), and the step counts as done -- as SB3 does."""
+    gamma, spaces = agent.cfg.gamma, agent.spaces
+    obs = agent.start()
+    forward = model.frozen_forward()
+    while not buffer.full:
+        pi, value = forward(agent.tensor(obs))
+        actions, logp = model.sample(pi, agent.gen)
+        next_obs, rew, term, trunc, info = agent.env_step(env_actions(actions, spaces))
+        truncated = trunc & ~term
+        if truncated.any():
+            idx = np.flatnonzero(truncated)
+            final = np.stack([info["final_obs"][i] for i in idx])
+            rew = rew.copy()
+            rew[idx] += gamma * forward(agent.tensor(final))[1].cpu().numpy()
+        buffer.add(obs, actions.cpu().numpy().reshape(buffer.actions.shape[1:]), rew, term | trunc,
+                   value.cpu().numpy(), logp.cpu().numpy())
+        obs = next_obs
+    buffer.finish(forward(agent.tensor(obs))[1].cpu().numpy(), gamma, gae_lambda)
+
+
+# ------------------------------------------------------------------------------ the agent base
+@dataclasses.dataclass
+class ActorCriticConfig(AgentConfig):
+    """Hyperparameters of every actor-critic algorithm here (SB3's defaults)."""
+
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus in the loss."""
+    vf_coef: float = 0.5
+    """Weight of the value loss in the loss."""
+    max_grad_norm: float | None = 0.5
+    """Clip the global gradient norm to this (``None``: no clipping)."""
+    normalize_advantage: bool = True
+    """Standardize advantages (per minibatch) before the policy loss."""
+    optimizer: str = "adam"
+    """``adam`` or ``rmsprop`` (PyTorch's, alpha 0.99)."""
+    optimizer_eps: float = 1e-5
+    """Epsilon of the optimizer's denominator (SB3 uses 1e-5 for both Adam and RMSprop)."""
+    shared: bool = False
+    """One MLP body with policy and value heads, instead of two separate MLPs (SB3's default)."""
+    ortho_init: bool = True
+    """Orthogonal initialization (gains sqrt 2 / 0.01 / 1) instead of PyTorch's default."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (Box actions)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ent_coef < 0 or self.vf_coef < 0:
+            raise ValueError(f"ent_coef and vf_coef must be >= 0, got {self.ent_coef}, {self.vf_coef}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 (or None), got {self.max_grad_norm}")
+        if self.optimizer not in ("adam", "rmsprop"):
+            raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {self.optimizer!r}")
+        if not self.optimizer_eps > 0:
+            raise ValueError(f"optimizer_eps must be > 0, got {self.optimizer_eps}")
+
+
+class ActorCriticAgent(Agent):
+    """The plumbing PPO, A2C and REINFORCE share: one :class:`ActorCritic` (saved as ``policy``),
+    its flat parameters and optimizer, acting, and checkpoint state. Subclasses write the loss."""
+
+    cfg: ActorCriticConfig
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        # Built on the target device before FlatParams makes the parameters views of one buffer
+        # (a later .to(device) would break the views).
+        self.model = ActorCritic(self.spaces, cfg.net_arch, cfg.activation, cfg.ortho_init, cfg.log_std_init,
+                                 cfg.shared).to(self.device)
+        self.flat = FlatParams([self.model])
+        self.optimizer = make_optimizer(cfg.optimizer, self.flat, cfg.learning_rate, cfg.optimizer_eps)
+
+    def gradient_step(self, loss: torch.Tensor) -> None:
+        """theta <- opt(theta, clip(grad loss)): zero, backward, clip the global norm, step."""
+        self.flat.zero_grad()
+        loss.backward()
+        if self.cfg.max_grad_norm is not None:
+            self.flat.clip_grad_norm(self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.num_updates += 1
+
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor, deterministic: bool) -> np.ndarray:
+        pi = self.model.policy(obs)
+        actions = self.model.mode(pi) if deterministic else self.model.sample(pi, self.gen)[0]
+        return env_actions(actions, self.spaces)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"policy": self.model}
+
+    def train_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
