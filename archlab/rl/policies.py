@@ -168,6 +168,23 @@ class ActorCritic(nn.Module):
         layers += [(torch.block_diag(a.weight, c.weight).t(), torch.cat([a.bias, c.bias]))
                    for a, c in zip(pi[1:], vf[1:], strict=True)]
         last = len(layers) - 1
+        if layers[0][0].device.type == "cpu" and isinstance(self.act, (Tanh, nn.ReLU)):
+            # On CPU the per-step batches are a few rows: NumPy's per-call cost is a fraction of
+            # PyTorch's, so the step runs in NumPy on views of the fused weights.
+            np_layers = [(w.numpy(), b.numpy()) for w, b in layers]
+            relu = isinstance(self.act, nn.ReLU)
+
+            def np_forward(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                x = self.encode(obs).numpy()
+                for i, (w, b) in enumerate(np_layers):
+                    x = x @ w
+                    x += b
+                    if i < last:
+                        x = np.maximum(x, 0.0, out=x) if relu else np.tanh(x, out=x)
+                out = torch.from_numpy(x)
+                return out[:, :-1], out[:, -1]
+
+            return np_forward
 
         def forward(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             x = self.encode(obs)

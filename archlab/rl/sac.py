@@ -1,0 +1,207 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications",
+arXiv:1812.05905): off-policy maximum-entropy actor-critic for continuous actions.
+
+The agent maximizes ``E[sum_t r_t + alpha H(pi(.|s_t))]``. Per gradient step, on a replay minibatch:
+
+- temperature (automatic entropy tuning, eq. 18): ``J(alpha) = E[-alpha (log pi(a|s) + H_target)]``
+  with ``H_target = -dim(A)``, learned as ``log alpha`` (as SB3 / softlearning);
+- critics (eq. 5, twin Q as in TD3 against overestimation):
+  ``y = r + gamma (1 - d) (min_i Q'_i(s', a') - alpha log pi(a'|s'))``, ``a' ~ pi(.|s')``,
+  ``J_Q = 1/2 sum_i E[(Q_i(s, a) - y)^2]``;
+- actor (eq. 7/12, reparameterized ``a = tanh(mu + sigma eps)``):
+  ``J_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)]``;
+- targets: ``theta'_i <- (1 - tau) theta'_i + tau theta_i`` every ``target_update_interval`` steps.
+
+Within a step, as in Stable-Baselines3: every loss uses alpha from before this step's temperature
+update, and the critics are updated before the actor, whose loss reads the *updated* critics.
+No autograd: the networks' gradients come from :meth:`StackedMLP.backward_run
+<archlab.rl.offpolicy.StackedMLP.backward_run>` and the squashed Gaussian's in closed form (see
+:meth:`SAC.update`); tests check one whole step against the autograd version of these losses.
+
+    agent = archlab.rl.SAC("Pendulum-v1", learning_rate=1e-3, seed=0)
+    agent.learn(20_000)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .offpolicy import Adam, Flat, OffPolicyAgent, OffPolicyConfig
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+"""Clamp of the actor's log standard deviation (SB3 / softlearning)."""
+LOG2, LOG_2PI = math.log(2.0), math.log(2.0 * math.pi)
+
+
+def mean_log_std(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actor network's output ``[B, 2 dim(A)]`` -> mean and clamped log std ``[B, dim(A)]``
+    (one fused head for SB3's two heads ``mu`` and ``log_std``; same initialization)."""
+    mean, log_std = out.chunk(2, -1)
+    return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A reparameterized sample of the tanh-squashed Gaussian and its log-density (appendix C):
+
+        a = tanh(u),  u = mean + std * eps,  eps ~ N(0, I)
+        log pi(a|s) = sum_i [-eps_i^2 / 2 - log std_i - log(2 pi) / 2 - log(1 - tanh(u_i)^2)]
+
+    with ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` (stable). The same density as
+    :func:`archlab.rl.networks.squashed_gaussian`; also returns ``std * eps``, which the
+    hand-written backward pass of :meth:`SAC.update` needs. Shapes: ``[B, d]`` -> a, noise ``[B, d]``,
+    log pi ``[B]``."""
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device)
+    noise = log_std.exp() * eps
+    u = mean + noise
+    log_det = 2.0 * (LOG2 - u - F.softplus(-2.0 * u))
+    logp = (-0.5 * eps * eps - log_std - log_det).sum(-1) - 0.5 * LOG_2PI * mean.shape[-1]
+    return torch.tanh(u), logp, noise
+
+
+@dataclasses.dataclass
+class SACConfig(OffPolicyConfig):
+    """SAC's hyperparameters (defaults: Stable-Baselines3's)."""
+
+    ent_coef: str | float = "auto"
+    """Temperature alpha: a number (fixed), ``auto`` (learned, starting at 1) or ``auto_<init>``."""
+    target_entropy: str | float = "auto"
+    """Entropy target of the learned temperature; ``auto`` is ``-dim(A)``."""
+    target_update_interval: int = 1
+    """Gradient steps between Polyak updates of the target critics."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.ent_coef, str):
+            if self.ent_coef != "auto" and not self.ent_coef.startswith("auto_"):
+                raise ValueError(f"ent_coef must be a number, 'auto' or 'auto_<init>', got {self.ent_coef!r}")
+            try:
+                init = float(self.ent_coef[5:]) if self.ent_coef.startswith("auto_") else 1.0
+            except ValueError:
+                raise ValueError(f"ent_coef {self.ent_coef!r}: the value after 'auto_' is not a number") from None
+            if not init > 0:
+                raise ValueError(f"ent_coef {self.ent_coef!r}: the initial value must be > 0")
+        elif not self.ent_coef >= 0:
+            raise ValueError(f"ent_coef must be >= 0, got {self.ent_coef}")
+        if isinstance(self.target_entropy, str) and self.target_entropy != "auto":
+            raise ValueError(f"target_entropy must be a number or 'auto', got {self.target_entropy!r}")
+        if self.target_update_interval < 1:
+            raise ValueError(f"target_update_interval must be >= 1, got {self.target_update_interval}")
+
+
+class SAC(OffPolicyAgent):
+    """Soft Actor-Critic with twin critics, target critics and automatic entropy tuning."""
+
+    algo = "sac"
+    Config = SACConfig
+    cfg: SACConfig
+
+    def build_networks(self) -> None:
+        cfg, dev = self.cfg, self.device
+        # pi(a|s) = tanh(N(mu(s), sigma(s)^2)): one MLP obs -> net_arch -> [mu, log sigma]
+        self.actor = self.mlp(1, [self.obs_dim, *cfg.net_arch, 2 * self.act_dim])
+        # Q_1, Q_2: two MLPs [obs, action] -> net_arch -> 1, evaluated together
+        self.critic = self.mlp(2, [self.obs_dim + self.act_dim, *cfg.net_arch, 1])
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_flat = Flat(self.actor, cfg.learning_rate)
+        self.critic_flat = Flat(self.critic, cfg.learning_rate)
+        self.target_flat = Flat(self.critic_target)
+        self.target_entropy = float(-self.act_dim if cfg.target_entropy == "auto" else cfg.target_entropy)
+        self.auto_alpha = isinstance(cfg.ent_coef, str)
+        if self.auto_alpha:
+            init = float(cfg.ent_coef[5:]) if cfg.ent_coef.startswith("auto_") else 1.0
+            self.log_alpha = nn.Parameter(torch.tensor(math.log(init), device=dev))
+            self.log_alpha.grad = torch.zeros_like(self.log_alpha)
+            self.alpha_opt = Adam(self.log_alpha, cfg.learning_rate)
+        else:
+            self.alpha = float(cfg.ent_coef)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+
+    def optimizers(self) -> dict[str, Adam]:
+        opts = {"actor": self.actor_flat.opt, "critic": self.critic_flat.opt}
+        if self.auto_alpha:
+            opts["ent_coef"] = self.alpha_opt
+        return opts
+
+    # -- acting ---------------------------------------------------------------------------------
+    def explore(self, obs: torch.Tensor) -> np.ndarray:
+        mean, log_std = mean_log_std(self.actor(obs)[0])
+        u = mean + log_std.exp() * torch.randn(mean.shape, generator=self.gen, device=mean.device)
+        return torch.tanh(u).cpu().numpy()
+
+    def policy_action(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        mean, log_std = mean_log_std(self.actor(obs)[0])
+        if deterministic:
+            return torch.tanh(mean)
+        return squashed_sample(mean, log_std, self.gen)[0]
+
+    # -- learning -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        cfg, crit = self.cfg, self.critic
+        obs, next_obs = self.encode(batch["obs"]), self.encode(batch["next_obs"])
+        actions, rewards, terminated = batch["actions"], batch["rewards"], batch["terminated"]
+        B = obs.shape[0]
+        # this step's losses use alpha from before this step's temperature update (as SB3)
+        alpha = self.log_alpha.exp() if self.auto_alpha else self.alpha
+
+        # y = r + gamma (1 - d) (min_i Q'_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
+        next_a, next_logp, _ = squashed_sample(*mean_log_std(self.actor.run(next_obs)[0]), self.gen)
+        next_q = self.critic_target.run(torch.cat((next_obs, next_a), -1))[..., 0]  # [2, B]
+        y = rewards + cfg.gamma * (1.0 - terminated) * (torch.amin(next_q, 0) - alpha * next_logp)
+
+        # a ~ pi(.|s), reparameterized, for the temperature and actor losses
+        mean, raw_log_std = self.actor.run(obs)[0].chunk(2, -1)  # (actor buffers: kept until its backward)
+        log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        a_pi, logp, noise = squashed_sample(mean, log_std, self.gen)
+
+        if self.auto_alpha:
+            # J(alpha) = -log alpha * E[log pi(a|s) + H_target]  =>  dJ/dlog alpha = -E[log pi + H_target]
+            torch.neg(logp.mean() + self.target_entropy, out=self.log_alpha.grad)
+            self.alpha_opt.step()
+
+        # J_Q = 1/2 sum_i E[(Q_i(s, a) - y)^2]  =>  dJ_Q/dQ_i = (Q_i - y) / B
+        td = crit.run(torch.cat((obs, actions), -1))[..., 0] - y  # [2, B]
+        critic_loss = 0.5 * td.pow(2).mean(1).sum()
+        crit.backward_run(td.div_(B).unsqueeze(-1))
+        self.critic_flat.opt.step()
+
+        # J_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)] through the updated critics (weights held
+        # constant). dJ/dQ_i is -1/B on the smaller critic of each sample; back through the critics:
+        q_pi = crit.run(torch.cat((obs, a_pi), -1))[..., 0]  # [2, B]
+        dq = torch.zeros_like(q_pi).scatter_(0, q_pi.argmin(0, keepdim=True), -1.0 / B)
+        da = crit.backward_run(dq.unsqueeze(-1), weight_grads=False, input_grad=True)[:, self.obs_dim:]
+        # ... then through the squashed Gaussian (eps fixed): d log pi/du = 2a, du/dmean = 1,
+        # du/dlog std = std * eps, d log pi/dlog std (direct) = -1, da/du = 1 - a^2:
+        du = (2.0 * alpha / B) * a_pi + da * (1.0 - a_pi * a_pi)
+        dlog_std = (du * noise - alpha / B) * ((raw_log_std >= LOG_STD_MIN) & (raw_log_std <= LOG_STD_MAX))
+        self.actor.backward_run(torch.cat((du, dlog_std), -1).unsqueeze(0))
+        self.actor_flat.opt.step()
+
+        if (self.num_updates + 1) % cfg.target_update_interval == 0:
+            self.target_flat.polyak_from(self.critic_flat, cfg.tau)
+        actor_loss = (alpha * logp - torch.amin(q_pi, 0)).mean()
+        return {"loss": critic_loss, "actor_loss": actor_loss, "ent_coef": alpha}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def train_state(self) -> dict[str, Any]:
+        state = super().train_state()
+        if self.auto_alpha:
+            state["log_alpha"] = self.log_alpha.detach().clone()
+        return state
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        super().load_train_state(state)
+        if self.auto_alpha:
+            with torch.no_grad():
+                self.log_alpha.copy_(state["log_alpha"])

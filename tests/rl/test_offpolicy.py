@@ -1,0 +1,260 @@
+"""SAC and TD3 (and what they share in offpolicy.py): learning a toy env, determinism, save/load,
+bit-exact resume, the hand-written backward passes against autograd, the squashed-Gaussian density
+against torch.distributions, action scaling, and one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
+
+from archlab.errors import ArchlabError
+from archlab.rl.networks import squashed_gaussian
+from archlab.rl.offpolicy import Adam, StackedMLP
+from archlab.rl.sac import SAC, mean_log_std, squashed_sample
+from archlab.rl.td3 import TD3
+
+ALGOS = {"sac": SAC, "td3": TD3}
+FAST = dict(net_arch=[32, 32], learning_rate=3e-3, batch_size=64, learning_starts=100, gamma=0.9)
+PENDULUM = dict(net_arch=[16, 16], batch_size=32, learning_starts=60, buffer_size=500)
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_learns_identity_box(algo: str, dtype: str) -> None:
+    agent = ALGOS[algo]("archlab/IdentityBox-v0", seed=0, matmul_dtype=dtype, **FAST)
+    agent.learn(600, progress=False)
+    mean, _, _ = agent.evaluate(10)
+    assert mean > -2.0  # optimum 0, random play about -13
+    assert agent.num_updates == 600 - 100
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_same_seed_same_run(algo: str) -> None:
+    runs = []
+    for _ in range(2):
+        agent = ALGOS[algo]("Pendulum-v1", seed=3, n_envs=2, **PENDULUM)
+        agent.learn(800, progress=False)
+        returns = [r for _, r, _ in agent.episodes]
+        runs.append((returns, agent.actor_flat.param.clone(), agent.critic_flat.param.clone()))
+    assert runs[0][0] == runs[1][0] and len(runs[0][0]) == 4
+    assert torch.equal(runs[0][1], runs[1][1]) and torch.equal(runs[0][2], runs[1][2])
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_save_load_predict(algo: str, tmp_path) -> None:
+    agent = ALGOS[algo]("Pendulum-v1", seed=0, **PENDULUM)
+    agent.learn(200, progress=False)
+    agent.save(tmp_path / algo)
+    loaded = ALGOS[algo].load(tmp_path / algo)
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    a = agent.predict(obs)
+    assert np.array_equal(a, loaded.predict(obs))
+    assert a.shape == (16, 1) and np.all(np.abs(a) <= 2.0)  # Pendulum's torque bounds
+    assert loaded.predict(obs[0]).shape == (1,)
+    assert loaded.cfg.net_arch == [16, 16]
+
+
+@pytest.mark.parametrize("algo,options", [("sac", {}), ("sac", {"ent_coef": 0.05, "lr_schedule": "linear"}),
+                                          ("sac", {"matmul_dtype": "bfloat16"}), ("td3", {"policy_delay": 3}),
+                                          ("td3", {"train_freq": 4, "gradient_steps": -1, "activation": "tanh"})])
+def test_resume_is_bit_exact(algo: str, options: dict) -> None:
+    cls, hp = ALGOS[algo], {**PENDULUM, **options}
+    full = cls("Pendulum-v1", seed=1, n_envs=2, total_steps=700, **hp)
+    while full.num_steps < 700:
+        full.iteration()
+    part = cls("Pendulum-v1", seed=1, n_envs=2, total_steps=700, **hp)
+    while part.num_steps < 300:
+        part.iteration()
+    buf = io.BytesIO()
+    torch.save(part.state_dict(), buf)
+    buf.seek(0)
+    resumed = cls("Pendulum-v1", seed=1, n_envs=2, **hp)
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    while resumed.num_steps < 700:
+        resumed.iteration()
+    assert [r for _, r, _ in resumed.episodes] == [r for _, r, _ in full.episodes]
+    for name, net in full.networks().items():
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, resumed.networks()[name].state_dict()[k]), f"{name}.{k}"
+    assert resumed.num_updates == full.num_updates
+
+
+@pytest.mark.parametrize("hp,match", [({"tau": 1.5}, "tau"), ({"ent_coef": "fixed"}, "ent_coef"),
+                                      ({"ent_coef": "auto_x"}, "ent_coef"), ({"gradient_steps": -2}, "gradient_steps"),
+                                      ({"target_entropy": "high"}, "target_entropy"), ({"batch_size": 0}, "batch_size"),
+                                      ({"activation": "gelu"}, "activation"), ({"bogus": 1}, "bogus"),
+                                      ({"matmul_dtype": "float16"}, "matmul_dtype")])
+def test_bad_hyperparameter_is_one_line_error(hp: dict, match: str) -> None:
+    with pytest.raises(ArchlabError, match=match) as err:
+        SAC("Pendulum-v1", **hp)
+    assert "\n" not in str(err.value)
+
+
+def test_td3_bad_hyperparameters_and_discrete_actions() -> None:
+    with pytest.raises(ArchlabError, match="policy_delay"):
+        TD3("Pendulum-v1", policy_delay=0)
+    with pytest.raises(ArchlabError, match="action_noise"):
+        TD3("Pendulum-v1", action_noise=-0.1)
+    with pytest.raises(ArchlabError, match="continuous"):
+        SAC("CartPole-v1")
+
+
+def test_squashed_gaussian_log_prob_matches_torch_distributions() -> None:
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(64, 3, generator=g)
+    log_std = torch.rand(64, 3, generator=g) * 3 - 2
+    for sample in (lambda: squashed_gaussian(mean, log_std, torch.Generator().manual_seed(1)),
+                   lambda: squashed_sample(mean, log_std, torch.Generator().manual_seed(1))[:2]):
+        a, logp = sample()
+        u = mean + log_std.exp() * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+        tanh = TanhTransform(cache_size=1)
+        dist = TransformedDistribution(Independent(Normal(mean, log_std.exp()), 1), [tanh])
+        y = tanh(u)  # caches u, so log_prob does not invert tanh numerically
+        assert torch.allclose(a, y)
+        assert torch.allclose(logp, dist.log_prob(y), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("n_used", [1, 2])
+def test_stacked_mlp_backward_matches_autograd(activation: str, n_used: int) -> None:
+    torch.manual_seed(0)
+    net = StackedMLP(2, [5, 16, 12, 3], activation)
+    ref = copy.deepcopy(net)
+    x = torch.randn(7, 5)
+    grad_out = torch.randn(n_used, 7, 3)
+    out = net.run(x, n=n_used)
+    dx = net.backward_run(grad_out, input_grad=True)
+    x_ref = x.clone().requires_grad_()
+    out_ref = ref(x_ref)[:n_used]
+    assert torch.allclose(out, out_ref, atol=1e-6)
+    (out_ref * grad_out).sum().backward()
+    assert torch.allclose(dx, x_ref.grad, atol=1e-6)
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p.grad[:n_used], q.grad[:n_used], atol=1e-6)
+    assert net.backward_run(grad_out, weight_grads=False) is None
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_stacked_mlp_bfloat16_is_close_to_float32(activation: str) -> None:
+    torch.manual_seed(0)
+    low = StackedMLP(2, [4, 64, 64, 1], activation, hidden_dtype=torch.bfloat16)
+    assert low.dtypes == [torch.float32, torch.bfloat16, torch.float32]
+    ref = StackedMLP(2, [4, 64, 64, 1], activation)
+    ref.load_state_dict(low.state_dict())
+    x, grad_out = torch.randn(128, 4), torch.randn(2, 128, 1)
+    out, out_ref = low.run(x).clone(), ref.run(x).clone()
+    dx, dx_ref = low.backward_run(grad_out, input_grad=True), ref.backward_run(grad_out, input_grad=True)
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    assert rel(out, out_ref) < 0.02 and rel(dx, dx_ref) < 0.1
+    for p, q in zip(low.parameters(), ref.parameters(), strict=True):
+        assert p.grad.dtype == torch.float32 and rel(p.grad, q.grad) < 0.1
+
+
+def test_adam_matches_torch_adam() -> None:
+    p1 = torch.nn.Parameter(torch.randn(50))
+    p2 = torch.nn.Parameter(p1.detach().clone())
+    ours, theirs = Adam(p1, 1e-2), torch.optim.Adam([p2], lr=1e-2)
+    for i in range(5):
+        g = torch.randn(50, generator=torch.Generator().manual_seed(i))
+        p1.grad, p2.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.allclose(p1, p2, atol=1e-6)
+
+
+def _batch(agent) -> dict[str, torch.Tensor]:
+    return agent.buffer.sample(64, np.random.default_rng(1))
+
+
+def test_sac_update_matches_autograd_reference() -> None:
+    """One SAC gradient step (hand-written backward passes) == the same step with autograd losses
+    written as in SB3 (temperature, then critics, then the actor through the updated critics)."""
+    hp = dict(net_arch=[32, 32], learning_starts=50, batch_size=64)
+    ours = SAC("Pendulum-v1", seed=0, **hp)
+    ours.learn(120, progress=False)
+    ref = SAC("Pendulum-v1", seed=0, **hp)
+    ref.load_state_dict(copy.deepcopy(ours.state_dict()))
+    batch = _batch(ours)
+    stats = ours.update(batch)
+
+    obs, next_obs, actions = batch["obs"], batch["next_obs"], batch["actions"]
+    alpha = ref.log_alpha.detach().exp()
+    with torch.no_grad():
+        next_a, next_logp = squashed_gaussian(*mean_log_std(ref.actor(next_obs)[0]), ref.gen)
+        next_q = torch.amin(ref.critic_target(torch.cat((next_obs, next_a), -1))[..., 0], 0)
+        y = batch["rewards"] + ref.cfg.gamma * (1 - batch["terminated"]) * (next_q - alpha * next_logp)
+    a_pi, logp = squashed_gaussian(*mean_log_std(ref.actor(obs)[0]), ref.gen)
+    (-(ref.log_alpha * (logp + ref.target_entropy).detach()).mean()).backward()
+    ref.alpha_opt.step()
+    q = ref.critic(torch.cat((obs, actions), -1))[..., 0]
+    critic_loss = 0.5 * (F.mse_loss(q[0], y) + F.mse_loss(q[1], y))
+    ref.critic_flat.flat.zero_grad()
+    critic_loss.backward()
+    ref.critic_flat.opt.step()
+    actor_loss = (alpha * logp - torch.amin(ref.critic(torch.cat((obs, a_pi), -1))[..., 0], 0)).mean()
+    ref.actor_flat.flat.zero_grad()
+    actor_loss.backward()
+    ref.actor_flat.opt.step()
+    ref.target_flat.polyak_from(ref.critic_flat, ref.cfg.tau)
+
+    assert torch.allclose(stats["loss"], critic_loss, rtol=1e-5)
+    assert torch.allclose(stats["actor_loss"], actor_loss, rtol=1e-5)
+    assert torch.allclose(ours.log_alpha, ref.log_alpha)
+    for flat in ("actor_flat", "critic_flat", "target_flat"):
+        assert torch.allclose(getattr(ours, flat).param, getattr(ref, flat).param, atol=1e-6), flat
+
+
+def test_td3_update_matches_autograd_reference() -> None:
+    hp = dict(net_arch=[32, 32], learning_starts=50, batch_size=64, policy_delay=1)
+    ours = TD3("Pendulum-v1", seed=0, **hp)
+    ours.learn(120, progress=False)
+    ref = TD3("Pendulum-v1", seed=0, **hp)
+    ref.load_state_dict(copy.deepcopy(ours.state_dict()))
+    batch = _batch(ours)
+    stats = ours.update(batch)
+
+    cfg, obs, next_obs = ref.cfg, batch["obs"], batch["next_obs"]
+    with torch.no_grad():
+        eps = torch.randn(batch["actions"].shape, generator=ref.gen) * cfg.target_policy_noise
+        eps = eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
+        next_a = (torch.tanh(ref.actor_target(next_obs)[0]) + eps).clamp(-1, 1)
+        next_q = torch.amin(ref.critic_target(torch.cat((next_obs, next_a), -1))[..., 0], 0)
+        y = batch["rewards"] + cfg.gamma * (1 - batch["terminated"]) * next_q
+    q = ref.critic(torch.cat((obs, batch["actions"]), -1))[..., 0]
+    critic_loss = F.mse_loss(q[0], y) + F.mse_loss(q[1], y)
+    ref.critic_flat.flat.zero_grad()
+    critic_loss.backward()
+    ref.critic_flat.opt.step()
+    actor_loss = -ref.critic(torch.cat((obs, torch.tanh(ref.actor(obs)[0])), -1))[0, :, 0].mean()
+    ref.actor_flat.flat.zero_grad()
+    actor_loss.backward()
+    ref.actor_flat.opt.step()
+    ref.critic_target_flat.polyak_from(ref.critic_flat, cfg.tau)
+    ref.actor_target_flat.polyak_from(ref.actor_flat, cfg.tau)
+
+    assert torch.allclose(stats["loss"], critic_loss, rtol=1e-5)
+    assert torch.allclose(stats["actor_loss"], actor_loss, rtol=1e-5)
+    for flat in ("actor_flat", "critic_flat", "actor_target_flat", "critic_target_flat"):
+        assert torch.allclose(getattr(ours, flat).param, getattr(ref, flat).param, atol=1e-6), flat
+
+
+def test_action_scaling_and_truncation_bootstrap() -> None:
+    agent = SAC("Pendulum-v1", seed=0, **PENDULUM)
+    assert np.allclose(agent.to_env(np.array([[-1.0], [0.0], [1.0]], np.float32)), [[-2.0], [0.0], [2.0]])
+    agent.learn(400, progress=False)  # two 200-step episodes, both truncated by the time limit
+    assert len(agent.episodes) == 2
+    buf = agent.buffer
+    assert buf.terminated[:400].sum() == 0  # truncation is not termination: targets still bootstrap
+    # the stored s' of an episode's last step is its final observation, not the next episode's first
+    assert not np.allclose(buf.next_obs[199], buf.obs[200])
+    assert np.allclose(buf.next_obs[198], buf.obs[199])
+    assert np.all(np.abs(buf.actions[:400]) <= 1.0)  # the buffer holds [-1, 1] actions
