@@ -132,6 +132,8 @@ def run(params: dict[str, Any], log: Any) -> tuple[dict[str, Any], str]:
     rows = []
     for name in params["cases"]:
         rec = _recipe(name)
+        if name in params.get("steps", {}):  # a shorter budget for the slow cases (speed, not returns)
+            rec.train.steps = int(params["steps"][name])
         target = rec.expect.value
         runs: dict[str, list[dict[str, Any]]] = {"archlab": [], "sb3": []}
         for seed in range(seeds):
