@@ -53,10 +53,19 @@ def sb3_ppo(env_id: str = "CartPole-v1", steps: int = 100_000, seed: int = 0) ->
 
 
 if __name__ == "__main__":
+    import statistics
     import sys
 
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    for name, fn in (("sb3", sb3_ppo), ("archlab", archlab_ppo)):
-        wall, ret = fn("CartPole-v1", steps, seed)
-        print(f"{name:8s} {steps / wall:8.0f} steps/s  {wall:6.1f} s  eval return {ret:.1f}", flush=True)
+    repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    ratios = []
+    for r in range(repeats):  # alternate, so load changes on a shared machine hit both sides alike
+        walls = {}
+        for name, fn in (("sb3", sb3_ppo), ("archlab", archlab_ppo)):
+            wall, ret = fn("CartPole-v1", steps, seed + r)
+            walls[name] = wall
+            print(f"{name:8s} seed {seed + r}: {steps / wall:8.0f} steps/s  {wall:6.1f} s  eval return {ret:.1f}",
+                  flush=True)
+        ratios.append(walls["sb3"] / walls["archlab"])
+    print(f"speed-up archlab / sb3: median {statistics.median(ratios):.2f}x  ({', '.join(f'{x:.2f}' for x in ratios)})")

@@ -21,7 +21,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 
 from .buffers import RolloutBuffer
 from .policies import ActorCriticAgent, ActorCriticConfig, collect_rollout
@@ -74,16 +73,18 @@ class A2C(ActorCriticAgent):
         if cfg.normalize_advantage and len(adv) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
 
-        pi, values = model(data["obs"])
-        logp, entropy = model.log_prob_entropy(pi, actions, cfg.ent_coef != 0.0)
-        pg_loss = -(adv * logp).mean()                      # -E[A_t log pi(a_t|s_t)]
-        vf_loss = F.mse_loss(values, returns)               # E[(R_t - V(s_t))^2]
+        ev = model.evaluate(data["obs"], actions, cfg.ent_coef != 0.0)
+        n = len(adv)
+        pg_loss = -(adv * ev.logp).mean()                   # -E[A_t log pi(a_t|s_t)]
+        err = ev.values - returns
+        vf_loss = err.square().mean()                       # E[(V(s_t) - R_t)^2]
         loss = pg_loss + cfg.vf_coef * vf_loss
-        if entropy is not None:
-            loss = loss - cfg.ent_coef * entropy.mean()
-        self.gradient_step(loss)
+        if ev.entropy is not None:
+            loss = loss - cfg.ent_coef * ev.entropy.mean()
+        # The loss's gradient with respect to log pi, V and H; the model backpropagates it.
+        self.gradient_step(ev, adv * (-1.0 / n), err * (2.0 * cfg.vf_coef / n), -cfg.ent_coef / n)
         stats = {"loss": loss.item(), "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                  "lr": self.optimizer.param_groups[0]["lr"]}
-        if entropy is not None:
-            stats["entropy"] = entropy.mean().item()
+        if ev.entropy is not None:
+            stats["entropy"] = ev.entropy.mean().item()
         return stats

@@ -71,52 +71,37 @@ class PPOConfig(ActorCriticConfig):
             raise ValueError(f"target_kl must be > 0 (or None), got {self.target_kl}")
 
 
-class ClippedSurrogateLoss(torch.autograd.Function):
-    """PPO's objective over a minibatch as ONE autograd node (eq. 7 and 9, signs flipped to a loss):
+def clipped_surrogate(logp: torch.Tensor, values: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+                      returns: torch.Tensor, old_values: torch.Tensor, clip: float, clip_vf: float | None,
+                      vf_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's objective over a minibatch (eq. 7 and 9, signs flipped to a loss) and its gradient:
 
-        r_t   = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
+        r_t    = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
         L^CLIP = mean_t min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)
-        V'_t  = V(s_t), or V_old(s_t) + clip(V(s_t) - V_old(s_t), -eps_vf, eps_vf) with value clipping
-        L^VF  = mean_t (V'_t - R_t)^2
-        loss  = -L^CLIP + vf_coef L^VF
+        V'_t   = V(s_t), or V_old(s_t) + clip(V(s_t) - V_old(s_t), -eps_vf, eps_vf) with value clipping
+        L^VF   = mean_t (V'_t - R_t)^2
+        loss   = -L^CLIP + vf_coef L^VF
 
-    Inputs: ``log pi`` and ``V`` (``[B]``, differentiable) and the rollout's constants. Returns
-    ``(loss, -L^CLIP, L^VF)``; the last two are for logging. The gradient, written out because the
-    ~12 elementwise nodes autograd would otherwise record cost more than the networks' backward:
-
-        d loss / d log pi_t = -A_t r_t [r_t A_t <= clip(r_t) A_t] / B     (the clipped branch is constant)
+        d loss / d log pi_t = -A_t r_t [r_t A_t <= clip(r_t) A_t] / B      (the clipped branch is constant)
         d loss / d V_t      = 2 vf_coef (V'_t - R_t) [|V_t - V_old_t| <= eps_vf] / B
-    """
 
-    @staticmethod
-    def forward(ctx: Any, logp: torch.Tensor, values: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
-                returns: torch.Tensor, old_values: torch.Tensor, clip: float, clip_vf: float | None,
-                vf_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ratio = torch.exp(logp - old_logp)
-        surr1 = adv * ratio
-        surr2 = adv * ratio.clamp(1.0 - clip, 1.0 + clip)
-        pg_loss = -torch.minimum(surr1, surr2).mean()
-        if clip_vf is None:
-            err = values - returns
-            err_grad = err
-        else:
-            delta = values - old_values
-            err = old_values + delta.clamp(-clip_vf, clip_vf) - returns
-            err_grad = err * (delta.abs() <= clip_vf)
-        vf_loss = err.square().mean()
-        ctx.save_for_backward(surr1 * (surr1 <= surr2), err_grad)
-        ctx.vf_coef = vf_coef
-        ctx.mark_non_differentiable(pg_loss, vf_loss)
-        return pg_loss + vf_coef * vf_loss, pg_loss, vf_loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
-        surr1_active, err = ctx.saved_tensors
-        n = surr1_active.shape[0]
-        d_logp = surr1_active * (-g / n)
-        d_values = err * (2.0 * ctx.vf_coef * g / n)
-        return d_logp, d_values, None, None, None, None, None, None, None
+    Returns ``(-L^CLIP, L^VF, loss, d loss/d log pi, d loss/d V)``; all inputs ``[B]``."""
+    n = logp.shape[0]
+    ratio = torch.exp(logp - old_logp)
+    surr1 = adv * ratio
+    surr2 = adv * ratio.clamp(1.0 - clip, 1.0 + clip)
+    pg_loss = -torch.minimum(surr1, surr2).mean()
+    if clip_vf is None:
+        err = values - returns
+        err_grad = err
+    else:
+        delta = values - old_values
+        err = old_values + delta.clamp(-clip_vf, clip_vf) - returns
+        err_grad = err * (delta.abs() <= clip_vf)
+    vf_loss = err.square().mean()
+    d_logp = surr1 * (surr1 <= surr2) * (-1.0 / n)
+    d_values = err_grad * (2.0 * vf_coef / n)
+    return pg_loss, vf_loss, pg_loss + vf_coef * vf_loss, d_logp, d_values
 
 
 class PPO(ActorCriticAgent):
@@ -165,29 +150,27 @@ class PPO(ActorCriticAgent):
                     b_ret, b_val = returns[idx], old_values[idx]
                     if cfg.normalize_advantage and len(idx) > 1:
                         b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
-                pi, values = model(b_obs)
-                logp, entropy = model.log_prob_entropy(pi, b_act, want_entropy)
+                ev = model.evaluate(b_obs, b_act, want_entropy)
                 if cfg.target_kl is not None:
                     # KL(pi_old || pi) ~ E[(r - 1) - log r] (Schulman's k3 estimator; SB3 issue #417)
-                    with torch.no_grad():
-                        log_ratio = logp - b_old
-                        kl = float((log_ratio.exp() - 1.0 - log_ratio).mean())
-                    if kl > 1.5 * cfg.target_kl:
+                    log_ratio = ev.logp - b_old
+                    if float((log_ratio.exp() - 1.0 - log_ratio).mean()) > 1.5 * cfg.target_kl:
                         stop = True
                         break
-                loss, pg_loss, vf_loss = ClippedSurrogateLoss.apply(
-                    logp, values, b_old, b_adv, b_ret, b_val, clip, clip_vf if cfg.clip_range_vf is not None else None,
-                    cfg.vf_coef)
+                pg_loss, vf_loss, loss, d_logp, d_values = clipped_surrogate(
+                    ev.logp, ev.values, b_old, b_adv, b_ret, b_val, clip,
+                    clip_vf if cfg.clip_range_vf is not None else None, cfg.vf_coef)
                 if want_entropy:
-                    loss = loss - cfg.ent_coef * entropy.mean()                    # - c2 S[pi](s_t)
-                self.gradient_step(loss)
+                    loss = loss - cfg.ent_coef * ev.entropy.mean()                 # - c2 S[pi](s_t)
+                # The gradient of the loss with respect to log pi, V and H; the model backpropagates it.
+                self.gradient_step(ev, d_logp, d_values, -cfg.ent_coef / len(d_logp))
             if stop:
                 break
 
         # Statistics of the last minibatch (one .item() each, once per iteration).
         with torch.no_grad():
-            _, ent = model.log_prob_entropy(pi, b_act, True)
-            log_ratio = logp - b_old
+            ent = ev.entropy if ev.entropy is not None else model.log_prob_entropy(model(b_obs)[0], b_act)[1]
+            log_ratio = ev.logp - b_old
             ratio = log_ratio.exp()
             clip_frac = ((ratio - 1.0).abs() > clip).float().mean()
             approx_kl = ((ratio - 1.0) - log_ratio).mean()

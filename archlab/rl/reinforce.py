@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .policies import ActorCriticAgent, ActorCriticConfig, env_actions
 
@@ -113,22 +112,26 @@ class REINFORCE(ActorCriticAgent):
         if self.spaces.discrete:
             actions = actions.long()
 
-        pi, values = model(obs)
-        logp, entropy = model.log_prob_entropy(pi, actions, cfg.ent_coef != 0.0)
-        adv = returns - values.detach() if cfg.baseline else returns       # A_t = G_t - V(s_t)
-        if cfg.normalize_advantage and len(adv) > 1:
+        ev = model.evaluate(obs, actions, cfg.ent_coef != 0.0)
+        n = len(returns)
+        adv = returns - ev.values if cfg.baseline else returns                # A_t = G_t - V(s_t)
+        if cfg.normalize_advantage and n > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg_loss = -(adv * logp).mean()                                        # -E[A_t log pi(a_t|s_t)]
+        pg_loss = -(adv * ev.logp).mean()                                     # -E[A_t log pi(a_t|s_t)]
         loss = pg_loss
         stats: dict[str, Any] = {"policy_loss": pg_loss.item()}
+        d_values = None
         if cfg.baseline:
-            vf_loss = F.mse_loss(values, returns)                             # E[(G_t - V(s_t))^2]
+            err = ev.values - returns
+            vf_loss = err.square().mean()                                     # E[(V(s_t) - G_t)^2]
             loss = loss + cfg.vf_coef * vf_loss
             stats["value_loss"] = vf_loss.item()
-        if entropy is not None:
-            loss = loss - cfg.ent_coef * entropy.mean()
-            stats["entropy"] = entropy.mean().item()
-        self.gradient_step(loss)
+            d_values = err * (2.0 * cfg.vf_coef / n)
+        if ev.entropy is not None:
+            loss = loss - cfg.ent_coef * ev.entropy.mean()
+            stats["entropy"] = ev.entropy.mean().item()
+        # The loss's gradient with respect to log pi, V and H (A_t is a constant); the model backpropagates it.
+        self.gradient_step(ev, adv * (-1.0 / n), d_values, -cfg.ent_coef / n)
         return {"loss": loss.item(), **stats, "batch_steps": len(returns), "lr": self.optimizer.param_groups[0]["lr"]}
 
     # -- checkpoints: the unfinished episodes are part of the state ----------------------------------

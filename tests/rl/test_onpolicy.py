@@ -14,7 +14,7 @@ from archlab.rl import A2C, PPO, REINFORCE
 from archlab.rl.buffers import compute_gae
 from archlab.rl.networks import mlp
 from archlab.rl.policies import ActorCritic, mlp_forward
-from archlab.rl.ppo import ClippedSurrogateLoss
+from archlab.rl.ppo import clipped_surrogate
 
 # Small, fast settings per algorithm (Identity: optimum 20, random play 5).
 TOY = {
@@ -162,6 +162,44 @@ def test_one_node_mlp_matches_autograd(act: str, sizes: list[int]) -> None:
     assert torch.allclose(x1, x2, atol=1e-5)
 
 
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1", "FrozenLake-v1"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("value_grad", [True, False])
+def test_hand_written_backward_matches_autograd(env: str, activation: str, value_grad: bool) -> None:
+    agent = PPO(env, seed=0, activation=activation, net_arch=[32, 16], log_std_init=-0.3)
+    model = agent.model
+    assert model.manual_backward
+    g = torch.Generator().manual_seed(0)
+    s = agent.spaces
+    obs = (torch.randint(0, s.n_obs, (20,), generator=g) if s.n_obs
+           else torch.randn(20, *s.obs_shape, generator=g))
+    actions = (torch.randint(0, s.n_actions, (20,), generator=g) if s.discrete
+               else torch.randn(20, s.act_dim, generator=g))
+    d_logp, d_v = torch.randn(20, generator=g), torch.randn(20, generator=g)
+    # autograd reference: a scalar whose gradient w.r.t. (log pi, V, H) is (d_logp, d_v, -0.3)
+    agent.flat.zero_grad()
+    pi, v = model(obs)
+    logp, ent = model.log_prob_entropy(pi, actions)
+    ref = (logp * d_logp).sum() - 0.3 * ent.sum() + ((v * d_v).sum() if value_grad else 0.0)
+    ref.backward()
+    want = agent.flat.param.grad.clone()
+    agent.flat.param.grad.fill_(7.0)  # set_grads overwrites, it does not accumulate
+    ev = model.evaluate(obs, actions)
+    assert torch.allclose(ev.logp, logp.detach(), atol=1e-5) and torch.allclose(ev.values, v.detach(), atol=1e-5)
+    assert torch.allclose(ev.entropy, ent.detach(), atol=1e-5)
+    model.set_grads(ev, d_logp, d_v if value_grad else None, -0.3)
+    assert torch.allclose(agent.flat.param.grad, want, atol=1e-5)
+
+
+def test_autograd_fallback_for_shared_body() -> None:
+    agent = PPO("CartPole-v1", seed=0, shared=True, activation="elu", net_arch=[16], n_steps=64, batch_size=32)
+    assert not agent.model.manual_backward
+    before = agent.flat.param.clone()
+    agent.learn(200, progress=False)
+    assert agent.num_updates > 0 and torch.isfinite(agent.flat.param).all()
+    assert not torch.equal(before, agent.flat.param)
+
+
 @pytest.mark.parametrize("clip_vf", [None, 0.3])
 def test_clipped_surrogate_gradient_matches_autograd(clip_vf: float | None) -> None:
     g = torch.Generator().manual_seed(0)
@@ -171,8 +209,8 @@ def test_clipped_surrogate_gradient_matches_autograd(clip_vf: float | None) -> N
     old_logp, adv = torch.randn(n, generator=g) * 0.3, torch.randn(n, generator=g)
     returns, old_values = torch.randn(n, generator=g), torch.randn(n, generator=g)
     old_logp[:8] = logp.detach()[:8]  # ratio exactly 1 for some samples (ties of the two branches)
-    loss, pg, vf = ClippedSurrogateLoss.apply(logp, values, old_logp, adv, returns, old_values, 0.2, clip_vf, 0.7)
-    d_fused = torch.autograd.grad(loss, (logp, values))
+    pg, vf, loss, d_logp, d_v = clipped_surrogate(logp.detach(), values.detach(), old_logp, adv, returns,
+                                                  old_values, 0.2, clip_vf, 0.7)
     ratio = (logp - old_logp).exp()
     ref_pg = -torch.min(adv * ratio, adv * ratio.clamp(0.8, 1.2)).mean()  # the paper's form, via autograd
     v = values if clip_vf is None else old_values + (values - old_values).clamp(-clip_vf, clip_vf)
@@ -180,7 +218,7 @@ def test_clipped_surrogate_gradient_matches_autograd(clip_vf: float | None) -> N
     ref = ref_pg + 0.7 * ref_vf
     d_ref = torch.autograd.grad(ref, (logp, values))
     assert torch.allclose(loss, ref) and torch.allclose(pg, ref_pg) and torch.allclose(vf, ref_vf)
-    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(d_fused, d_ref, strict=True))
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip((d_logp, d_v), d_ref, strict=True))
     assert (ratio.detach() - 1).abs().max() > 0.2  # some samples are clipped
 
 
