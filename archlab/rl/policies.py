@@ -2,6 +2,13 @@
 sampling and log-probabilities for discrete and continuous actions, the rollout loop, and a flat
 parameter buffer that makes the optimizer step and gradient clipping one operation each.
 
+Speed: the networks are tiny (two [64, 64] MLPs), so per-operation overhead, not arithmetic, sets the
+pace. Hence the rollout's policy step runs in NumPy on a fused actor+critic (``frozen_forward``), and
+a gradient step skips autograd: the algorithm states its loss's gradient with respect to log pi, V and
+H (a few elementwise formulas next to the loss), and :meth:`ActorCritic.set_grads` backpropagates it
+through the distribution and the MLPs by hand, writing straight into the flat gradient buffer. Tests
+check every hand-written gradient against autograd.
+
 Action distributions (no ``torch.distributions`` objects: they cost more than the math here):
 
 - Discrete: a categorical over ``logits [B, A]``.
@@ -33,7 +40,9 @@ SQRT2 = math.sqrt(2.0)
 
 # ------------------------------------------------------------------------------ one-node MLPs
 # For networks this small, autograd's per-node bookkeeping costs as much as the math: an MLP as ONE
-# node with a hand-written backward (textbook backprop) cuts the PPO gradient step by about a fifth.
+# node with a hand-written backward (textbook backprop). ActorCritic.set_grads uses the same two
+# functions without autograd at all; _MLPFunction serves forward() when a graph is wanted (A3C, the
+# autograd fallback).
 #
 #     forward:   h_0 = x,   h_i = act(h_{i-1} W_i^T + b_i),   y = h_{n-1} W_n^T + b_n
 #     backward:  g_n = dL/dy;   dL/dW_i = g_i^T h_{i-1};   dL/db_i = sum_batch g_i;
@@ -257,7 +266,8 @@ class ActorCritic(nn.Module):
                 d_pi = p * -d_logp.unsqueeze(-1)
                 d_pi.scatter_add_(-1, a, d_logp.unsqueeze(-1))
                 if d_entropy:
-                    d_pi -= d_entropy * p * (logp_all + ent.unsqueeze(-1))
+                    h = ent if ent is not None else -(p * logp_all).sum(-1)
+                    d_pi -= d_entropy * p * (logp_all + h.unsqueeze(-1))
             else:
                 (z,) = dist
                 d_pi = d_logp.unsqueeze(-1) * z * torch.exp(-self.log_std)

@@ -303,3 +303,11 @@ def test_bad_hyperparameter_is_one_line_error(cls: type, bad: dict) -> None:
     with pytest.raises(ArchlabError) as exc:
         cls("CartPole-v1", **bad)
     assert "\n" not in str(exc.value)
+
+
+def test_reinforce_without_baseline_leaves_the_critic_alone() -> None:
+    agent = REINFORCE("archlab/Identity-v0", seed=0, baseline=False, **TOY[REINFORCE])
+    critic = [p.clone() for p in agent.model.vf_net.parameters()]
+    stats = agent.iteration()
+    assert "value_loss" not in stats and agent.num_updates == 1
+    assert all(torch.equal(a, b) for a, b in zip(critic, agent.model.vf_net.parameters(), strict=True))
