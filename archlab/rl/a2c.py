@@ -20,9 +20,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
-
-from .buffers import RolloutBuffer
 from .policies import ActorCriticAgent, ActorCriticConfig, collect_rollout
 
 
@@ -57,11 +54,7 @@ class A2C(ActorCriticAgent):
     cfg: A2CConfig
 
     def build(self) -> None:
-        self.build_model()
-        s = self.spaces
-        self.buffer = RolloutBuffer(self.cfg.n_steps, self.cfg.n_envs, s.obs_shape, () if s.discrete else (s.act_dim,),
-                                    np.int64 if s.n_obs else np.float32)
-        self.iteration_steps = self.cfg.n_steps * self.cfg.n_envs  # env steps per iteration (the engine's unit)
+        self.build_rollout()
 
     def iteration(self) -> dict[str, Any]:
         cfg, model = self.cfg, self.model

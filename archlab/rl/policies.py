@@ -502,6 +502,14 @@ class ActorCriticAgent(Agent):
         self.flat = FlatParams([self.model])
         self.optimizer = make_optimizer(cfg.optimizer, self.flat, cfg.learning_rate, cfg.optimizer_eps)
 
+    def build_rollout(self) -> None:
+        """The model plus a rollout buffer of ``n_steps`` per env copy (PPO, A2C); an iteration is then
+        ``n_steps * n_envs`` env steps, the base class's default ``iteration_steps``."""
+        self.build_model()
+        s = self.spaces
+        self.buffer = RolloutBuffer(self.cfg.n_steps, self.cfg.n_envs, s.obs_shape, () if s.discrete else (s.act_dim,),
+                                    np.int64 if s.n_obs else np.float32)
+
     def gradient_step(self, ev: Evaluation, d_logp: torch.Tensor, d_values: torch.Tensor | None,
                       d_entropy: float = 0.0) -> None:
         """theta <- opt(theta, clip(dL/dtheta)) for a loss whose gradient with respect to log pi, V and H
