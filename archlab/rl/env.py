@@ -282,7 +282,9 @@ class RunningMeanStd:
         self.count = total
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": torch.from_numpy(self.mean.copy()), "var": torch.from_numpy(self.var.copy()),
+        # a scalar statistic (the return's, shape ()) becomes a numpy scalar after update(): re-wrap it
+        return {"mean": torch.from_numpy(np.array(self.mean, np.float64)),
+                "var": torch.from_numpy(np.array(self.var, np.float64)),
                 "count": float(self.count)}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:

@@ -133,6 +133,25 @@ def test_resume_is_bit_exact(cls: type, tmp_path) -> None:
     assert resumed.num_updates == full.num_updates
 
 
+def test_resume_with_obs_and_reward_normalization(tmp_path) -> None:
+    # the return statistic is a scalar (shape ()), which a numpy update turns into a numpy scalar
+    hp = {**CARTPOLE[PPO], "normalize_obs": True, "normalize_reward": True}
+    full = PPO("CartPole-v1", seed=2, total_steps=2000, **hp)
+    while full.num_steps < 2000:
+        full.iteration()
+    first = PPO("CartPole-v1", seed=2, total_steps=2000, **hp)
+    while first.num_steps < 800:
+        first.iteration()
+    save_state(first.state_dict(), tmp_path / "state.safetensors")
+    resumed = PPO("CartPole-v1", seed=5, total_steps=2000, **hp)
+    resumed.load_state_dict(load_state(tmp_path / "state.safetensors"))
+    assert resumed.normalizer.ret_rms.var == pytest.approx(float(first.normalizer.ret_rms.var))
+    while resumed.num_steps < 2000:
+        resumed.iteration()
+    assert [r for _, r, _ in resumed.episodes] == [r for _, r, _ in full.episodes]
+    assert torch.equal(resumed.flat.param, full.flat.param)
+
+
 def test_reinforce_checkpoint_holds_running_episodes() -> None:
     agent = REINFORCE("CartPole-v1", seed=0, **CARTPOLE[REINFORCE])
     agent.iteration()
