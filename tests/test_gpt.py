@@ -215,6 +215,39 @@ def test_cached_greedy_generation_equals_recomputation(name):
     assert torch.equal(out, _naive_greedy(model, ids, 40))
 
 
+@pytest.mark.parametrize("name", ["dot", "eager", "gqa", "mqa", "rotary", "untied_nobias", "relu"])
+def test_one_token_decode_step_equals_cached_forward(name):
+    # generate() feeds each new token through _decode_step (transposed weight copies, fewer calls)
+    model = _tiny(**({"activation": "relu", "n_inner": 48} if name == "relu" else VARIANTS[name]))
+    ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(6))
+    slow, fast = model.new_caches(3, 12), model.new_caches(3, 12)
+    weights = model._decode_weights()
+    assert model._fast_decode_ok()
+    with torch.no_grad():
+        model.hidden_states(ids[:, :5], caches=slow)
+        model.hidden_states(ids[:, :5], caches=fast)
+        for i in range(5, 12):
+            want = model.hidden_states(ids[:, i:i + 1], caches=slow)[:, -1]
+            got = model._decode_step(ids[:, i], fast, weights)
+            assert (got - want).abs().max() <= 1e-5
+    assert fast[0].length == slow[0].length == 12
+    assert all(torch.allclose(f.k, s.k, atol=1e-6) and torch.allclose(f.v, s.v, atol=1e-6) for f, s in zip(fast, slow))
+
+
+def test_decode_step_under_bf16_autocast_matches_cached_forward():
+    model = _tiny()
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(7))
+    slow, fast = (model.new_caches(2, 9, dtype=torch.bfloat16) for _ in range(2))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.hidden_states(ids[:, :8], caches=slow)
+        model.hidden_states(ids[:, :8], caches=fast)
+        want = model.hidden_states(ids[:, 8:], caches=slow)[:, -1]
+        got = model._decode_step(ids[:, 8], fast, model._decode_weights())
+        out = model.generate(ids, 6, temperature=0.0)
+    assert got.dtype == want.dtype and (got - want).float().abs().max() <= 2e-2
+    assert out.shape == (2, 15) and torch.equal(out[:, :9], ids)
+
+
 def test_generate_stops_at_eos():
     model = _tiny()
     ids = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(5))

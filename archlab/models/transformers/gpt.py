@@ -19,7 +19,9 @@ instead of learned ones, and local, sparse or linear attention (``attn_kind``, s
 :mod:`archlab.nn.attention`).
 
 Generation (:meth:`GPT.generate`) keeps one :class:`~archlab.nn.attention.KVCache` per layer, allocated
-once, so each new token costs one position's worth of compute instead of the whole prefix.
+once, so each new token costs one position's worth of compute instead of the whole prefix. Single-token
+steps run through :meth:`GPT._decode_step`, which reads transposed copies of the block weights (made
+once per ``generate`` call): on CPU a one-row matmul reads the ``[in, out]`` layout about twice as fast.
 
 Hugging Face format: ``model_type = "gpt2"`` (``GPT2LMHeadModel``). GPT-2 stores its projections as
 ``Conv1D`` with weights ``[in, out]``, the transpose of ``nn.Linear``; its fused ``c_attn`` has the
@@ -302,11 +304,17 @@ class GPT(ArchModel):
             dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
             caches = self.new_caches(b, min(t0 + max_new_tokens, c.block_size), dtype=dtype, device=dev)
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device) if eos_token_id is not None else None
+        weights = None
+        fast = caches is not None and self._fast_decode_ok()
         n = t0
         while n < t0 + max_new_tokens:
             if caches is not None and n <= c.block_size:
                 done = caches[0].length
-                h = self.hidden_states(out[:, done:n], caches=caches)[:, -1]
+                if fast and done == n - 1:
+                    weights = weights or self._decode_weights()
+                    h = self._decode_step(out[:, n - 1], caches, weights)
+                else:
+                    h = self.hidden_states(out[:, done:n], caches=caches)[:, -1]
             else:
                 h = self.hidden_states(out[:, max(0, n - c.block_size):n])[:, -1]
             logits = self._head(h).float()
@@ -323,6 +331,59 @@ class GPT(ArchModel):
             if finished is not None and bool(finished.all()):
                 break
         return out[:, :n]
+
+    # One-token decoding. A matrix-vector product ``x W^T`` with ``W`` stored [out, in] (nn.Linear) runs at
+    # about half the speed of ``x W'`` with ``W' = W^T`` stored [in, out] on CPU (the BLAS kernel for a single
+    # row streams the second layout; measured 262 vs 139 us for 1152 x 384 weights read from memory), and
+    # token-by-token decoding is bound by reading the weights. So generation makes a transposed copy of
+    # every block's matrices once per call (memory: one more copy of the block weights while it runs)
+    # and runs each step as a short sequence of plain tensor calls.
+    def _fast_decode_ok(self) -> bool:
+        c = self.config
+        return (not self.training and c.attn_kind == "dot" and all(
+            layer.norm_first and layer.cross_attn is None and layer.ffn.gate is None for layer in self.layers))
+
+    def _decode_weights(self) -> list[tuple[torch.Tensor | None, ...]]:
+        """Per layer: (W_qkv', b_qkv, W_out', b_out, W_1', b_1, W_2', b_2) with each W' = W^T ([in, out])."""
+        def t(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+            w = lin.weight.detach().t()
+            return (w.contiguous() if w.device.type == "cpu" else w), lin.bias
+
+        return [(*t(layer.attn.qkv), *t(layer.attn.out), *t(layer.ffn.fc1), *t(layer.ffn.fc2))
+                for layer in self.layers]
+
+    def _decode_step(self, token: torch.Tensor, caches: list[KVCache],
+                     weights: list[tuple[torch.Tensor | None, ...]]) -> torch.Tensor:
+        """Hidden state after feeding one token per row at the next cached position (what
+        ``hidden_states(token[:, None], caches=caches)[:, -1]`` returns, with fewer steps).
+
+        Shapes: token ``[B]`` -> ``[B, n_embd]``"""
+        def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            return x @ w if bias is None else torch.addmm(bias, x, w)
+
+        pos = caches[0].length
+        if pos + 1 > self.config.block_size:
+            raise ValueError(f"{pos + 1} positions exceed block_size ({self.config.block_size})")
+        x = self.wte(token)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[pos]
+        b = x.shape[0]
+        for layer, cache, (w_qkv, b_qkv, w_o, b_o, w_1, b_1, w_2, b_2) in zip(self.layers, caches, weights):
+            attn = layer.attn
+            hq, hkv, d = attn.n_head, attn.n_kv_head, attn.head_dim
+            q, k, v = linear(layer.norm1(x), w_qkv, b_qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
+            q, k, v = q.view(b, hq, 1, d), k.view(b, hkv, 1, d), v.view(b, hkv, 1, d)
+            if attn.rotary is not None:
+                q, k = attn.rotary(q, k, pos)
+            # KVCache.append without its checks (the length was checked above)
+            cache.k[:, :, pos:pos + 1] = k
+            cache.v[:, :, pos:pos + 1] = v
+            cache.length = pos + 1
+            a = F.scaled_dot_product_attention(q, cache.k[:, :, :pos + 1], cache.v[:, :, :pos + 1], scale=attn.scale,
+                                               enable_gqa=hkv != hq)
+            x = x + linear(a.view(b, hq * d), w_o, b_o)
+            x = x + linear(layer.ffn.act(linear(layer.norm2(x), w_1, b_1)), w_2, b_2)
+        return self.ln_f(x)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW parameter groups as in nanoGPT: decay on matrices (linear weights, embeddings), none on
