@@ -11,6 +11,7 @@ VecNormalize when the recipe normalizes, and a DummyVecEnv of ``n_envs`` copies 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import statistics
 import time
@@ -135,12 +136,17 @@ def run(params: dict[str, Any], log: Any) -> tuple[dict[str, Any], str]:
         if name in params.get("steps", {}):  # a shorter budget for the slow cases (speed, not returns)
             rec.train.steps = int(params["steps"][name])
         target = rec.expect.value
-        runs: dict[str, list[dict[str, Any]]] = {"archlab": [], "sb3": []}
+        # extra archlab rows: name -> [algo] overrides (e.g. {"archlab bf16" = {matmul_dtype = "bfloat16"}})
+        variants = {"archlab": {}, **params.get("variants", {}).get(name, {})}
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in (*variants, "sb3")}
         for seed in range(seeds):
-            order = ("archlab", "sb3") if seed % 2 == 0 else ("sb3", "archlab")
+            order = (*variants, "sb3") if seed % 2 == 0 else ("sb3", *variants)
             for side in order:
                 torch.manual_seed(seed)
-                res = (run_ours if side == "archlab" else run_sb3)(rec, seed, target)
+                if side == "sb3":
+                    res = run_sb3(rec, seed, target)
+                else:
+                    res = run_ours(dataclasses.replace(rec, algo={**rec.algo, **variants[side]}), seed, target)
                 runs[side].append(res)
                 log(f"{name} seed {seed} {side}: {res['steps_per_s']:.0f} steps/s, {res['wall_s']:.1f} s, "
                     f"eval return {res['eval_return']:.1f}, time to target {res['time_to_target_s']}")
@@ -161,11 +167,11 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
              "eval return (mean ± std over seeds) | archlab / SB3 steps/s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sps = {k: statistics.median(x["steps_per_s"] for x in v) for k, v in r["runs"].items()}
-        for side in ("archlab", "sb3"):
+        for side in r["runs"]:
             v = r["runs"][side]
             ev = [x["eval_return"] for x in v]
             std = statistics.stdev(ev) if len(ev) > 1 else 0.0
-            ratio = f"**{sps['archlab'] / sps['sb3']:.2f}x**" if side == "archlab" else ""
+            ratio = f"**{sps[side] / sps['sb3']:.2f}x**" if side != "sb3" else ""
             lines.append(f"| {r['case']} | {r['env']}, {r['steps']:,} | {side} | {sps[side]:,.0f} | "
                          f"{statistics.median(x['wall_s'] for x in v):.1f} s | "
                          f"{_fmt_ttt([x['time_to_target_s'] for x in v])} | {statistics.fmean(ev):.1f} ± {std:.1f} "

@@ -231,7 +231,8 @@ def test_one_token_decode_step_equals_cached_forward(name):
             got = model._decode_step(ids[:, i], fast, weights)
             assert (got - want).abs().max() <= 1e-5
     assert fast[0].length == slow[0].length == 12
-    assert all(torch.allclose(f.k, s.k, atol=1e-6) and torch.allclose(f.v, s.v, atol=1e-6) for f, s in zip(fast, slow))
+    for f, s in zip(fast, slow, strict=True):
+        assert torch.allclose(f.k, s.k, atol=1e-6) and torch.allclose(f.v, s.v, atol=1e-6)
 
 
 def test_decode_step_under_bf16_autocast_matches_cached_forward():

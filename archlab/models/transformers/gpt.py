@@ -368,7 +368,8 @@ class GPT(ArchModel):
         if self.wpe is not None:
             x = x + self.wpe.weight[pos]
         b = x.shape[0]
-        for layer, cache, (w_qkv, b_qkv, w_o, b_o, w_1, b_1, w_2, b_2) in zip(self.layers, caches, weights):
+        for layer, cache, weight in zip(self.layers, caches, weights, strict=True):
+            w_qkv, b_qkv, w_o, b_o, w_1, b_1, w_2, b_2 = weight
             attn = layer.attn
             hq, hkv, d = attn.n_head, attn.n_kv_head, attn.head_dim
             q, k, v = linear(layer.norm1(x), w_qkv, b_qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
