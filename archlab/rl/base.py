@@ -350,6 +350,25 @@ class Agent:
         self.rng.bit_generator.state = state["rng"]
 
 
+def check_epsilon_schedule(cfg: Any) -> None:
+    """Validate the epsilon-greedy schedule fields that DQN and Q-learning share
+    (``exploration_fraction``, ``exploration_initial_eps``, ``exploration_final_eps``)."""
+    if not 0.0 <= cfg.exploration_fraction <= 1.0:
+        raise ValueError(f"exploration_fraction must be in [0, 1], got {cfg.exploration_fraction}")
+    for name in ("exploration_initial_eps", "exploration_final_eps"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+
+
+def linear_epsilon(cfg: Any, progress: float) -> float:
+    """Epsilon at ``progress`` (0 -> 1) of the run: linear from ``exploration_initial_eps`` to
+    ``exploration_final_eps`` over the first ``exploration_fraction``, then constant."""
+    if progress >= cfg.exploration_fraction:
+        return cfg.exploration_final_eps
+    return cfg.exploration_initial_eps + progress * (cfg.exploration_final_eps
+                                                     - cfg.exploration_initial_eps) / cfg.exploration_fraction
+
+
 def info_return(info: dict[str, Any], i: int, env: VecEnv) -> float:
     """The raw return of the episode env copy ``i`` just finished."""
     # env.step appends finished episodes in index order; find copy i's among them.

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ArchlabError
-from .base import Agent, AgentConfig
+from .base import Agent, AgentConfig, check_epsilon_schedule, linear_epsilon
 from .buffers import ReplayBuffer
 from .networks import activation as activation_cls
 from .networks import encode_obs, mlp
@@ -103,11 +103,7 @@ class DQNConfig(AgentConfig):
             raise ValueError(f"gradient_steps must be >= 0 or -1, got {self.gradient_steps}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if not 0.0 <= self.exploration_fraction <= 1.0:
-            raise ValueError(f"exploration_fraction must be in [0, 1], got {self.exploration_fraction}")
-        for name in ("exploration_initial_eps", "exploration_final_eps"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        check_epsilon_schedule(self)
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
@@ -240,12 +236,7 @@ class DQN(Agent):
     # -- acting ---------------------------------------------------------------------------------
     def epsilon(self) -> float:
         """The exploration rate now: linear from initial to final over ``exploration_fraction``."""
-        cfg = self.cfg
-        progress = 1.0 - self.progress_remaining()
-        if progress >= cfg.exploration_fraction:
-            return cfg.exploration_final_eps
-        return cfg.exploration_initial_eps + progress * (cfg.exploration_final_eps
-                                                         - cfg.exploration_initial_eps) / cfg.exploration_fraction
+        return linear_epsilon(self.cfg, 1.0 - self.progress_remaining())
 
     @torch.inference_mode()
     def greedy(self, obs: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ArchlabError
-from .base import Agent, AgentConfig
+from .base import Agent, AgentConfig, check_epsilon_schedule, linear_epsilon
 
 
 @dataclasses.dataclass
@@ -56,11 +56,7 @@ class QLearningConfig(AgentConfig):
             raise ValueError(f"learning_rate (alpha) must be in (0, 1], got {self.learning_rate}")
         if self.steps_per_iteration < 1:
             raise ValueError(f"steps_per_iteration must be >= 1, got {self.steps_per_iteration}")
-        if not 0.0 <= self.exploration_fraction <= 1.0:
-            raise ValueError(f"exploration_fraction must be in [0, 1], got {self.exploration_fraction}")
-        for name in ("exploration_initial_eps", "exploration_final_eps"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        check_epsilon_schedule(self)
         if self.normalize_obs:
             raise ValueError("normalize_obs does not apply to discrete observations")
 
@@ -95,12 +91,7 @@ class QLearning(Agent):
 
     def epsilon(self) -> float:
         """The exploration rate now: linear from initial to final over ``exploration_fraction``."""
-        cfg = self.cfg
-        progress = 1.0 - self.progress_remaining()
-        if progress >= cfg.exploration_fraction:
-            return cfg.exploration_final_eps
-        return cfg.exploration_initial_eps + progress * (cfg.exploration_final_eps
-                                                         - cfg.exploration_initial_eps) / cfg.exploration_fraction
+        return linear_epsilon(self.cfg, 1.0 - self.progress_remaining())
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool) -> np.ndarray:
