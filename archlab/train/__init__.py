@@ -4,12 +4,15 @@ recipe; the engine's :class:`~archlab.engine.driver.Driver` runs it."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..engine.device import Precision
-from ..engine.distributed import DistInfo
+from ..engine.distributed import DistInfo, average_gradients, mean_across_workers
+from ..engine.optim import l1_penalty
 from ..errors import ArchlabError
 
 
@@ -34,6 +37,31 @@ def optimizer_step(ctx: Context, model: torch.nn.Module, optimizer: torch.optim.
     lr = optimizer.param_groups[0]["lr"]
     scheduler.step()
     return lr
+
+
+def accumulated_step(ctx: Context, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, train: Any,
+                     micro_loss: Callable[[], torch.Tensor]) -> dict[str, Any]:
+    """One optimizer step of a gradient-based loop: ``train.accumulate`` micro-batches, each
+    ``micro_loss()`` (draws a batch, returns its mean loss) plus the L1 penalty ``train.l1``, scaled by
+    ``1 / accumulate`` and backpropagated; then gradients and the logged loss are averaged over workers
+    (no-ops in one process) and :func:`optimizer_step` runs. Returns ``{"loss", "lr"}``."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=ctx.device)
+    for _ in range(train.accumulate):
+        loss = micro_loss()
+        if train.l1:
+            loss = loss + train.l1 * l1_penalty(model.parameters())
+        loss = loss / train.accumulate
+        ctx.precision.backward(loss)
+        total += loss.detach()
+    average_gradients(model, ctx.dist)
+    # Each rank's loss covers its slice only; the global-batch loss is what one process would log and
+    # NaN-check, and every rank then sees the same value (they stop at the same step).
+    mean_across_workers(total, ctx.dist)
+    lr = optimizer_step(ctx, model, optimizer, scheduler, train.grad_clip)
+    return {"loss": total, "lr": lr}
 
 
 # name -> "module:class"; imported lazily so `archlab list` stays fast.

@@ -35,13 +35,12 @@ import torch.nn.functional as F
 from ..data.text import TextDataset, load_text_dataset
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..engine.checkpoint import atomic_write_bytes
-from ..engine.distributed import average_gradients, mean_across_workers
 from ..engine.optim import build_optimizer, build_scheduler
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..recipe import Recipe
 from ..registry import get
-from . import Context, optimizer_step
+from . import Context, accumulated_step
 
 TOKENIZER_FILE = "tokenizer.json"
 SAMPLES_FILE = "samples.txt"
@@ -117,24 +116,18 @@ class LanguageModeling:
 
     def train_step(self, step: int) -> dict[str, Any]:
         self.step = step
-        tc, d = self.recipe.train, self.ctx.dist
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.ctx.device)
-        for _ in range(tc.accumulate):
+        d = self.ctx.dist
+
+        def micro_loss() -> torch.Tensor:
             # Every worker draws the same global batch (same generator) and keeps its own slice.
             x, y = random_windows(self.ids["train"], self.block_size, self.recipe.data.batch_size, self.gen,
                                   self.offsets)
             if d.enabled:
                 b = len(x) // d.world_size
                 x, y = x[d.rank * b:(d.rank + 1) * b], y[d.rank * b:(d.rank + 1) * b]
-            loss = self._loss(x, y) / tc.accumulate
-            self.ctx.precision.backward(loss)
-            total += loss.detach()
-        average_gradients(self.model, d)
-        mean_across_workers(total, d)
-        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, tc.grad_clip)
-        return {"loss": total, "lr": lr}
+            return self._loss(x, y)
+
+        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train, micro_loss)
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 
 from ..config import field_names
 from ..data.text import TextDataset, load_text_dataset
-from ..engine.optim import build_optimizer, build_scheduler, l1_penalty
+from ..engine.optim import build_optimizer, build_scheduler
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..recipe import Recipe
 from ..registry import build_config, get
-from . import Context, optimizer_step
+from . import Context, accumulated_step
 
 #: Seed of the fixed validation masking.
 EVAL_SEED = 0
@@ -189,23 +189,14 @@ class MaskedLM:
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
 
     def train_step(self, step: int) -> dict[str, Any]:
-        tc = self.recipe.train
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.ctx.device)
-        for _ in range(tc.accumulate):
+        def micro_loss() -> torch.Tensor:
             inputs, labels = self._train_batch()
             with self.ctx.precision.autocast():
                 logits = self.forward(inputs)
                 # A batch with no chosen position (possible for tiny windows) contributes zero, not NaN.
-                loss = self._loss_sum(logits, labels) / (labels != -100).sum().clamp(min=1)
-            if tc.l1:
-                loss = loss + tc.l1 * l1_penalty(self.model.parameters())
-            loss = loss / tc.accumulate
-            self.ctx.precision.backward(loss)
-            total += loss.detach()
-        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, tc.grad_clip)
-        return {"loss": total, "lr": lr}
+                return self._loss_sum(logits, labels) / (labels != -100).sum().clamp(min=1)
+
+        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train, micro_loss)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:

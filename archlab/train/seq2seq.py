@@ -36,12 +36,12 @@ import torch.nn.functional as F
 
 from ..config import field_names
 from ..data.seq2seq import Seq2SeqDataset, Seq2SeqSplit, load_seq2seq_dataset
-from ..engine.optim import build_optimizer, build_scheduler, l1_penalty
+from ..engine.optim import build_optimizer, build_scheduler
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..recipe import Recipe
 from ..registry import get
-from . import Context, optimizer_step
+from . import Context, accumulated_step
 from .supervised import BatchStream
 
 METRICS = ("exact_match", "token_acc", "loss")
@@ -137,22 +137,15 @@ class Seq2Seq:
     def train_step(self, step: int) -> dict[str, Any]:
         tc = self.recipe.train
         self.step = step
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.ctx.device)
-        for _ in range(tc.accumulate):
+
+        def micro_loss() -> torch.Tensor:
             source, mask, dec_in, labels = self._batch(self.train_split, self.stream.next().to(self.ctx.device))
             with self.ctx.precision.autocast():
                 logits = self.forward(source, dec_in, attention_mask=mask)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                        label_smoothing=tc.label_smoothing)
-            if tc.l1:
-                loss = loss + tc.l1 * l1_penalty(self.model.parameters())
-            loss = loss / tc.accumulate
-            self.ctx.precision.backward(loss)
-            total += loss.detach()
-        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, tc.grad_clip)
-        return {"loss": total, "lr": lr}
+
+        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, tc, micro_loss)
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()

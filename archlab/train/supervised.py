@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, Split, make_transform
-from ..engine.distributed import average_gradients, mean_across_workers
-from ..engine.optim import build_optimizer, build_scheduler, l1_penalty
+from ..engine.optim import build_optimizer, build_scheduler
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..recipe import Recipe
-from . import Context, optimizer_step
+from . import Context, accumulated_step
 
 
 class BatchStream:
@@ -104,25 +103,14 @@ class Supervised:
 
     def train_step(self, step: int) -> dict[str, Any]:
         tc = self.recipe.train
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.ctx.device)
-        for _ in range(tc.accumulate):
+
+        def micro_loss() -> torch.Tensor:
             x, y = self._micro_batch()
             with self.ctx.precision.autocast():
                 logits = self.forward(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
-            if tc.l1:
-                loss = loss + tc.l1 * l1_penalty(self.model.parameters())
-            loss = loss / tc.accumulate
-            self.ctx.precision.backward(loss)
-            total += loss.detach()
-        average_gradients(self.model, self.ctx.dist)
-        # Each rank's loss covers its slice only; the global-batch loss is what one process would log
-        # and NaN-check, and every rank then sees the same value (they stop at the same step).
-        mean_across_workers(total, self.ctx.dist)
-        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, tc.grad_clip)
-        return {"loss": total, "lr": lr}
+                return F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+
+        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, tc, micro_loss)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
