@@ -7,10 +7,14 @@ temporary folder and tests that need dataset files skip themselves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -22,3 +26,30 @@ def archlab_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARCHLAB_DATA", str(root))
         yield root
+
+
+@pytest.fixture
+def assert_resume_exact(tmp_path: Path) -> Callable[[dict[str, Any]], None]:
+    """``check(raw_recipe)``: train the recipe to the end; train it again, cut that run back to its first
+    checkpoint (a run that died there) and resume it. Final weights and every metrics line must equal
+    the uninterrupted run's."""
+    from archlab.engine.metrics import read_metrics
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    def run(raw: dict[str, Any], out: Path, resume: bool = False) -> None:
+        train(from_dict(copy.deepcopy(raw)), out=out, resume=resume, progress=False, log=lambda _m: None)
+
+    def check(raw: dict[str, Any]) -> None:
+        full, cut = tmp_path / "full", tmp_path / "cut"
+        run(raw, full)
+        run(raw, cut)
+        for extra in sorted((cut / "checkpoints").glob("step-*"))[1:]:
+            extra.unlink()
+        (cut / "summary.json").unlink()
+        run(raw, cut, resume=True)
+        a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert read_metrics(full / "metrics.jsonl") == read_metrics(cut / "metrics.jsonl")
+
+    return check

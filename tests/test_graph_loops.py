@@ -10,10 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from archlab.data.graphs import load_graph_dataset
-from archlab.engine.metrics import read_metrics
 from archlab.recipe import from_dict
 from archlab.runner import train
 from archlab.train import Context
@@ -77,20 +75,9 @@ def test_graph_loop_learns_graph_density(tmp_path: Path):
     assert _run(_recipe(), tmp_path / "run2", seed=2)["metrics"]["fold"] == 2
 
 
-def test_graph_loop_resume_is_bit_identical(tmp_path: Path):
-    raw = _recipe()
-    _run(raw, tmp_path / "full")
+def test_graph_loop_resume_is_bit_identical(assert_resume_exact):
     # A run that died after its first checkpoint: a finished run cut back to that checkpoint.
-    _run(raw, tmp_path / "cut")
-    ckpts = sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))
-    for extra in ckpts[1:]:
-        extra.unlink()
-    (tmp_path / "cut" / "summary.json").unlink()
-    _run(raw, tmp_path / "cut", resume=True)
-    a = load_file(str(tmp_path / "full" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert read_metrics(tmp_path / "full" / "metrics.jsonl") == read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert_resume_exact(_recipe())
 
 
 def test_bad_graph_recipes_fail_with_one_line(tmp_path: Path):

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import archlab
 from archlab.engine.metrics import read_metrics
@@ -87,18 +86,9 @@ def test_tiny_bert_learns_masked_tokens(tmp_path: Path):
     assert (tmp_path / "run" / "tokenizer.json").is_file()
 
 
-def test_mlm_resume_is_bit_identical(tmp_path: Path):
+def test_mlm_resume_is_bit_identical(assert_resume_exact):
     raw = _recipe(steps=10, eval_every=4, log_every=2, checkpoint_every=5)
-    _run(raw, tmp_path / "full")
-    _run(raw, tmp_path / "cut")
-    for extra in sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))[1:]:
-        extra.unlink()
-    (tmp_path / "cut" / "summary.json").unlink()
-    _run(raw, tmp_path / "cut", resume=True)
-    a = load_file(str(tmp_path / "full" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert read_metrics(tmp_path / "full" / "metrics.jsonl") == read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert_resume_exact(raw)
 
 
 def test_bad_mlm_recipes_fail_with_one_line(tmp_path: Path):
