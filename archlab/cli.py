@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, help="sample within the nucleus of probability P only")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--compile", action="store_true",
+                   help="decode through a torch.compile'd one-token step (GPT; compiles for a few seconds first)")
 
     s = sub.add_parser("rollout", help="play the trained policy of an RL run directory (or saved agent)")
     s.add_argument("run_dir")
@@ -214,7 +216,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .train.lm import generate_from_run
 
     text = generate_from_run(args.run_dir, args.prompt, args.tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device)
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
+                             compile=args.compile)
     print(text)
     return 0
 

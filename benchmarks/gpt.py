@@ -77,30 +77,36 @@ def _prompt(prompt: int, vocab: int) -> torch.Tensor:
 
 
 def gen_ours(n_layer: int = 6, n_head: int = 6, n_embd: int = 384, block: int = 512, vocab: int = 65,
-             prompt: int = 16, new_tokens: int = 256, threads: int = 2, **_: Any) -> Callable[[], None]:
+             prompt: int = 16, new_tokens: int = 256, threads: int = 2, compile: bool = False,
+             **_: Any) -> Callable[[], None]:
     model, _peer = _pair(n_layer, n_head, n_embd, block, vocab, threads)
     model.eval()
     ids = _prompt(prompt, vocab)
 
     @torch.no_grad()
     def run() -> None:
-        out = model.generate(ids, new_tokens, temperature=0.0)
+        out = model.generate(ids, new_tokens, temperature=0.0, compile=compile)
         assert out.shape[1] == prompt + new_tokens
 
     return run
 
 
 def gen_peer(n_layer: int = 6, n_head: int = 6, n_embd: int = 384, block: int = 512, vocab: int = 65,
-             prompt: int = 16, new_tokens: int = 256, threads: int = 2, **_: Any) -> Callable[[], None]:
+             prompt: int = 16, new_tokens: int = 256, threads: int = 2, compile: bool = False,
+             **_: Any) -> Callable[[], None]:
     _ours, model = _pair(n_layer, n_head, n_embd, block, vocab, threads)
     model.eval()
     ids = _prompt(prompt, vocab)
     mask = torch.ones_like(ids)
+    extra: dict[str, Any] = {}
+    if compile:  # HF's recipe for compiled generation: a static KV cache and a compiled forward
+        model.forward = torch.compile(model.forward, fullgraph=True)
+        extra["cache_implementation"] = "static"
 
     @torch.no_grad()
     def run() -> None:
         out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+                             do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None, **extra)
         assert out.shape[1] == prompt + new_tokens
 
     return run

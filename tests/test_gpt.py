@@ -249,6 +249,52 @@ def test_decode_step_under_bf16_autocast_matches_cached_forward():
     assert out.shape == (2, 15) and torch.equal(out[:, :9], ids)
 
 
+def _has_cxx() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+needs_cxx = pytest.mark.skipif(not _has_cxx(), reason="torch.compile on CPU needs a C++ compiler")
+
+
+@needs_cxx
+def test_compiled_decode_step_equals_eager_step_and_generate_uses_it(monkeypatch):
+    # one compiled graph (untied head, no biases, batch 3): logits and new cache rows equal the eager step's
+    model = _tiny(**VARIANTS["untied_nobias"])
+    ids = torch.randint(0, 97, (3, 14), generator=torch.Generator().manual_seed(8))
+    eager, comp = model.new_caches(3, 14), model.new_caches(3, 14)
+    weights, graph = model._decode_weights(), model._compiled_step()
+    with torch.no_grad():
+        model.hidden_states(ids[:, :5], caches=eager)
+        model.hidden_states(ids[:, :5], caches=comp)
+        for i in range(5, 14):
+            want = model._head(model._decode_step(ids[:, i], eager, weights))
+            got = model._graph_decode(graph, ids[:, i], comp)
+            assert got.shape == want.shape == (3, 97) and (got - want).abs().max() <= 1e-5
+    assert comp[0].length == eager[0].length == 14
+    for c, e in zip(comp, eager, strict=True):
+        assert torch.allclose(c.k, e.k, atol=1e-6) and torch.allclose(c.v, e.v, atol=1e-6)
+    # generate(compile=True) decodes through the graph, and greedy tokens match the eager path
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # wide logit margins: no near-ties for rounding to flip
+    calls = []
+    original = GPT._graph_decode
+    monkeypatch.setattr(GPT, "_graph_decode", lambda self, *a: calls.append(1) or original(self, *a))
+    out = model.generate(ids[:, :5], 20, temperature=0.0, compile=True)
+    assert len(calls) == 19  # every token after the first (which comes from the prompt pass)
+    assert torch.equal(out, model.generate(ids[:, :5], 20, temperature=0.0))
+
+
+def test_compile_falls_back_where_the_graph_does_not_apply():
+    # rotary positions and grouped-query attention are outside the compiled step: ordinary decoding
+    for name in ("rotary", "gqa"):
+        model = _tiny(**VARIANTS[name])
+        ids = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(9))
+        assert torch.equal(model.generate(ids, 8, temperature=0.0, compile=True),
+                           model.generate(ids, 8, temperature=0.0))
+
+
 def test_generate_stops_at_eos():
     model = _tiny()
     ids = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(5))

@@ -382,8 +382,10 @@ class KVCache:
 
     def __init__(self, batch: int, n_kv_head: int, head_dim: int, max_len: int, *,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
-        self.k = torch.empty(batch, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
-        self.v = torch.empty_like(self.k)
+        # zeros, not empty: a reader that masks the unfilled tail (a compiled decoding step reads the whole
+        # buffer) multiplies it by zero weights, and uninitialized memory may hold NaN
+        self.k = torch.zeros(batch, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
         self.length = 0
 
     @property

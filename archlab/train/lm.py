@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import os
 from pathlib import Path
@@ -187,8 +188,9 @@ class LanguageModeling:
 
 def sample(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-           precision: Any = None) -> str:
-    """``prompt`` followed by ``max_new_tokens`` sampled tokens, decoded (the model is put in eval mode)."""
+           precision: Any = None, compile: bool = False) -> str:
+    """``prompt`` followed by ``max_new_tokens`` sampled tokens, decoded (the model is put in eval mode).
+    ``compile``: decode through the model's compiled one-token step (``generate(compile=True)``)."""
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ArchlabError("the prompt is empty: give at least one character")
@@ -198,14 +200,17 @@ def sample(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_new_to
     x = torch.tensor([ids], dtype=torch.long, device=device)
     ctx = precision.autocast() if precision is not None else contextlib.nullcontext()
     with ctx:
-        out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+        extra = {"compile": True} if compile else {}
+        out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen,
+                             **extra)
     return tokenizer.decode(out[0].tolist())
 
 
 def generate_from_run(run_dir: str | os.PathLike, prompt: str, max_new_tokens: int, *, temperature: float = 1.0,
                       top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                      device: str = "auto") -> str:
-    """Continue ``prompt`` with the final model and tokenizer of a language-model run directory."""
+                      device: str = "auto", compile: bool = False) -> str:
+    """Continue ``prompt`` with the final model and tokenizer of a language-model run directory
+    (``compile``: through the compiled one-token step, see :meth:`archlab.models.transformers.gpt.GPT.generate`)."""
     from ..engine.device import resolve_device
     from ..models.base import CONFIG_NAME, load
 
@@ -228,6 +233,15 @@ def generate_from_run(run_dir: str | os.PathLike, prompt: str, max_new_tokens: i
     model = load(run_dir, map_location=str(dev))
     if not hasattr(model, "generate"):
         raise ArchlabError(f"{run_dir} holds a {model.registry_name!r} model, which cannot generate text")
+    if compile and "compile" not in inspect.signature(model.generate).parameters:
+        raise ArchlabError(f"--compile: a {model.registry_name!r} model has no compiled decoding step")
     tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
-    return sample(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                  seed=seed)
+    try:
+        return sample(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      seed=seed, compile=compile)
+    except Exception as e:
+        if not compile or isinstance(e, ArchlabError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ArchlabError(f"--compile failed ({type(e).__name__}: {first}); torch.compile needs a working C++ "
+                           "compiler on CPU. Run without --compile.") from e
