@@ -284,6 +284,9 @@ def test_compiled_decode_step_equals_eager_step_and_generate_uses_it(monkeypatch
     out = model.generate(ids[:, :5], 20, temperature=0.0, compile=True)
     assert len(calls) == 19  # every token after the first (which comes from the prompt pass)
     assert torch.equal(out, model.generate(ids[:, :5], 20, temperature=0.0))
+    # more than 4 rows: the graph uses ordinary matrix products instead of the row-wise loop
+    wide = torch.cat([ids[:, :5], ids[:, 5:10]])
+    assert torch.equal(model.generate(wide, 6, temperature=0.0, compile=True), model.generate(wide, 6, temperature=0.0))
 
 
 def test_compile_falls_back_where_the_graph_does_not_apply():

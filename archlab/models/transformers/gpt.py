@@ -400,12 +400,14 @@ class GPT(ArchModel):
         masked) and to itself. Returns the logits and each layer's new key and value rows.
 
         Shapes: token ``[B]``; ks, vs ``[B, H, L, D]`` per layer -> ``[B, vocab]``, ``[B, H, D]`` per layer"""
-        cpu = token.device.type == "cpu"
+        # x W^T as a multiply-and-sum over rows of the [out, in] weight: inductor makes it one streaming
+        # loop on CPU, which reads the weight once per row of x -- faster than BLAS up to 4 rows (measured
+        # 1.4-1.8x at 1-4 rows, slower from 8); for larger batches and on other devices the ordinary
+        # product is the fast one
+        rowwise = token.device.type == "cpu" and token.shape[0] <= 4
 
         def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-            # x W^T as a multiply-and-sum over rows of the [out, in] weight: inductor makes it one
-            # streaming loop on CPU; elsewhere the ordinary product is the fast one
-            y = (x[:, None, :] * weight).sum(-1) if cpu else F.linear(x, weight)
+            y = (x[:, None, :] * weight).sum(-1) if rowwise else F.linear(x, weight)
             return y if bias is None else y + bias
 
         b = token.shape[0]
