@@ -129,3 +129,19 @@ def test_rl_recipe_round_trips_through_toml(tmp_path: Path) -> None:
     assert again.algo == rec.algo and again.env == rec.env and again.model is None and again.data is None
     with pytest.raises(ArchlabError, match="no \\[env\\] table"):
         recipe_mod.from_dict({"algo": {"name": "ppo"}, "train": {"loop": "rl", "steps": 10}})
+
+
+def test_missing_box2d_is_one_line_with_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gymnasium registers LunarLander whether or not Box2D is installed; hide the module to test both cases
+    import sys
+
+    from archlab.errors import ArchlabError
+    from archlab.rl.env import make_single
+
+    monkeypatch.setitem(sys.modules, "Box2D", None)
+    for name in [m for m in sys.modules if m.startswith("gymnasium.envs.box2d")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ArchlabError) as info:
+        make_single("LunarLander-v3")
+    msg = str(info.value)
+    assert "archlab[box2d]" in msg and "did you mean" not in msg and "\n" not in msg
