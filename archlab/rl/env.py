@@ -55,15 +55,14 @@ def make_single(env_id: str, options: dict[str, Any] | None = None, render_mode:
         options["render_mode"] = render_mode
     try:
         return gym.make(env_id, **options)
-    except gym.error.DependencyNotInstalled as exc:  # a registered env whose physics package is missing
-        extra = ' (pip install "archlab[box2d]")' if "box2d" in str(exc).lower() else ""
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArchlabError(f"env.id {env_id!r} needs a package that is not installed{extra}: {msg}") from None
     except gym.error.Error as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, gym.error.DependencyNotInstalled):  # a registered env whose physics package is missing
+            extra = ' (pip install "archlab[box2d]")' if "box2d" in msg.lower() else ""
+            raise ArchlabError(f"env.id {env_id!r} needs a package that is not installed{extra}: {msg}") from None
         known = sorted(gym.registry) + sorted(toys)
         close = difflib.get_close_matches(env_id, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArchlabError(f"env.id {env_id!r}: {msg}{hint}") from None
     except ImportError as exc:  # e.g. Box2D missing for LunarLander
         raise ArchlabError(f"env.id {env_id!r} needs a package that is not installed: {exc}") from None

@@ -114,20 +114,26 @@ def test_save_load_continuous(tmp_path) -> None:
     assert np.all(np.abs(agent.predict(obs * 100, deterministic=False)) <= 1.0)  # clipped to the Box
 
 
+def _train_to(agent, steps: int):
+    while agent.num_steps < steps:
+        agent.iteration()
+    return agent
+
+
+def _resume(first, fresh, tmp_path):
+    """``fresh`` (an agent built with another seed) loaded with ``first``'s state, saved and read back
+    through the engine's checkpoint format: the state overrides everything."""
+    save_state(first.state_dict(), tmp_path / "state.safetensors")
+    fresh.load_state_dict(load_state(tmp_path / "state.safetensors"))
+    return fresh
+
+
 @pytest.mark.parametrize("cls", ALGOS)
 def test_resume_is_bit_exact(cls: type, tmp_path) -> None:
     hp = CARTPOLE[cls]
-    full = cls("CartPole-v1", seed=1, total_steps=3000, **hp)
-    while full.num_steps < 3000:
-        full.iteration()
-    first = cls("CartPole-v1", seed=1, total_steps=3000, **hp)
-    while first.num_steps < 1200:
-        first.iteration()
-    save_state(first.state_dict(), tmp_path / "state.safetensors")  # through the engine's checkpoint format
-    resumed = cls("CartPole-v1", seed=99, total_steps=3000, **hp)  # the state overrides everything
-    resumed.load_state_dict(load_state(tmp_path / "state.safetensors"))
-    while resumed.num_steps < 3000:
-        resumed.iteration()
+    full = _train_to(cls("CartPole-v1", seed=1, total_steps=3000, **hp), 3000)
+    first = _train_to(cls("CartPole-v1", seed=1, total_steps=3000, **hp), 1200)
+    resumed = _train_to(_resume(first, cls("CartPole-v1", seed=99, total_steps=3000, **hp), tmp_path), 3000)
     assert [r for _, r, _ in resumed.episodes] == [r for _, r, _ in full.episodes]
     assert torch.equal(resumed.flat.param, full.flat.param)
     assert resumed.num_updates == full.num_updates
@@ -136,18 +142,11 @@ def test_resume_is_bit_exact(cls: type, tmp_path) -> None:
 def test_resume_with_obs_and_reward_normalization(tmp_path) -> None:
     # the return statistic is a scalar (shape ()), which a numpy update turns into a numpy scalar
     hp = {**CARTPOLE[PPO], "normalize_obs": True, "normalize_reward": True}
-    full = PPO("CartPole-v1", seed=2, total_steps=2000, **hp)
-    while full.num_steps < 2000:
-        full.iteration()
-    first = PPO("CartPole-v1", seed=2, total_steps=2000, **hp)
-    while first.num_steps < 800:
-        first.iteration()
-    save_state(first.state_dict(), tmp_path / "state.safetensors")
-    resumed = PPO("CartPole-v1", seed=5, total_steps=2000, **hp)
-    resumed.load_state_dict(load_state(tmp_path / "state.safetensors"))
+    full = _train_to(PPO("CartPole-v1", seed=2, total_steps=2000, **hp), 2000)
+    first = _train_to(PPO("CartPole-v1", seed=2, total_steps=2000, **hp), 800)
+    resumed = _resume(first, PPO("CartPole-v1", seed=5, total_steps=2000, **hp), tmp_path)
     assert resumed.normalizer.ret_rms.var == pytest.approx(float(first.normalizer.ret_rms.var))
-    while resumed.num_steps < 2000:
-        resumed.iteration()
+    _train_to(resumed, 2000)
     assert [r for _, r, _ in resumed.episodes] == [r for _, r, _ in full.episodes]
     assert torch.equal(resumed.flat.param, full.flat.param)
 

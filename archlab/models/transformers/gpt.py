@@ -387,9 +387,7 @@ class GPT(ArchModel):
         pos_t = torch.tensor(pos, device=token.device)
         logits, ks, vs = graph(token, pos_t, [c.k for c in caches], [c.v for c in caches])
         for cache, k, v in zip(caches, ks, vs, strict=True):
-            cache.k[:, :, pos] = k
-            cache.v[:, :, pos] = v
-            cache.length = pos + 1
+            cache.append(k.unsqueeze(2), v.unsqueeze(2))
         return logits
 
     def _graph_step(self, token: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
