@@ -26,7 +26,8 @@ import torch
 from . import __version__
 from .config import to_dict
 from .data import load_dataset
-from .engine.checkpoint import CheckpointManager, atomic_write_bytes
+from .engine.checkpoint import CheckpointManager
+from .io import atomic_write_bytes
 from .engine.device import Precision, resolve_device
 from .engine.distributed import DistInfo
 from .engine.distributed import init as dist_init

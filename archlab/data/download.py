@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArchlabError, DataUnavailable
+from ..io import file_mode
 
 #: Seconds to wait for a server to answer (connect and each read); short so that an offline
 #: machine fails fast instead of hanging on every mirror.
@@ -137,6 +138,7 @@ def _try_urls(urls: list[str] | tuple[str, ...], dest: Path, verify: Callable[[P
             if not verify(tmp):
                 reasons.append(f"{url}: checksum mismatch")
                 continue
+            os.chmod(tmp, file_mode())
             os.replace(tmp, dest)  # atomic on POSIX and Windows within one folder
             return
         except urllib.error.HTTPError as exc:

@@ -43,7 +43,7 @@ class Tokenizer(Protocol):
 
 
 def _write_json(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
-    from ..engine.checkpoint import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     path = Path(path)
     atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False).encode())

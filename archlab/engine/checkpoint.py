@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as _st_save
+
+from ..io import save_tensors_atomic
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -30,36 +30,6 @@ _STATE_KEY = "archlab.state"
 
 class CheckpointError(Exception):
     """A checkpoint file is missing, truncated or corrupted."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync dir."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -110,21 +80,6 @@ def _digest(tensors: dict[str, torch.Tensor], skeleton_json: str) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                        metadata: dict | None = None) -> None:
-    """safetensors file written atomically (used for final model weights)."""
-    # safetensors refuses tensors that share storage (tied weights, views): give the later ones a copy.
-    seen: set[int] = set()
-    tensors = dict(tensors)
-    for key, t in tensors.items():
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            tensors[key] = t.clone()
-        elif ptr:
-            seen.add(ptr)
-    atomic_write_bytes(path, _st_save(tensors, metadata=metadata))
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:

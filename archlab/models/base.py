@@ -42,7 +42,7 @@ class ArchModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if needed)."""
-        from ..engine.checkpoint import atomic_write_bytes, save_tensors_atomic
+        from ..io import atomic_write_bytes, save_tensors_atomic
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

@@ -275,7 +275,7 @@ class Agent:
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` (algorithm, env, hyperparameters) and ``model.safetensors``
         (network weights and normalization statistics) to folder ``path``."""
-        from ..engine.checkpoint import atomic_write_bytes, save_tensors_atomic
+        from ..io import atomic_write_bytes, save_tensors_atomic
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def write_gif(frames: list[np.ndarray], path: str | Path, fps: int = 30) -> Path
     """An animated GIF (Pillow) of RGB frames ``[H, W, 3]`` uint8, written atomically."""
     from PIL import Image
 
-    from ..engine.checkpoint import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     frames = [f for f in frames if f is not None]
     if not frames:

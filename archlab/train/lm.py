@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..data.text import TextDataset, load_text_dataset
 from ..data.tokenizers import Tokenizer, load_tokenizer
-from ..engine.checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..engine.optim import build_optimizer, build_scheduler
 from ..errors import ArchlabError
 from ..models.base import ArchModel

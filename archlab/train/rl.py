@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..engine.checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..errors import ArchlabError
 from ..recipe import Recipe
 from . import Context

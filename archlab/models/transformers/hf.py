@@ -120,7 +120,7 @@ def from_hf(path: str | os.PathLike, **overrides: Any) -> ArchModel:
 
 def save_hf(model: ArchModel, directory: str | os.PathLike) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that ``transformers`` loads with ``from_pretrained``."""
-    from ...engine.checkpoint import atomic_write_bytes, save_tensors_atomic  # noqa: PLC0415
+    from ...io import atomic_write_bytes, save_tensors_atomic  # noqa: PLC0415
 
     if not hasattr(model, "state_to_hf"):
         raise ArchlabError(f"{type(model).__name__} has no Hugging Face format")
