@@ -26,7 +26,7 @@ each nearly all matrix products at a batch of 64):
   (:meth:`QNetwork.backward_huber`, checked against autograd in the tests): the same matrix products
   without autograd's per-node overhead;
 - the parameters are views into one flat tensor (:class:`~archlab.rl.policies.FlatParams`), so
-  clipping the gradient norm and Adam (its fused kernel, called directly) are one operation each;
+  clipping the gradient norm and Adam (``torch.optim.Adam``'s fused kernel) are one operation each;
 - no ``.item()`` in the loop: losses are summed as a tensor and read once per phase;
 - the training envs' greedy actions come from a NumPy forward pass over views of the same weights.
 
@@ -353,25 +353,10 @@ class DQN(Agent):
                 self.flat.zero_grad()
                 loss.backward()
             self.flat.clip_grad_norm(cfg.max_grad_norm)
-            self.adam_step()
+            self.optimizer.step()
             total += loss.detach()
         self.num_updates += steps
         return float(total) / steps
-
-    def adam_step(self) -> None:
-        """``optimizer.step()``. Once Adam's state exists, this calls the fused kernel directly:
-        ``Optimizer.step``'s Python bookkeeping (~50 us) costs more than the kernel on one flat tensor."""
-        opt, p = self.optimizer, self.flat.param
-        state = opt.state.get(p)
-        if not state or not opt.defaults["fused"] or not hasattr(torch, "_fused_adam_"):
-            opt.step()
-            return
-        group = opt.param_groups[0]
-        beta1, beta2 = group["betas"]
-        state["step"].add_(1)
-        torch._fused_adam_([p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
-                           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
-                           eps=group["eps"], maximize=False)
 
     # -- files and checkpoints ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:

@@ -1,5 +1,5 @@
 """What the off-policy actor-critics (SAC, TD3) share: stacked MLPs with a hand-written backward pass
-(the twin critics evaluated as one), a lean Adam, action scaling, the collect-then-update iteration
+(the twin critics evaluated as one), action scaling, the collect-then-update iteration
 over a replay buffer, and checkpoint plumbing.
 
 Both algorithms act in the squashed action space ``[-1, 1]^d`` (a ``tanh`` output) and the
@@ -25,8 +25,8 @@ floor. Everything else is overhead to remove:
   preallocated buffers, weight gradients straight into ``.grad``: no autograd graph, no fresh
   256x256 activations (page faults), no gradient accumulation; the actor's loss differentiates
   through the critics without computing their weight gradients, which would be thrown away;
-- each network's parameters are views of one flat tensor, so an Adam step (:class:`Adam`, PyTorch's
-  fused kernel without ``torch.optim``'s per-step Python) and a Polyak update are one kernel each;
+- each network's parameters are views of one flat tensor, so an Adam step (``torch.optim.Adam``'s
+  fused kernel) and a Polyak update are one kernel each;
 - small-output products are oriented for MKL's fast paths (:func:`_bmm`);
 - the per-update scalars stay tensors until the iteration ends (no ``.item()`` per step).
 """
@@ -220,63 +220,21 @@ class StackedMLP(nn.Module):
         return None
 
 
-class Adam:
-    """Adam (Kingma & Ba 2015, Algorithm 1) on one flat parameter tensor, calling PyTorch's fused
-    kernel directly: the same arithmetic as ``torch.optim.Adam(fused=True)`` without its per-step
-    Python bookkeeping, which costs as much as the kernel for networks this small (SAC steps three
-    optimizers per environment step). Falls back to ``torch.optim.Adam`` where the fused kernel
-    does not exist (devices other than CPU and CUDA)."""
-
-    def __init__(self, param: torch.Tensor, lr: float, eps: float = 1e-8,
-                 betas: tuple[float, float] = (0.9, 0.999)) -> None:
-        self.param, self.lr, self.eps, self.betas = param, lr, eps, betas
-        self.exp_avg = torch.zeros_like(param)
-        self.exp_avg_sq = torch.zeros_like(param)
-        self.steps = torch.zeros((), dtype=torch.float32, device=param.device)
-        self._fallback = None
-        if not hasattr(torch, "_fused_adam_") or param.device.type not in ("cpu", "cuda"):
-            self._fallback = torch.optim.Adam([param], lr=lr, eps=eps, betas=betas)
-
-    def step(self) -> None:
-        if self._fallback is not None:
-            self.set_lr(self.lr)
-            self._fallback.step()
-            return
-        self.steps.add_(1)  # t <- t + 1 (the kernel reads t for the bias corrections)
-        torch._fused_adam_([self.param], [self.param.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps],
-                           lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
-                           amsgrad=False, maximize=False)
-
-    def set_lr(self, lr: float) -> None:
-        self.lr = lr
-        if self._fallback is not None:
-            Agent.set_lr(self._fallback, lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        if self._fallback is not None:
-            return {"torch": self._fallback.state_dict(), "lr": self.lr}
-        return {"exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone(), "steps": self.steps.clone(),
-                "lr": self.lr}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr = state["lr"]
-        if self._fallback is not None:
-            self._fallback.load_state_dict(state["torch"])
-            return
-        self.exp_avg.copy_(state["exp_avg"])
-        self.exp_avg_sq.copy_(state["exp_avg_sq"])
-        self.steps.copy_(state["steps"])
+def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with its fused kernel where one exists (CPU, CUDA): on a flat parameter
+    a step is then one kernel."""
+    return torch.optim.Adam(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"))
 
 
 class Flat:
     """A module's parameters as views of one flat tensor (and their gradients of another), with
-    its :class:`Adam` if it is trained (targets are not)."""
+    its Adam (:func:`adam`) if it is trained (targets are not)."""
 
     def __init__(self, module: nn.Module, lr: float | None = None) -> None:
         self.module = module
         self.flat = FlatParams([module])
         self.param = self.flat.param
-        self.opt = Adam(self.param, lr) if lr is not None else None
+        self.opt = adam([self.param], lr) if lr is not None else None
 
     def polyak_from(self, source: Flat, tau: float) -> None:
         """theta_target <- (1 - tau) theta_target + tau theta (one ``lerp_`` over every parameter)."""
@@ -366,7 +324,7 @@ class OffPolicyAgent(Agent):
         ``loss`` among them -- converted to floats once per iteration, not per gradient step."""
         raise NotImplementedError
 
-    def optimizers(self) -> dict[str, Adam]:
+    def optimizers(self) -> dict[str, torch.optim.Adam]:
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
@@ -418,7 +376,7 @@ class OffPolicyAgent(Agent):
         if cfg.lr_schedule == "linear":
             lr = self.current_lr()
             for opt in self.optimizers().values():
-                opt.set_lr(lr)
+                self.set_lr(opt, lr)
         n_updates = cfg.gradient_steps if cfg.gradient_steps >= 0 else added
         stats: dict[str, Any] = {}
         for _ in range(n_updates):

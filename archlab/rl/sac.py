@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .offpolicy import Adam, Flat, OffPolicyAgent, OffPolicyConfig
+from .offpolicy import Flat, OffPolicyAgent, OffPolicyConfig, adam
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 """Clamp of the actor's log standard deviation (SB3 / softlearning)."""
@@ -120,14 +120,14 @@ class SAC(OffPolicyAgent):
             init = float(cfg.ent_coef[5:]) if cfg.ent_coef.startswith("auto_") else 1.0
             self.log_alpha = nn.Parameter(torch.tensor(math.log(init), device=dev))
             self.log_alpha.grad = torch.zeros_like(self.log_alpha)
-            self.alpha_opt = Adam(self.log_alpha, cfg.learning_rate)
+            self.alpha_opt = adam([self.log_alpha], cfg.learning_rate)
         else:
             self.alpha = float(cfg.ent_coef)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
-    def optimizers(self) -> dict[str, Adam]:
+    def optimizers(self) -> dict[str, torch.optim.Adam]:
         opts = {"actor": self.actor_flat.opt, "critic": self.critic_flat.opt}
         if self.auto_alpha:
             opts["ent_coef"] = self.alpha_opt

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .offpolicy import Adam, Flat, OffPolicyAgent, OffPolicyConfig
+from .offpolicy import Flat, OffPolicyAgent, OffPolicyConfig
 
 
 @dataclasses.dataclass
@@ -81,7 +81,7 @@ class TD3(OffPolicyAgent):
         return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
                 "critic_target": self.critic_target}
 
-    def optimizers(self) -> dict[str, Adam]:
+    def optimizers(self) -> dict[str, torch.optim.Adam]:
         return {"actor": self.actor_flat.opt, "critic": self.critic_flat.opt}
 
     # -- acting ---------------------------------------------------------------------------------

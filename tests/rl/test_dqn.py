@@ -121,15 +121,6 @@ def test_manual_backward_matches_autograd(activation: str, dueling: bool, n_obs:
     assert torch.allclose(flat.param.grad, expected, atol=1e-6)
 
 
-def test_adam_step_matches_torch_optimizer() -> None:
-    agents = [DQN("CartPole-v1", seed=0, learning_starts=0, train_freq=8, gradient_steps=4, net_arch=[16])
-              for _ in range(2)]
-    agents[1].adam_step = agents[1].optimizer.step  # the reference: torch.optim.Adam(fused=True).step
-    for agent in agents:
-        agent.learn(64, progress=False)
-    assert torch.equal(agents[0].flat.param, agents[1].flat.param)
-
-
 def test_errors_are_one_line() -> None:
     with pytest.raises(ArchlabError, match="exploration_final_eps") as exc:
         DQN("CartPole-v1", exploration_final_eps=1.5)
