@@ -22,13 +22,17 @@ A spec is a TOML file (``benchmarks/<name>.toml``)::
 A factory takes ``**params`` and returns a zero-argument callable: one timed unit of work (setup
 happens in the factory, outside the timing). Interleaving A and B spreads the noise of a shared
 machine over both sides; the result is the median of each and ``ratio = peer / ours`` (> 1: ours
-faster). JSON + markdown land in ``benchmarks/results/``.
+faster). JSON + markdown (+ plot) land in the output folder, ``reports/bench/<spec>/`` unless given;
+the committed tables in ``benchmarks/results/`` change only when asked (``update_results``,
+``archlab bench --update-results``), so a trial run on another machine does not overwrite them.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import shutil
 import statistics
 import time
 import tomllib
@@ -80,17 +84,41 @@ def _missing(modules: list[str]) -> list[str]:
     return [m for m in modules if absent(m)]
 
 
+def _write_outputs(out_dir: Path, name: str, result: dict[str, Any], md: str, update_results: bool,
+                   plot: Callable[[Path], None] | None = None, log: Any = print) -> None:
+    """``<name>.json``, ``<name>.md`` and, with ``plot``, ``<name>.png`` into ``out_dir``; with
+    ``update_results`` also copied over the committed ones in ``benchmarks/results/``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
+    written[0].write_text(json.dumps(result, indent=2) + "\n")
+    written[1].write_text(md)
+    if plot is not None:
+        written.append(out_dir / f"{name}.png")
+        plot(written[-1])
+    log(md)
+    log(f"bench {name}: results in {out_dir}")
+    results = benchmarks_root() / "results"
+    if update_results and out_dir.resolve() != results.resolve():
+        results.mkdir(exist_ok=True)
+        for file in written:
+            shutil.copyfile(file, results / file.name)
+        log(f"bench {name}: updated {', '.join(str(results / f.name) for f in written)}")
+
+
 def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None,
-              log: Any = print) -> dict[str, Any]:
+              log: Any = print, update_results: bool = False) -> dict[str, Any]:
+    """Run the bench ``spec`` (a name under ``benchmarks/`` or a path); results go to ``out_dir``
+    (default ``reports/bench/<spec>``) and, with ``update_results``, to ``benchmarks/results/``."""
     path = find_spec(spec)
     try:
         cfg = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ArchlabError(f"{path}: not valid TOML ({exc})") from None
+    out_dir = out_dir or Path("reports") / "bench" / path.stem
     if cfg.get("mode") == "sweep":
-        return run_sweep(path, cfg, out_dir, repeats, log)
+        return run_sweep(path, cfg, out_dir, repeats, log, update_results)
     if cfg.get("mode") == "custom":
-        return run_custom(path, cfg, out_dir, log)
+        return run_custom(path, cfg, out_dir, log, update_results)
     for key in ("name", "ours", "peer"):
         if key not in cfg:
             raise ArchlabError(f"{path}: missing key {key!r}; a spec needs name, ours, peer")
@@ -144,13 +172,10 @@ def run_bench(spec: str, out_dir: Path | None = None, repeats: int | None = None
         md = _cases_markdown(result, per)
     if isinstance(cfg.get("report"), str):  # spec-specific analysis (e.g. MFU) appended to the table
         md += _load_factory(path, cfg["report"])(result)
-    out_dir = out_dir or benchmarks_root() / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / f"{cfg['name']}.md").write_text(md)
+    plot = None
     if cases is not None and isinstance(cfg.get("plot"), dict):
-        _plot_cases(result, cfg["plot"], out_dir / f"{cfg['name']}.png")
-    log(md)
+        plot = functools.partial(_plot_cases, result, cfg["plot"])
+    _write_outputs(out_dir, cfg["name"], result, md, update_results, plot, log)
     return result
 
 
@@ -251,8 +276,8 @@ def _peak_memory(spec_path: Path, target: str, params: dict[str, Any]) -> float:
     return float(json.loads(res.stdout.strip().splitlines()[-1])["peak_extra_mib"])
 
 
-def run_sweep(path: Path, cfg: dict[str, Any], out_dir: Path | None, repeats: int | None,
-              log: Any = print) -> dict[str, Any]:
+def run_sweep(path: Path, cfg: dict[str, Any], out_dir: Path, repeats: int | None,
+              log: Any = print, update_results: bool = False) -> dict[str, Any]:
     """``mode = "sweep"``: several ``[[variants]]`` of archlab (no peer) timed over ``[[cases]]``,
     interleaved within each case; with ``memory = true`` also the peak memory of one call of each
     (fresh process per variant and case). Table + log-log plot of time (and memory) against ``plot.x``."""
@@ -310,13 +335,10 @@ def run_sweep(path: Path, cfg: dict[str, Any], out_dir: Path | None, repeats: in
     lines += ["", f"Medians of {repeats} interleaved repeats after {warmup} warm-up. "
               f"Machine: {result['machine']}, {result['date']}.", ""]
     md = "\n".join(lines)
-    out_dir = out_dir or benchmarks_root() / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / f"{cfg['name']}.md").write_text(md)
+    plot = None
     if isinstance(cfg.get("plot"), dict):
-        _plot_sweep(result, cfg["plot"], bool(cfg.get("memory")), out_dir / f"{cfg['name']}.png")
-    log(md)
+        plot = functools.partial(_plot_sweep, result, cfg["plot"], bool(cfg.get("memory")))
+    _write_outputs(out_dir, cfg["name"], result, md, update_results, plot, log)
     return result
 
 
@@ -355,10 +377,11 @@ def _plot_sweep(result: dict[str, Any], plot: dict[str, Any], memory: bool, path
     plt.close(fig)
 
 
-def run_custom(path: Path, cfg: dict[str, Any], out_dir: Path | None, log: Any) -> dict[str, Any]:
+def run_custom(path: Path, cfg: dict[str, Any], out_dir: Path, log: Any,
+               update_results: bool = False) -> dict[str, Any]:
     """A spec whose comparison is not "time a callable" (e.g. whole RL training runs with returns):
     ``run = "file.py:function"`` gets ``params`` and ``log`` and returns ``(result dict, markdown)``;
-    the result gets the machine and date and lands in ``results/<name>.{json,md}`` like any other."""
+    the result gets the machine and date and lands in ``<out_dir>/<name>.{json,md}`` like any other."""
     for key in ("name", "run"):
         if not isinstance(cfg.get(key), str):
             raise ArchlabError(f"{path}: a custom bench needs string keys name and run (\"file.py:function\")")
@@ -369,9 +392,5 @@ def run_custom(path: Path, cfg: dict[str, Any], out_dir: Path | None, log: Any) 
     result.update({"name": cfg["name"], "description": cfg.get("description", ""), "goal": cfg.get("goal"),
                    "machine": machine_description(), "date": time.strftime("%Y-%m-%d")})
     md = f"# {cfg['name']}\n\n{result['description']}\n\n{md}\nMachine: {result['machine']}, {result['date']}.\n"
-    out_dir = out_dir or benchmarks_root() / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{cfg['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / f"{cfg['name']}.md").write_text(md)
-    log(md)
+    _write_outputs(out_dir, cfg["name"], result, md, update_results, log=log)
     return result

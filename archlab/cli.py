@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("spec", help="bench spec name (benchmarks/<name>.toml) or path")
     s.add_argument("--repeats", type=int)
     s.add_argument("--out", help="results folder (default benchmarks/results)")
+    s.add_argument("--update-results", action="store_true", help="also overwrite the committed benchmarks/results/")
     return p
 
 
@@ -245,7 +246,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    run_bench(args.spec, Path(args.out) if args.out else None, args.repeats)
+    run_bench(args.spec, Path(args.out) if args.out else None, args.repeats, update_results=args.update_results)
     return 0
 
 

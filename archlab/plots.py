@@ -62,27 +62,36 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     return written
 
 
-def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Target vs achieved (mean ± std over seeds) per recipe, green when met, red when missed."""
+def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike,
+                      title: str = "archlab reproduce") -> Path:
+    """Target vs achieved (mean ± std over seeds) per recipe: green when met, red when missed, grey
+    (and no target drawn) when the run used another dataset than the one the target belongs to."""
     plt = _pyplot()
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 2.0))
-    band_labelled = False
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 2.2))
+    achieved = {True: ("tab:green", "target met"), False: ("tab:red", "target missed"),
+                None: ("tab:gray", "target n/a (other dataset)")}
+    labelled: set[str] = set()  # one legend entry per kind of mark
+
+    def label(text: str) -> str | None:
+        if text in labelled:
+            return None
+        labelled.add(text)
+        return text
+
     for i, r in enumerate(rows):
-        color = "tab:green" if r["passed"] else "tab:red"
-        lo = r["target"] - r["tolerance"] if r["compare"] == "approx" else r["target"]
-        hi = r["target"] + r["tolerance"] if r["compare"] == "approx" else r["target"]
-        if r["compare"] == "approx":
-            ax.barh(i, hi - lo, left=lo, height=0.5, color="lightgray",
-                    label=None if band_labelled else "target ± tolerance")
-            band_labelled = True
-        ax.plot([r["target"]], [i], marker="|", color="black", markersize=18,
-                label="published target" if i == 0 else None)
-        ax.errorbar([r["mean"]], [i], xerr=[r["std"]], fmt="o", color=color, capsize=4,
-                    label="achieved (mean ± std)" if i == 0 else None)
-    ax.set_yticks(range(len(rows)), [r["recipe"] for r in rows])
+        if r["target_applies"]:
+            if r["compare"] == "approx":
+                ax.barh(i, 2 * r["tolerance"], left=r["target"] - r["tolerance"], height=0.5, color="lightgray",
+                        label=label("target ± tolerance"))
+            ax.plot([r["target"]], [i], marker="|", color="black", markersize=18, label=label("published target"))
+        color, text = achieved[r["passed"]]
+        ax.errorbar([r["mean"]], [i], xerr=[r["std"]], fmt="o", color=color, capsize=4, label=label(text))
+    ax.set_yticks(range(len(rows)), [r["recipe"] if r["target_applies"] else f"{r['recipe']}\n(on {r['dataset']})"
+                                     for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel(rows[0]["metric"] if len({r["metric"] for r in rows}) == 1 else "metric")
+    ax.set_title(f"{title}\nachieved (mean ± std over seeds) vs published target", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
@@ -92,20 +101,26 @@ def plot_reproduction(rows: list[dict[str, Any]], path: str | os.PathLike) -> Pa
     return path
 
 
-def plot_tradeoff(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+def plot_tradeoff(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "archlab reproduce") -> Path:
     """A comparison of recipes on one metric: achieved (mean ± std over seeds) against wall time per
-    seed, one point per recipe labelled with its parameter count."""
+    seed, one point per recipe labelled with its parameter count, and each recipe's own target (± its
+    tolerance) as a bar of the same colour at the same wall time: recipes need not share a target."""
     plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in rows:
         if r["wall_s_per_seed"] is None or not r["values"]:
             continue
-        ax.errorbar([r["wall_s_per_seed"]], [r["mean"]], yerr=[r["std"]], fmt="o", capsize=4, markersize=8,
-                    label=f"{r['recipe']} ({r['num_params']:,} params)" if r.get("num_params") else r["recipe"])
-    ax.axhline(rows[0]["target"], color="black", lw=1, ls=":", label="target")
+        point = ax.errorbar([r["wall_s_per_seed"]], [r["mean"]], yerr=[r["std"]], fmt="o", capsize=4, markersize=8,
+                            label=f"{r['recipe']} ({r['num_params']:,} params)" if r.get("num_params") else r["recipe"])
+        if r["target_applies"]:
+            tolerance = [r["tolerance"]] if r["compare"] == "approx" else None
+            ax.errorbar([r["wall_s_per_seed"]], [r["target"]], yerr=tolerance, fmt="_", markersize=22, mew=2,
+                        elinewidth=6, alpha=0.5, color=point.lines[0].get_color())
+    ax.plot([], [], "_", color="black", markersize=14, mew=2, alpha=0.5, label="target of each recipe (± tolerance)")
     ax.set_xlabel("wall time per seed (s)")
     ax.set_ylabel(rows[0]["metric"])
+    ax.set_title(f"{title}\n{rows[0]['metric']} vs training time", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -476,3 +476,49 @@ def test_transforms_on_cuda_match_cpu() -> None:
     cpu = t(x, torch.Generator().manual_seed(3))
     gpu = t(x.cuda(), torch.Generator().manual_seed(3))
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+
+# ----------------------------------------------------------------------------- MNIST as uncompressed IDX files
+
+
+def small_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gzipped: set[str]) -> dict[str, np.ndarray]:
+    """A tiny MNIST (6 train, 4 test examples) in ``tmp_path/mnist``, with ``mnist.FILES`` pointing at its
+    checksums: the files named in ``gzipped`` as ``.gz``, the others uncompressed. Returns the arrays."""
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+              "train-labels-idx1-ubyte": np.arange(6, dtype=np.uint8),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+              "t10k-labels-idx1-ubyte": np.array([9, 0, 3, 3], dtype=np.uint8)}
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    files = []
+    for name, array in arrays.items():
+        data = idx_bytes(array)
+        if name in gzipped:
+            write_gz(folder / f"{name}.gz", data)
+        else:
+            (folder / name).write_bytes(data)
+        files.append(RemoteFile(f"{name}.gz", (), sha256(data), gunzip=True))
+    monkeypatch.setattr(mnist_module, "FILES", tuple(files))
+    monkeypatch.setenv("ARCHLAB_DATA", str(tmp_path))
+    return arrays
+
+
+@pytest.mark.parametrize("gzipped", [set(), {"train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}])
+def test_mnist_reads_uncompressed_idx_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gzipped: set[str]) -> None:
+    arrays = small_mnist(monkeypatch, tmp_path, gzipped)
+    train, test = mnist_module.load_mnist(mnist_module.MnistConfig(download=False))
+    for split, prefix in ((train, "train"), (test, "t10k")):
+        images = torch.from_numpy(arrays[f"{prefix}-images-idx3-ubyte"]).float().unsqueeze(1)
+        assert torch.allclose(split.x, (images / 255 - mnist_module.MEAN) / mnist_module.STD)
+        assert split.y.tolist() == arrays[f"{prefix}-labels-idx1-ubyte"].tolist()
+
+
+def test_an_uncompressed_mnist_file_is_verified_by_the_sha256_of_its_content(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
+    small_mnist(monkeypatch, tmp_path, gzipped=set())
+    labels = tmp_path / "mnist" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(idx_bytes(np.array([9, 0, 3, 4], dtype=np.uint8)))  # one label changed
+    with pytest.raises(ArchlabError, match="checksum mismatch") as info:
+        mnist_module.load_mnist(mnist_module.MnistConfig(download=False))
+    assert str(labels) in str(info.value) and mnist_module.FILES[3].sha256 in str(info.value)

@@ -1,9 +1,11 @@
 """MNIST (LeCun, Cortes & Burges): 70,000 28x28 grey-scale handwritten digits, 10 classes.
 
-The four original IDX files live, gzip'd, under ``data_root() / "mnist"``; missing ones are
-downloaded from the mirrors and then the official site, and every file is verified by the sha256 of
-its *decompressed* content (mirrors and local copies re-compress the files, so the ``.gz`` bytes
-differ while the data is identical). The well-known md5 sums of the decompressed files are kept
+The four original IDX files live under ``data_root() / "mnist"``, gzip'd as distributed
+(``train-images-idx3-ubyte.gz``) or uncompressed (``train-images-idx3-ubyte``, as many copies are
+kept); missing ones are downloaded, gzip'd, from the mirrors and then the official site. Every file is
+verified by the sha256 of its *decompressed* content (mirrors and local copies re-compress the files,
+so the ``.gz`` bytes differ while the data is identical), which is also the digest of the uncompressed
+file. The well-known md5 sums of the decompressed files are kept
 next to the sha256 for reference.
 
 Tensors: ``x`` float32 of shape (N, 1, 28, 28), pixel / 255 then normalised with the usual
@@ -124,9 +126,19 @@ class MnistConfig:
     """Download missing files; False never touches the network (missing files -> DataUnavailable)."""
 
 
+def _present_form(file: RemoteFile, folder: Path) -> RemoteFile:
+    """``file``, or its uncompressed form when only that is in ``folder``: same data, so the same sha256
+    (of the content, not gzip'd); it is never downloaded, so it needs no URLs."""
+    plain = file.name.removesuffix(".gz")
+    if not (folder / file.name).exists() and (folder / plain).exists():
+        return RemoteFile(plain, (), file.sha256)
+    return file
+
+
 @register_dataset("mnist", MnistConfig, num_classes=10)
 def load_mnist(cfg: MnistConfig) -> tuple[Split, Split]:
     """The official 60,000 train and 10,000 test examples, verified (x: (N, 1, 28, 28), y: (N,))."""
     folder = data_root() / "mnist"
-    train_x, train_y, test_x, test_y = ensure_files("mnist", FILES, folder, download=cfg.download)
+    files = [_present_form(f, folder) for f in FILES]
+    train_x, train_y, test_x, test_y = ensure_files("mnist", files, folder, download=cfg.download)
     return _read_pair(train_x, train_y), _read_pair(test_x, test_y)
