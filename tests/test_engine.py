@@ -41,7 +41,7 @@ from archlab.engine.distributed import DistInfo
 from archlab.engine.driver import Driver, DriverConfig, Interrupted
 from archlab.engine.metrics import read_metrics
 from archlab.engine.optim import build_optimizer, lr_factor, param_groups
-from archlab.engine.seed import rng_state, seed_everything, set_rng_state
+from archlab.engine.seed import MAX_SEED, check_seed, rng_state, seed_everything, set_rng_state
 from archlab.engine.stopping import EarlyStopping
 from archlab.errors import ArchlabError, NonFiniteLoss
 from archlab.recipe import OptimConfig, from_dict
@@ -778,3 +778,25 @@ def test_fp16_on_cpu_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fp16" in err
     assert not (tmp_path / "cli").exists()
+
+
+# -- 9. seeds -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 7, MAX_SEED, np.int64(5)])
+def test_check_seed_accepts_the_range_every_library_takes(seed: Any) -> None:
+    assert check_seed(seed) == int(seed) and type(check_seed(seed)) is int
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**63, 1180591620717411303424, True, 1.5, "3", None])
+def test_check_seed_rejects_the_rest_in_one_line(seed: Any) -> None:
+    # 1 and 1 + 2**32 used to be one NumPy stream; 2**64 and up, and negative seeds, were tracebacks
+    with pytest.raises(ArchlabError, match=r"^seed must be an integer in \[0, 4294967295\]") as info:
+        check_seed(seed)
+    assert "\n" not in str(info.value) and repr(seed) in str(info.value)
+
+
+def test_seed_everything_checks_its_seed() -> None:
+    with pytest.raises(ArchlabError, match="seed must be"):
+        seed_everything(1180591620717411303424)
+    seed_everything(MAX_SEED)  # the top of the range: Python, NumPy's legacy seeding and torch all take it

@@ -9,11 +9,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ArchlabError
+
+MAX_SEED = 2**32 - 1
+"""The largest seed: NumPy's legacy ``np.random.seed`` takes no more, and every library takes this range."""
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int, or a one-line :class:`ArchlabError` when it is not one in [0, 2**32 - 1].
+
+    Negative seeds crash NumPy's and gymnasium's seeding; from 2**64 on they overflow
+    ``torch.manual_seed``; and folding large seeds into NumPy's range would silently give different
+    seeds the same NumPy stream. Call it before any work starts, so a bad seed is a one-line error."""
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED:
+        return int(seed)
+    raise ArchlabError(f"seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {seed!r}")
+
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA); optionally force deterministic kernels."""
+    seed = check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
         # cuBLAS needs this workspace setting to be deterministic; harmless on CPU.

@@ -16,6 +16,7 @@ Shapes: ``reset() -> obs [n, *obs_shape]``;
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -40,21 +41,36 @@ def _custom_envs() -> dict[str, Any]:
     return TOY_ENVS
 
 
+def _rejected(env_id: str, options: dict[str, Any], exc: Exception) -> ArchlabError:
+    """The one-line error for an environment that failed on the user's ``env.options``.
+
+    Which option was wrong only the environment knows (FrozenLake's ``map_name = "9x9"`` ends in a
+    ``KeyError`` deep inside it), so name them all, as the recipe spells them, and the env's complaint."""
+    shown = ", ".join(f"{key} = {json.dumps(value, default=repr)}" for key, value in options.items())
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    return ArchlabError(f"env.options: {env_id} rejected {{{shown}}} ({reason})")
+
+
 def make_single(env_id: str, options: dict[str, Any] | None = None, render_mode: str | None = None) -> Any:
-    """One gymnasium environment; an unknown id or bad option is a one-line :class:`ArchlabError`."""
+    """One gymnasium environment; an unknown id or bad option is a one-line :class:`ArchlabError`.
+
+    With ``options`` given, any exception the environment raises while it is built is blamed on them;
+    without, it is a bug and keeps its traceback."""
     gym = require_gymnasium()
     options = dict(options or {})
     toys = _custom_envs()
     if env_id in toys:
         try:
             env = toys[env_id](**options)
-        except TypeError as exc:
-            raise ArchlabError(f"env.options: {exc}") from None
+        except Exception as exc:
+            if not options:
+                raise
+            raise _rejected(env_id, options, exc) from None
         return gym.wrappers.TimeLimit(env, env.max_steps) if getattr(env, "max_steps", None) else env
-    if render_mode is not None:
-        options["render_mode"] = render_mode
+    kwargs = options if render_mode is None else {**options, "render_mode": render_mode}
     try:
-        return gym.make(env_id, **options)
+        return gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, gym.error.DependencyNotInstalled):  # a registered env whose physics package is missing
@@ -66,8 +82,10 @@ def make_single(env_id: str, options: dict[str, Any] | None = None, render_mode:
         raise ArchlabError(f"env.id {env_id!r}: {msg}{hint}") from None
     except ImportError as exc:  # e.g. Box2D missing for LunarLander
         raise ArchlabError(f"env.id {env_id!r} needs a package that is not installed: {exc}") from None
-    except TypeError as exc:
-        raise ArchlabError(f"env.options for {env_id!r}: {exc}") from None
+    except Exception as exc:  # KeyError, ValueError, TypeError (an unknown keyword), ... from the env's __init__
+        if not options:
+            raise
+        raise _rejected(env_id, options, exc) from None
 
 
 @dataclass
@@ -180,6 +198,8 @@ class VecEnv:
                  render_mode: str | None = None) -> None:
         if n < 1:
             raise ArchlabError(f"env.n_envs must be >= 1, got {n}")
+        if not isinstance(seed, int) or seed < 0:  # gymnasium's rule for reset(seed=)
+            raise ArchlabError(f"seed must be an integer >= 0 to seed {env_id}, got {seed!r}")
         self.env_id, self.n, self.seed, self.options = env_id, n, seed, dict(options or {})
         self.envs = [make_single(env_id, options, render_mode) for _ in range(n)]
         first = self.envs[0]
@@ -197,7 +217,12 @@ class VecEnv:
     def reset(self) -> np.ndarray:
         obs = []
         for i, env in enumerate(self.envs):
-            o, _ = env.reset(seed=None if self._seeded else self.seed + i)
+            try:
+                o, _ = env.reset(seed=None if self._seeded else self.seed + i)
+            except Exception as exc:  # some options are only read here (e.g. a start state out of range)
+                if not self.options:
+                    raise
+                raise _rejected(self.env_id, self.options, exc) from None
             obs.append(self._obs(o))
         self._seeded = True
         self.ep_return[:] = 0
