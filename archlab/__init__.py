@@ -5,15 +5,15 @@ Python entry points::
     import archlab
     model = archlab.create("mlp", in_features=40, num_classes=10)
     archlab.list("classic")            # registered models of a family
-    model = archlab.load("runs/mlp")   # the final model of a run directory (or any save_pretrained dir)
+    model = archlab.load("runs/mlp")   # the final model (or RL agent) of a run directory, or a saved one
     gpt2 = archlab.from_hf("path/to/gpt2")   # a Hugging Face model directory; model.save_hf(dir) writes one
 """
 
 from __future__ import annotations
 
 from .errors import ArchlabError
-from .models.base import ArchModel, load
-from .registry import create, register
+from .models.base import ArchModel
+from .registry import create, load, register
 from .registry import entries as _entries
 
 __version__ = "0.1.0"
@@ -27,7 +27,7 @@ def from_hf(path: str, **overrides: object) -> ArchModel:
 
 
 def list(family: str | None = None) -> list[str]:  # noqa: A001 - mirrors the CLI verb
-    """Names of registered models, optionally of one family."""
+    """Names of registered models and RL algorithms, optionally of one family."""
     return [e.name for e in _entries(family)]
 
 

@@ -28,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="archlab", description="Verified, reproduced and benchmarked ML architectures.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("list", help="registered models with family and description")
-    s.add_argument("family", nargs="?", help="only this family (e.g. classic)")
+    s = sub.add_parser("list", help="registered models and algorithms (or loops, datasets) with descriptions")
+    s.add_argument("family", nargs="?", help="only this family (e.g. classic, rl), or `loops` or `datasets`")
 
     sub.add_parser("info", help="versions, device, threads, data folder, optional extras")
 
@@ -80,26 +80,65 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="time archlab against a peer library, side by side")
     s.add_argument("spec", help="bench spec name (benchmarks/<name>.toml) or path")
     s.add_argument("--repeats", type=int)
-    s.add_argument("--out", help="results folder (default benchmarks/results)")
+    s.add_argument("--out", help="results folder (default reports/bench/<spec>)")
     s.add_argument("--update-results", action="store_true", help="also overwrite the committed benchmarks/results/")
     return p
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import entries
+    if args.family == "loops":
+        return _list_loops()
+    if args.family == "datasets":
+        from .data.registry import DATASETS
 
-    rows = []
-    if args.family != "rl":
+        rows = [(e.name, e.family, e.description) for e in DATASETS.entries()]
+    else:
+        from .registry import entries
+
         rows = [(e.name, e.family, e.description) for e in entries(args.family)]
-    if args.family in (None, "rl"):  # RL algorithms live in their own registry (archlab.rl)
-        from .rl import algo_descriptions
-
-        rows += [(name, "rl", desc) for name, desc in algo_descriptions().items()]
     width = max(len(r[0]) for r in rows)
     fam_w = max(len(r[1]) for r in rows)
     for name, family, desc in rows:
         print(f"{name:<{width}}  {family:<{fam_w}}  {desc}")
     return 0
+
+
+def _list_loops() -> int:
+    """Every loop: its description, the tables it reads, its [loop] keys and its named optimizers."""
+    import dataclasses
+
+    from .engine.loop import LOOPS
+    from .registry import first_line
+
+    for e in LOOPS.entries():
+        cls = e.obj
+        tables = [cls.model_table, *(["data"] if cls.uses_data else []), *cls.tables]
+        print(f"{e.name}: {e.description}")
+        print(f"    tables: {', '.join(f'[{t}]' for t in tables)}; optimizers: "
+              f"{', '.join(cls.trainables) or 'none ([optim] not used)'}; monitor default: {cls.monitor[0]}")
+        for f in dataclasses.fields(cls.Config):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            doc = first_line(_field_doc(cls.Config, f.name))
+            print(f"    loop.{f.name} = {default!r}  {doc}")
+    return 0
+
+
+def _field_doc(cls: type, name: str) -> str:
+    """The docstring under a dataclass field (the string literal that follows it in the source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return ""
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            return str(nxt.value.value)
+    return ""
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -121,7 +160,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     bf16 = torch.backends.mkldnn.is_available()
     print(f"cpu bf16  {'oneDNN available' if bf16 else 'no oneDNN'}")
     print(f"data      {data_root()}  (set ARCHLAB_DATA to change)")
-    extras = ["tensorboard", "mnist1d", "scipy", "sklearn", "transformers", "torch_geometric", "stable_baselines3"]
+    extras = ["gymnasium", "tensorboard", "mnist1d", "scipy", "sklearn", "transformers", "torch_geometric",
+              "stable_baselines3"]
     have = [m for m in extras if importlib.util.find_spec(m) is not None]
     missing = [m for m in extras if m not in have]
     print(f"extras    installed: {', '.join(have) or '-'}; not installed: {', '.join(missing) or '-'}")
@@ -135,24 +175,42 @@ def _newest_run(recipe_name: str) -> Path:
     return runs[-1]
 
 
+def _check_out(out: Path) -> None:
+    """An --out path the file system can hold: no NUL byte, no over-long name."""
+    text = str(out)
+    if "\0" in text or not text.isprintable():
+        raise ArchlabError(f"--out {text[:80]!r}: a folder name must be printable (no NUL or control characters)")
+    if len(text) > 4000 or any(len(part) > 255 for part in out.parts):
+        raise ArchlabError(f"--out {text[:80]!r}...: path too long (at most 255 characters per folder name)")
+    if out.exists() and not out.is_dir():
+        raise ArchlabError(f"--out {out} is a file, not a directory")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import recipe as recipe_mod
-    from .engine.distributed import launch, launched_by_torchrun, shutdown
+    from .engine.distributed import check_nproc, launch, launched_by_torchrun, shutdown
     from .engine.driver import Interrupted
+    from .engine.seed import check_seed
     from .runner import RECIPE, default_run_dir, train
 
-    recipe = recipe_mod.load(args.recipe, args.overrides)
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ArchlabError(f"--out {out} is a file, not a directory")
+    if out is not None:
+        _check_out(out)
     if args.resume:
+        # A resumed run continues with its own resolved recipe (same overrides, same seed): settings that
+        # would change what the run computes cannot be changed half-way.
+        if args.overrides or args.seed is not None:
+            raise ArchlabError("--resume continues a run with its own recipe and seed; --set and --seed cannot "
+                               "change them (start a new run with another --out instead)")
+        recipe = recipe_mod.load(args.recipe)
         out = out or _newest_run(recipe.name)
         if not (out / RECIPE).is_file():
             raise ArchlabError(f"--resume: {out} is not a run directory (no {RECIPE})")
-        recipe = recipe_mod.load(out / RECIPE)  # the run's own resolved recipe: same overrides, same seed
-    seed = args.seed if args.seed is not None and not args.resume else recipe.seed
-    if args.nproc < 1:
-        raise ArchlabError(f"--nproc must be >= 1, got {args.nproc}")
+        recipe = recipe_mod.load(out / RECIPE)
+    else:
+        recipe = recipe_mod.load(args.recipe, args.overrides)
+    seed = check_seed(args.seed if args.seed is not None else recipe.seed)
+    check_nproc(args.nproc)
     if args.nproc > 1 and not launched_by_torchrun():
         out = out or default_run_dir(recipe, seed)
         argv = [a for a in sys.argv[1:]]
@@ -174,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         shutdown()
     if os.environ.get("RANK", "0") != "0":
         return 0
-    metrics = " ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+    metrics = " ".join(f"{k}={v:.4f}" if isinstance(v, float) and not v.is_integer() else f"{k}={v:g}"
+                       for k, v in summary["metrics"].items())
     print(f"{summary['recipe']} (seed {summary['seed']}): {metrics}  [{summary['steps']} steps, "
           f"{summary['wall_s']:.1f} s, {summary['status']}]")
     if summary["expect"]:
@@ -258,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ArchlabError as exc:
-        print(f"archlab: error: {exc}", file=sys.stderr)
+        from .engine.distributed import report_to_launcher
+
+        if not report_to_launcher(exc):  # a --nproc worker leaves it to the launcher to print once
+            print(f"archlab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("archlab: interrupted", file=sys.stderr)

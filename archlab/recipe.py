@@ -1,8 +1,11 @@
 """Recipes: one reproducible experiment as TOML, validated into dataclasses.
 
-A recipe has the tables ``[model]``, ``[data]``, ``[optim]``, ``[train]`` and ``[expect]``.
+A recipe has the tables ``[model]``, ``[data]``, ``[optim]``, ``[train]``, ``[loop]`` and ``[expect]``.
 ``[model]`` holds ``name`` plus that model's own config keys; ``[data]`` holds ``name``, loader keys
-and ``[data.options]`` (the dataset's own keys). Every key is checked against its dataclass, so a
+and ``[data.options]`` (the dataset's own keys); ``[loop]`` the settings of the loop ``train.loop``
+names, and ``[optim.NAME]`` the optimizer of each named trainable of that loop. What a loop reads is
+declared on the loop (:class:`archlab.engine.loop.Loop`): RL recipes name the algorithm in ``[algo]``
+and the environment in ``[env]``, and have no ``[data]``. Every key is checked against its dataclass, so a
 typo fails with the key's dotted path and the allowed keys before any work starts. ``--set a.b=v``
 overrides are parsed as TOML values and go through the same validation.
 """
@@ -19,9 +22,15 @@ from typing import Any, Literal
 import tomli_w
 
 from . import config as _config
+from .engine.optim import OptimConfig
 from .errors import ArchlabError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+
+MAX_STEPS = 10**9
+"""Upper bound of step counts and intervals: far beyond any run, low enough to catch typos."""
+MAX_COUNT = 10**7
+"""Upper bound of batch sizes."""
 
 
 @dataclass
@@ -42,73 +51,14 @@ class DataConfig:
     """Training-time batch transforms, e.g. ["shift:2"], ["crop:4", "hflip"]."""
     options: dict[str, Any] = field(default_factory=dict)
     """Dataset-specific keys (validated by the dataset), e.g. mnist1d's ``seed``."""
-    folds: int = 0
-    """Graph classification: k-fold cross-validation with this many folds (0: no folds; a stratified
-    ``val_fraction`` / ``test_fraction`` split instead)."""
-    fold: int = -1
-    """Which fold is held out for testing; -1: ``seed % folds``, so seeds 0..k-1 together run the whole
-    cross-validation (``archlab reproduce`` with ``expect.seeds = k``)."""
-    test_fraction: float = 0.1
-    """Graph classification without folds: share of the graphs held out for testing."""
-    fanouts: list[int] = field(default_factory=list)
-    """Graph loops: neighbours sampled per layer for mini-batch training (e.g. [25, 10]); empty: full
-    batch. With fanouts, ``batch_size`` counts target nodes per step."""
-    seq_len: int = 128
-    """Masked-LM loop: text tokens per training window ([CLS] and [SEP] come on top)."""
-    mask_prob: float = 0.15
-    """Masked-LM loop: share of the text tokens the model must predict (Devlin et al. 2019: 0.15)."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
+        if not 1 <= self.batch_size <= MAX_COUNT or not 1 <= self.eval_batch_size <= MAX_COUNT:
+            raise ValueError(f"batch sizes must be in [1, {MAX_COUNT}]")
+        if not 0 <= self.split_seed < 2**32:
+            raise ValueError(f"split_seed must be in [0, 2**32), got {self.split_seed}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
-        if self.folds < 0 or self.folds == 1 or (self.folds and self.fold >= self.folds) or self.fold < -1:
-            raise ValueError(f"need folds = 0 or >= 2 and -1 <= fold < folds, got folds={self.folds}, "
-                             f"fold={self.fold}")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError("test_fraction must be in [0, 1)")
-        if any(f < 1 for f in self.fanouts):
-            raise ValueError(f"fanouts must be positive, got {self.fanouts}")
-        if self.seq_len < 1 or not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"need seq_len >= 1 and 0 < mask_prob < 1, got {self.seq_len}, {self.mask_prob}")
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer and learning-rate schedule."""
-
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-3
-    """Peak learning rate."""
-    weight_decay: float = 0.0
-    """L2 penalty (decoupled for AdamW); never applied to biases and norm weights."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.9
-    """SGD momentum."""
-    nesterov: bool = False
-    schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
-    warmup_steps: int = 0
-    """Linear warm-up from 0 to ``lr`` over this many steps, before the schedule."""
-    min_lr_ratio: float = 0.0
-    """cosine/linear decay end at ``lr * min_lr_ratio``."""
-    step_size: int = 1000
-    """step schedule: multiply by ``gamma`` every ``step_size`` steps."""
-    gamma: float = 0.1
-    milestones: list[int] = field(default_factory=list)
-    """step schedule: if given, decay by ``gamma`` at these steps instead of every ``step_size``."""
-
-    def __post_init__(self) -> None:
-        # `not x >= 0` also rejects NaN, which torch's optimizers would report with a traceback.
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not self.eps > 0 or not self.weight_decay >= 0 or not self.momentum >= 0:
-            raise ValueError("eps must be > 0, weight_decay and momentum >= 0")
-        if self.step_size < 1 or self.warmup_steps < 0:
-            raise ValueError("step_size must be >= 1 and warmup_steps >= 0")
 
 
 @dataclass
@@ -116,15 +66,13 @@ class TrainConfig:
     """The training loop and engine services."""
 
     loop: str = "supervised"
-    """Training paradigm (``supervised`` ...)."""
+    """Training paradigm (``archlab list loops``); its own settings go in the ``[loop]`` table."""
     steps: int = 0
     """Optimizer steps; 0 means use ``epochs``."""
     epochs: float = 0.0
     """Passes over the training split (used when ``steps`` is 0)."""
     eval_every: int = 0
     """Evaluate on validation every N steps (0: once per epoch)."""
-    eval_iters: int = 200
-    """Language-model loop: random batches of train and of val averaged per evaluation (nanoGPT's eval_iters)."""
     log_every: int = 50
     """Write train loss to metrics.jsonl every N steps."""
     precision: Precision = "fp32"
@@ -136,15 +84,19 @@ class TrainConfig:
     """Gradient accumulation: micro-batches per optimizer step."""
     l1: float = 0.0
     """L1 penalty on weights (not biases/norms), added to the loss."""
-    label_smoothing: float = 0.0
     checkpoint_every: int = 0
-    """Write a checkpoint every N steps (0: only at the end)."""
+    """Also write a checkpoint every N steps (0: only by wall time and at the end)."""
+    checkpoint_minutes: float = 10.0
+    """Write a checkpoint when this many minutes of wall time passed since the last one, so a killed
+    run loses at most that much (0: off)."""
     keep_checkpoints: int = 3
+    """Newest checkpoints kept (at least 1)."""
     early_stopping: int = 0
     """Stop after N evaluations without improving ``monitor`` (0 disables)."""
-    monitor: str = "val_acc"
-    """Validation metric for early stopping and best-model selection."""
-    monitor_mode: Literal["max", "min"] = "max"
+    monitor: str = ""
+    """Validation metric for early stopping and best-model selection ("": the loop's default)."""
+    monitor_mode: Literal["", "max", "min"] = ""
+    """Whether larger or smaller ``monitor`` is better ("": the loop's default for its default metric)."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms(True) (slower on some ops)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -156,21 +108,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
             raise ValueError("set train.steps or train.epochs to a positive number")
-        if not math.isfinite(self.epochs):
-            raise ValueError(f"epochs must be finite, got {self.epochs}")
-        if self.accumulate < 1:
-            raise ValueError("accumulate must be >= 1")
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
-        if self.eval_iters < 1:
-            raise ValueError(f"eval_iters must be >= 1, got {self.eval_iters}")
-        for key in ("eval_every", "checkpoint_every", "early_stopping", "threads"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not self.grad_clip >= 0 or not self.l1 >= 0:
-            raise ValueError("grad_clip and l1 must be >= 0")
+        if self.steps > MAX_STEPS or not self.epochs <= 1e6:
+            raise ValueError(f"need steps <= {MAX_STEPS} and epochs <= 1e6, got {self.steps}, {self.epochs}")
+        if not 1 <= self.accumulate <= 4096:
+            raise ValueError(f"accumulate must be in [1, 4096], got {self.accumulate}")
+        if not 1 <= self.log_every <= MAX_STEPS:
+            raise ValueError(f"log_every must be in [1, {MAX_STEPS}], got {self.log_every}")
+        for key in ("eval_every", "checkpoint_every", "early_stopping"):
+            if not 0 <= getattr(self, key) <= MAX_STEPS:
+                raise ValueError(f"{key} must be in [0, {MAX_STEPS}], got {getattr(self, key)}")
+        if not 0 <= self.threads <= 1024:
+            raise ValueError(f"threads must be in [0, 1024], got {self.threads}")
+        if not 1 <= self.keep_checkpoints <= 1000:
+            raise ValueError(f"keep_checkpoints must be in [1, 1000], got {self.keep_checkpoints}")
+        if not 0 <= self.checkpoint_minutes <= 1e6:
+            raise ValueError(f"checkpoint_minutes must be in [0, 1e6], got {self.checkpoint_minutes}")
+        if not 0 <= self.grad_clip <= 1e6 or not 0 <= self.l1 <= 100:
+            raise ValueError(f"need 0 <= grad_clip <= 1e6 and 0 <= l1 <= 100, got {self.grad_clip}, {self.l1}")
 
 
 @dataclass
@@ -188,10 +142,12 @@ class ExpectConfig:
     """Seeds that ``archlab reproduce`` averages over."""
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
-        if not self.tolerance >= 0:
-            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if not self.seeds or not all(0 <= s < 2**32 for s in self.seeds):
+            raise ValueError(f"seeds must list at least one seed, each in [0, 2**32), got {self.seeds}")
+        if not math.isfinite(self.value):
+            raise ValueError(f"value must be a finite number, got {self.value}")
+        if not 0 <= self.tolerance < math.inf:
+            raise ValueError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
 
     def met(self, achieved: float) -> bool:
         if self.compare == "approx":
@@ -207,71 +163,108 @@ class ExpectConfig:
 
 
 @dataclass
-class EnvConfig:
-    """Reinforcement learning (``train.loop = "rl"``): the environment."""
-
-    id: str
-    """gymnasium environment id, e.g. ``CartPole-v1`` (or one of archlab's toy envs, ``archlab/Identity-v0``)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of ``gymnasium.make``, e.g. ``{ is_slippery = false }``."""
-    eval_episodes: int = 10
-    """Episodes of the deterministic policy averaged by each evaluation."""
-
-    def __post_init__(self) -> None:
-        if self.eval_episodes < 1:
-            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
-
-
-@dataclass
 class Recipe:
+    """A validated recipe. ``loop`` is the loop's own config (its ``[loop]`` table), ``optim`` one
+    optimizer config per trainable the loop declares, ``tables`` the loop's extra tables (RL's ``env``)."""
+
     train: TrainConfig
-    model: dict[str, Any] | None = None
-    """The model: ``name`` plus its config keys (every loop but ``rl``)."""
-    data: DataConfig | None = None
-    algo: dict[str, Any] | None = None
-    """Reinforcement learning: ``name`` of the algorithm plus its hyperparameters."""
-    env: EnvConfig | None = None
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: dict[str, Any]
+    """The trained object's table (``[model]``, or ``[algo]`` for RL): ``name`` plus its config keys."""
+    data: DataConfig | None
+    optim: dict[str, OptimConfig]
+    loop: Any
+    tables: dict[str, Any] = field(default_factory=dict)
     expect: ExpectConfig | None = None
     name: str = "run"
     """Short name (defaults to the file stem); names the run directory."""
     description: str = ""
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        # The name becomes part of a path (runs/<name>-s<seed>-<time>): no separators, no "..".
-        if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
-            raise ValueError(f"name {self.name!r} must be a plain file name (no '/' or '\\')")
-
     @property
-    def is_rl(self) -> bool:
-        return self.algo is not None
+    def loop_class(self) -> type:
+        from .engine.loop import get_loop
+
+        return get_loop(self.train.loop)
 
     @property
     def model_name(self) -> str:
-        """The model's registered name (the algorithm's, for RL recipes)."""
-        return self.algo["name"] if self.algo is not None else self.model["name"]
-
-    @property
-    def dataset(self) -> str:
-        """The dataset name (the environment id, for RL recipes)."""
-        return self.env.id if self.env is not None else self.data.name
+        """The registered name of what is trained (a model, an RL algorithm)."""
+        return self.model["name"]
 
     @property
     def model_config(self) -> dict[str, Any]:
-        return {k: v for k, v in (self.model or self.algo).items() if k != "name"}
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    @property
+    def dataset(self) -> str:
+        """What the run learns from: the dataset name, or (loops without ``[data]``) the first extra
+        table's ``id`` or ``name`` (RL: the environment id)."""
+        if self.data is not None:
+            return self.data.name
+        for table in self.tables.values():
+            for key in ("id", "name"):
+                if isinstance(getattr(table, key, None), str):
+                    return getattr(table, key)
+        return ""
+
+    def monitor(self) -> tuple[str, str]:
+        """(metric, mode) of best-model selection and early stopping: the recipe's or the loop's default."""
+        default, default_mode = self.loop_class.monitor
+        metric = self.train.monitor or default
+        mode = self.train.monitor_mode or (default_mode if metric == default else
+                                           "min" if metric.endswith(("loss", "ppl")) else "max")
+        return metric, mode
 
     def to_dict(self) -> dict[str, Any]:
-        d = _config.to_dict(self)
-        if self.is_rl:  # RL hyperparameters live in [algo]; an [optim] table would be rejected on reload
-            d.pop("optim", None)
-        return d
+        cls = self.loop_class
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        if self.description:
+            out["description"] = self.description
+        out[cls.model_table] = dict(self.model)
+        if self.data is not None:
+            out["data"] = _config.to_dict(self.data)
+        configs = list(self.optim.values())
+        if configs and all(c == configs[0] for c in configs):
+            out["optim"] = _config.to_dict(configs[0])
+        elif configs:
+            out["optim"] = {k: _config.to_dict(v) for k, v in self.optim.items()}
+        out["train"] = _config.to_dict(self.train)
+        loop = _config.to_dict(self.loop)
+        if loop:
+            out["loop"] = loop
+        out.update({k: _config.to_dict(v) for k, v in self.tables.items()})
+        if self.expect is not None:
+            out["expect"] = _config.to_dict(self.expect)
+        return out
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
 
-_SECTIONS = ("model", "data", "algo", "env", "optim", "train", "expect")
+# Keys that used to live in shared tables and now belong to one loop's [loop] table.
+MOVED = {"data.folds": "loop.folds (graph loop)", "data.fold": "loop.fold (graph loop)",
+         "data.test_fraction": "loop.test_fraction (graph, link and temporal loops)",
+         "data.fanouts": "loop.fanouts (node loop)", "data.seq_len": "loop.seq_len (mlm loop)",
+         "data.mask_prob": "loop.mask_prob (mlm loop)", "train.eval_iters": "loop.eval_iters (lm loop)",
+         "train.label_smoothing": "loop.label_smoothing (supervised and seq2seq loops)"}
+
+MAX_DEPTH = 32
+"""Deepest table nesting a recipe may have (TOML itself has no limit; deep nesting is always a mistake)."""
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of tables/arrays, counted without recursion (a hostile file can nest thousands deep)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -282,9 +275,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
         raise ArchlabError(f"malformed --set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.01")
+    if any(c in item for c in "\n\r\0"):
+        raise ArchlabError(f"malformed --set {item!r}: a value must be on one line")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         if not raw.strip() or any(c in raw for c in "[]{}\"'="):
             raise ArchlabError(f"malformed --set {item!r}: {raw.strip()!r} is not a TOML value") from None
         value = raw.strip()
@@ -305,94 +300,158 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _table(raw: dict[str, Any], key: str, required: bool, why: str = "") -> dict[str, Any] | None:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise ArchlabError(f"recipe has no [{key}] table{why}")
+        return None
+    if not isinstance(value, dict):
+        raise ArchlabError(f"{key}: expected a table, got {value!r}")
+    return value
+
+
+def _optim(raw: Any, names: tuple[str, ...], loop: str) -> dict[str, OptimConfig]:
+    """``[optim]`` (shared keys) and ``[optim.NAME]`` (per trainable, over the shared keys) -> one
+    config per trainable the loop declares."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ArchlabError(f"optim: expected a table, got {raw!r}")
+    if not names:
+        if raw:
+            raise ArchlabError(f"[optim] is not used by loop {loop!r}: its algorithms set their own step sizes "
+                               f"(see `archlab list loops`)")
+        return {}
+    shared = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    named = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    unknown = sorted(set(named) - set(names))
+    if unknown:
+        fields = ", ".join(_config.field_names(OptimConfig))
+        raise ArchlabError(f"optim.{unknown[0]}: loop {loop!r} has no optimizer {unknown[0]!r}; its optimizers: "
+                           f"{', '.join(names)} (optimizer keys: {fields})")
+    return {n: _config.build(OptimConfig, {**shared, **named.get(n, {})}, f"optim.{n}" if n in named else "optim")
+            for n in names}
+
+
 def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
-    """Validate a raw recipe dict (model and dataset keys included)."""
+    """Validate a raw recipe dict: every table against its dataclass, the model and the dataset
+    against their registries, the loop's own tables against the loop's declarations."""
     from .data import dataset_names, make_transform
     from .data.registry import get_entry
-    from .registry import build_config, get
+    from .engine.loop import LOOPS
+    from .registry import MODELS
 
+    if not isinstance(raw, dict):
+        raise ArchlabError("a recipe is a TOML table")
+    if _depth(raw, MAX_DEPTH) > MAX_DEPTH:
+        raise ArchlabError(f"recipe nests tables deeper than {MAX_DEPTH} levels")
     raw = dict(raw)
-    if "train" not in raw:
-        raise ArchlabError("recipe has no [train] table; required tables: model, data, train (or algo, env, train)")
-    allowed = set(_SECTIONS) | {"name", "description", "seed"}
+    train_raw = _table(raw, "train", True, "; required tables: model, data, train (see `archlab list loops`)")
+    loop_name = train_raw.get("loop", "supervised")
+    if not isinstance(loop_name, str) or loop_name not in LOOPS:
+        raise ArchlabError(f"train.loop: unknown loop {loop_name!r}; loops: {', '.join(LOOPS.names())}")
+    cls = LOOPS.get(loop_name).obj
+    for key, new in MOVED.items():
+        table, sub = key.split(".")
+        if isinstance(raw.get(table), dict) and sub in raw[table]:
+            raise ArchlabError(f"{key} has moved to {new}")
+    allowed = {"name", "description", "seed", "train", "optim", "expect", "loop", cls.model_table, *cls.tables}
+    if cls.uses_data:
+        allowed.add("data")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ArchlabError(f"unknown key {unknown[0]} in recipe; allowed keys: {', '.join(sorted(allowed))}")
-    train = raw["train"] if isinstance(raw["train"], dict) else {}
-    from .train import loop_names
+        raise ArchlabError(f"unknown key {unknown[0]} in recipe for loop {loop_name!r}; allowed keys: "
+                           f"{', '.join(sorted(allowed))}")
 
-    loop = train.get("loop", "supervised")
-    if loop not in loop_names():
-        raise ArchlabError(f"train.loop: unknown loop {loop!r}; loops: {', '.join(loop_names())}")
-    raw.setdefault("name", default_name)
-    if loop == "rl":
-        return _rl_from_dict(raw)
-    for key in ("model", "data"):
-        if key not in raw:
-            raise ArchlabError(f"recipe has no [{key}] table; required tables: model, data, train")
-    for key in ("algo", "env"):
-        if key in raw:
-            raise ArchlabError(f"[{key}] is for reinforcement learning recipes (train.loop = \"rl\"); "
-                               f"this recipe's loop is {loop!r}")
-    model = raw["model"]
-    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
-        raise ArchlabError("model.name: required string naming a registered model (see `archlab list`)")
+    train = _config.build(TrainConfig, train_raw, "train")
+    model = _table(raw, cls.model_table, True, f"; loop {loop_name!r} needs [{cls.model_table}] with a name")
+    if not isinstance(model.get("name"), str):
+        raise ArchlabError(f"{cls.model_table}.name: required string naming a registered "
+                           f"{'algorithm' if cls.model_table == 'algo' else 'model'} (see `archlab list`)")
     try:
-        get(model["name"])  # unknown model -> one-line error listing the registered ones
+        entry = MODELS.get(model["name"])
     except ArchlabError as exc:
-        raise ArchlabError(f"model.name: {exc}") from None
-    build_config(model["name"], {k: v for k, v in model.items() if k != "name"})
-    recipe = _config.build(Recipe, raw)
-    if recipe.data.name not in dataset_names():
-        raise ArchlabError(f"data.name: unknown dataset {recipe.data.name!r}; datasets: {', '.join(dataset_names())}")
-    # The dataset's own keys and the augment specs fail here too, not after the run has started.
-    _config.build(get_entry(recipe.data.name).config_class, recipe.data.options, "data.options")
-    try:
-        make_transform(recipe.data.augment)
-    except ArchlabError as exc:
-        raise ArchlabError(f"data.augment: {exc}") from None
-    from .train import get_loop
+        raise ArchlabError(f"{cls.model_table}.name: {exc}") from None
+    families = cls.model_families
+    if (families is None and entry.family == "rl") or (families is not None and entry.family not in families):
+        fitting = [e.name for e in MODELS.entries() if (e.family in families if families else e.family != "rl")]
+        raise ArchlabError(f"{cls.model_table}.name: {entry.name!r} is a {entry.family} model and loop "
+                           f"{loop_name!r} cannot train it; it trains: {', '.join(fitting)}")
+    _config.build(entry.config_class, {k: v for k, v in model.items() if k != "name"}, cls.model_table)
 
-    wants = getattr(get_loop(recipe.train.loop), "data_kind", "arrays")
-    kind = get_entry(recipe.data.name).kind
-    if kind != wants:
-        fitting = sorted(n for n in dataset_names() if get_entry(n).kind == wants)
-        raise ArchlabError(f"data.name: {recipe.data.name!r} is a dataset of kind {kind!r} but loop "
-                           f"{recipe.train.loop!r} needs kind {wants!r} ({', '.join(fitting)})")
-    return recipe
+    data = None
+    if cls.uses_data:
+        data = _config.build(DataConfig, _table(raw, "data", True, "; required tables: model, data, train"), "data")
+        if data.name not in dataset_names():
+            raise ArchlabError(f"data.name: unknown dataset {data.name!r}; datasets: {', '.join(dataset_names())}")
+        ds = get_entry(data.name)
+        # The dataset's own keys and the augment specs fail here too, not after the run has started.
+        _config.build(ds.config_class, data.options, "data.options")
+        try:
+            make_transform(data.augment)
+        except ArchlabError as exc:
+            raise ArchlabError(f"data.augment: {exc}") from None
+        if ds.kind != cls.data_kind:
+            fitting = sorted(n for n in dataset_names() if get_entry(n).kind == cls.data_kind)
+            raise ArchlabError(f"data.name: {data.name!r} is a dataset of kind {ds.kind!r} but loop "
+                               f"{loop_name!r} needs kind {cls.data_kind!r} ({', '.join(fitting)})")
+
+    tables = {key: _config.build(tcls, _table(raw, key, True, f"; loop {loop_name!r} needs it"), key)
+              for key, tcls in cls.tables.items()}
+    loop_cfg = _config.build(cls.Config, _table(raw, "loop", False) or {}, "loop")
+    optim = _optim(raw.get("optim"), cls.trainables, loop_name)
+    expect_raw = _table(raw, "expect", False)
+    expect = _config.build(ExpectConfig, expect_raw, "expect") if expect_raw is not None else None
+    extra = {k: raw[k] for k in ("name", "description", "seed") if k in raw}
+    recipe = _config.build(_Header, {"name": default_name, **extra})
+    out = Recipe(train=train, model=dict(model), data=data, optim=optim, loop=loop_cfg, tables=tables,
+                 expect=expect, name=recipe.name, description=recipe.description, seed=recipe.seed)
+    metric, _ = out.monitor()
+    reported = {*cls.metrics, f"best_{metric}", "best_step"}
+    if cls.keep_best:
+        reported |= {f"final_{m}" for m in cls.metrics}
+    if expect is not None and expect.metric not in reported:
+        raise ArchlabError(f"expect.metric: loop {loop_name!r} does not report {expect.metric!r}; it reports: "
+                           f"{', '.join(sorted(reported))}")
+    if (train.monitor or train.early_stopping or cls.keep_best) and metric not in cls.metrics:
+        val = sorted(m for m in cls.metrics if m.startswith("val_"))
+        raise ArchlabError(f"train.monitor: loop {loop_name!r} does not report {metric!r} on validation; "
+                           f"choose one of {', '.join(val)}")
+    return out
 
 
-def _rl_from_dict(raw: dict[str, Any]) -> Recipe:
-    """An RL recipe: [algo] (name + hyperparameters) and [env] instead of [model] and [data]."""
-    from .rl import algo_names, get_algo
+@dataclass
+class _Header:
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
 
-    for key in ("algo", "env"):
-        if key not in raw:
-            raise ArchlabError(f"recipe has no [{key}] table; reinforcement learning recipes need algo, env, train")
-    for key in ("model", "data", "optim"):
-        if key in raw:
-            raise ArchlabError(f"[{key}] is not used by reinforcement learning recipes; put hyperparameters "
-                               f"(learning_rate, net_arch ...) in [algo]")
-    algo = raw["algo"]
-    if not isinstance(algo, dict) or not isinstance(algo.get("name"), str):
-        raise ArchlabError(f"algo.name: required string naming an algorithm ({', '.join(algo_names())})")
-    try:
-        cls = get_algo(algo["name"])
-    except ArchlabError as exc:
-        raise ArchlabError(f"algo.name: {exc}") from None
-    _config.build(cls.Config, {k: v for k, v in algo.items() if k != "name"}, "algo")
-    return _config.build(Recipe, raw)
+    def __post_init__(self) -> None:
+        # The name becomes part of a path (runs/<name>-s<seed>-<time>): a plain, printable file name.
+        if (not self.name or len(self.name) > 100 or self.name in (".", "..")
+                or any(c in self.name for c in "/\\") or not self.name.isprintable()):
+            raise ValueError(f"name {self.name!r} must be a plain, printable file name of at most 100 "
+                             f"characters (no '/' or '\\\\')")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe file."""
     path = Path(path)
-    if not path.is_file():
-        raise ArchlabError(f"recipe file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ArchlabError(f"{path}: not valid TOML ({exc})") from None
+        if not path.is_file():
+            raise ArchlabError(f"recipe file not found: {path}")
+        text = path.read_text()
+    except (OSError, ValueError) as exc:  # over-long names, NUL bytes in the path
+        raise ArchlabError(f"cannot read recipe {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
     except UnicodeDecodeError:
         raise ArchlabError(f"{path}: not a text file") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ArchlabError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ArchlabError(f"{path}: tables or arrays nested too deeply") from None
     return from_dict(apply_overrides(raw, overrides or []), default_name=path.stem)

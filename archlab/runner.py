@@ -25,20 +25,18 @@ import torch
 
 from . import __version__
 from .config import to_dict
-from .data import load_dataset
 from .engine.checkpoint import CheckpointManager
-from .io import atomic_write_bytes
 from .engine.device import Precision, resolve_device
 from .engine.distributed import DistInfo
 from .engine.distributed import init as dist_init
 from .engine.driver import Driver, DriverConfig, Interrupted
+from .engine.loop import Context
 from .engine.metrics import MetricsLogger, require_tensorboard
-from .engine.seed import seed_everything
+from .engine.seed import check_seed, seed_everything
 from .errors import ArchlabError, NonFiniteLoss
-from .models.base import load as load_model
+from .io import atomic_write_bytes
 from .recipe import Recipe
-from .registry import create
-from .train import Context, get_loop
+from .registry import CONFIG_FILE
 
 SUMMARY = "summary.json"
 RECIPE = "recipe.toml"
@@ -71,7 +69,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     ``resume`` continues from the newest valid checkpoint of ``out``. User mistakes raise ArchlabError
     before anything is written; a fresh run directory is removed again if setup fails.
     """
-    seed = recipe.seed if seed is None else seed
+    seed = recipe.seed if seed is None else check_seed(seed)
     recipe.seed = seed
     tc = recipe.train
     dev = resolve_device(device or tc.device)
@@ -92,31 +90,36 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if tc.tensorboard:
         require_tensorboard()
     seed_everything(seed, tc.deterministic)
-    loop_cls = get_loop(tc.loop)
-    data, model = build_data_and_model(loop_cls, recipe)
+    loop_cls = recipe.loop_class
+    data = loop_cls.load_data(recipe) if loop_cls.uses_data else None
+    model = loop_cls.build_model(recipe, data, dev)
+    loop_cls.check_fit(recipe, data, model)
     ctx = Context(device=dev, precision=precision, dist=dist, seed=seed)
-    paradigm = loop_cls(recipe, model, data, ctx)
+    loop = loop_cls(recipe, model, data, ctx)
+    monitor, mode = recipe.monitor()
 
     created = not run_dir.exists()
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / SUMMARY).unlink(missing_ok=True)  # a resumed run is not finished until it says so
-        atomic_write_bytes(run_dir / RECIPE, recipe.to_toml().encode())
+    try:
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / SUMMARY).unlink(missing_ok=True)  # a resumed run is not finished until it says so
+            atomic_write_bytes(run_dir / RECIPE, recipe.to_toml().encode())
+    except OSError as exc:
+        loop.close()
+        raise ArchlabError(f"cannot write the run directory {str(run_dir)[:200]}: {exc.strerror or exc}") from None
     metrics = MetricsLogger(run_dir / "metrics.jsonl", tc.tensorboard) if dist.is_main else None
     ckpt = CheckpointManager(run_dir / "checkpoints", tc.keep_checkpoints)
-    # A loop may count steps its own way (RL: environment steps) and convert the intervals.
-    log_every = getattr(paradigm, "log_every", tc.log_every)
-    checkpoint_every = getattr(paradigm, "checkpoint_every", tc.checkpoint_every)
-    driver = Driver(paradigm, DriverConfig(log_every=log_every, checkpoint_every=checkpoint_every,
-                                           keep_checkpoints=tc.keep_checkpoints, early_stopping=tc.early_stopping,
-                                           monitor=tc.monitor, monitor_mode=tc.monitor_mode,
-                                           progress=progress, desc=recipe.name),
+    driver = Driver(loop, DriverConfig(log_every=loop.log_every, checkpoint_every=loop.checkpoint_every,
+                                       checkpoint_minutes=tc.checkpoint_minutes,
+                                       keep_checkpoints=tc.keep_checkpoints, early_stopping=tc.early_stopping,
+                                       monitor=monitor, monitor_mode=mode, keep_best=loop_cls.keep_best,
+                                       tie_break=loop_cls.tie_break, progress=progress, desc=recipe.name),
                     ckpt, metrics, dist, dev)
     start = 0
     if resume:
         start = driver.restore(warn=lambda m: log(f"archlab: {m}"))
-        if start:
-            log(f"archlab: resuming {run_dir} from step {start}")
+        log(f"archlab: resuming {run_dir} from step {start}" if start else
+            f"archlab: {run_dir} has no valid checkpoint; starting from step 0")
     t0 = time.perf_counter()
     prior_wall = 0.0
     wall_file = run_dir / "checkpoints" / "wall_s"
@@ -124,11 +127,14 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
         prior_wall = float(wall_file.read_text() or 0)
     try:
         outcome = driver.run(start)
+        final = driver.final_metrics()
     except (Interrupted, NonFiniteLoss):
         if dist.is_main:
             atomic_write_bytes(wall_file, str(prior_wall + time.perf_counter() - t0).encode())
+        loop.close()
         raise
     except BaseException:
+        loop.close()
         if created and dist.is_main and not any((run_dir / "checkpoints").glob("step-*")):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -136,12 +142,12 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
         if metrics is not None:
             metrics.close()
     wall = prior_wall + time.perf_counter() - t0
-    final = paradigm.final_metrics()
+    trained = loop.final_object()
     summary: dict[str, Any] = {
-        "recipe": recipe.name, "model": recipe.model_name, "dataset": recipe.dataset, "seed": seed,
-        "metrics": final, "steps": outcome.steps, "status": outcome.status,
+        "recipe": recipe.name, "loop": recipe.train.loop, "model": recipe.model_name, "dataset": recipe.dataset,
+        "seed": seed, "metrics": final, "steps": outcome.steps, "status": outcome.status,
         "expect": to_dict(recipe.expect) if recipe.expect else None, "passed": None,
-        "wall_s": round(wall, 3), "num_params": sum(p.numel() for p in model.parameters()),
+        "wall_s": round(wall, 3), "num_params": sum(p.numel() for p in trained.parameters()),
         "device": describe_device(dev), "world_size": dist.world_size,
         "versions": versions(), "run_dir": str(run_dir),
     }
@@ -149,32 +155,17 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
         achieved = final.get(recipe.expect.metric)
         summary["achieved"] = achieved
         summary["passed"] = achieved is not None and recipe.expect.met(achieved)
-    if dist.is_main:
-        from .plots import plot_run
+    try:
+        if dist.is_main:
+            from .plots import plot_run
 
-        model.save_pretrained(run_dir)
-        plot_run(run_dir)
-        if hasattr(paradigm, "write_artifacts"):  # loop-specific files: tokenizer, attention maps ...
-            paradigm.write_artifacts(run_dir)
-        _write_json(run_dir / SUMMARY, summary)
+            trained.save_pretrained(run_dir)
+            plot_run(run_dir)
+            loop.write_artifacts(run_dir)  # loop-specific files: tokenizer, episode log, attention maps ...
+            _write_json(run_dir / SUMMARY, summary)
+    finally:
+        loop.close()
     return summary
-
-
-def build_data_and_model(loop_cls: type, recipe: Recipe) -> tuple[Any, Any]:
-    """The loop's data and a fresh model. A loop may define ``load_data(recipe)`` (default: the array
-    datasets) and ``model_defaults(recipe, data) -> dict`` (config keys the data decides, such as a
-    graph's feature count; keys the recipe sets win), or build both itself with
-    ``build_data_and_model(recipe)`` (reinforcement learning: the environment and the agent)."""
-    if hasattr(loop_cls, "build_data_and_model"):
-        return loop_cls.build_data_and_model(recipe)
-    if hasattr(loop_cls, "load_data"):
-        data = loop_cls.load_data(recipe)
-    else:
-        data = load_dataset(recipe.data.name, recipe.data.options, recipe.data.val_fraction, recipe.data.split_seed)
-    overrides = dict(recipe.model_config)
-    if hasattr(loop_cls, "model_defaults"):
-        overrides = {**loop_cls.model_defaults(recipe, data), **overrides}
-    return data, create(recipe.model_name, **overrides)
 
 
 def describe_device(dev: torch.device) -> str:
@@ -191,22 +182,16 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def evaluate(run_dir: str | os.PathLike, device: str = "auto") -> dict[str, float]:
-    """Re-evaluate the final model of a finished run on its validation and test splits."""
+    """Re-evaluate the final model (or agent) of a finished run, as its loop defines it."""
     from . import recipe as recipe_mod
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not is_run_dir(run_dir):
         raise ArchlabError(f"{run_dir} is not a run directory (no {RECIPE}); pass the folder `archlab train` wrote")
-    if not (run_dir / "config.json").is_file():
-        raise ArchlabError(f"{run_dir} has no final model (config.json): the run did not finish")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ArchlabError(f"{run_dir} has no final model ({CONFIG_FILE}): the run did not finish")
     recipe = recipe_mod.load(run_dir / RECIPE)
-    dev = resolve_device(device)
-    loop_cls = get_loop(recipe.train.loop)
-    if hasattr(loop_cls, "evaluate_run"):  # loops whose final "model" is not an ArchModel (RL agents)
-        return loop_cls.evaluate_run(run_dir, recipe, str(dev))
-    model = load_model(run_dir, map_location=str(dev))
-    data, _ = build_data_and_model(loop_cls, recipe)
-    ctx = Context(device=dev, precision=Precision(recipe.train.precision, dev), dist=DistInfo(), seed=recipe.seed)
     recipe.train.compile = False
-    loop = loop_cls(recipe, model, data, ctx)
-    return loop.final_metrics()
+    dev = resolve_device(device)
+    ctx = Context(device=dev, precision=Precision(recipe.train.precision, dev), dist=DistInfo(), seed=recipe.seed)
+    return recipe.loop_class.evaluate_run(run_dir, recipe, ctx)

@@ -71,10 +71,9 @@ def load_graph_dataset(name: str, options: dict | None = None) -> GraphDataset:
 
 
 def graph_dataset_names() -> list[str]:
-    from .registry import _REGISTRY, _ensure_loaded
+    from .registry import DATASETS
 
-    _ensure_loaded()
-    return sorted(n for n, e in _REGISTRY.items() if e.kind == "graph")
+    return [e.name for e in DATASETS.entries("graph")]
 
 
 def row_normalize(x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 
 from .. import config as _config
 from ..errors import ArchlabError
+from ..registry import Registry
 from .download import data_root
 
 
@@ -68,7 +69,9 @@ class DatasetEntry:
     :class:`archlab.data.graphs.GraphDataset` (see :func:`archlab.data.graphs.load_graph_dataset`)."""
 
 
-_REGISTRY: dict[str, DatasetEntry] = {}
+#: Every dataset by name (family: its kind). The dataset modules register themselves on import.
+DATASETS: Registry[DatasetEntry] = Registry("dataset", tuple(f"archlab.data.{m}" for m in (
+    "digits", "events", "graphs", "mnist", "mnist1d", "planetoid", "seq2seq", "text", "tu")))
 
 
 def register_dataset(name: str, config_class: type, num_classes: int,
@@ -77,31 +80,23 @@ def register_dataset(name: str, config_class: type, num_classes: int,
     (``kind="graph"``: ``loader(cfg) -> GraphDataset``, loadable as ``load_graph_dataset(name)``)."""
 
     def deco(loader: Loader) -> Loader:
-        if name in _REGISTRY and _REGISTRY[name].loader is not loader:
-            raise ValueError(f"dataset name {name!r} is registered twice")
-        _REGISTRY[name] = DatasetEntry(name, config_class, loader, num_classes, kind)
+        DATASETS.add(name, DatasetEntry(name, config_class, loader, num_classes, kind), family=kind,
+                     description=(loader.__doc__ or "").strip().split("\n")[0])
         return loader
 
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the dataset modules runs their @register_dataset decorators.
-    from . import digits, events, graphs, mnist, mnist1d, planetoid, seq2seq, text, tu  # noqa: F401
-
-
 def dataset_names() -> list[str]:
     """Names of the registered datasets, sorted."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def get_entry(name: str) -> DatasetEntry:
     """The registry entry of dataset ``name``; unknown names raise ArchlabError listing the known ones."""
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        raise ArchlabError(f"unknown dataset {name!r}; available datasets: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    if name not in DATASETS:
+        raise ArchlabError(f"unknown dataset {name!r}; available datasets: {', '.join(DATASETS.names())}")
+    return DATASETS.get(name).obj
 
 
 def stratified_indices(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

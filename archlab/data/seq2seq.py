@@ -186,9 +186,9 @@ def load_seq2seq_dataset(name: str, options: dict | None = None, split_seed: int
     examples out of the pool. Returns fresh copies each call."""
     entry = get_entry(name)
     if entry.kind != "seq2seq":
-        from .registry import _REGISTRY
+        from .registry import DATASETS
 
-        names = ", ".join(sorted(n for n, e in _REGISTRY.items() if e.kind == "seq2seq"))
+        names = ", ".join((e.name for e in DATASETS.entries("seq2seq")))
         raise ArchlabError(f"dataset {name!r} is not a sequence-to-sequence dataset (kind {entry.kind!r}); "
                            f"seq2seq datasets: {names}")
     cfg = _config.build(entry.config_class, options or {}, "data.options")

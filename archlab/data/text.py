@@ -26,7 +26,7 @@ import torch
 from .. import config as _config
 from ..errors import ArchlabError
 from .download import RemoteFile, data_root, ensure_files
-from .registry import _REGISTRY, _ensure_loaded, get_entry, register_dataset
+from .registry import DATASETS, get_entry, register_dataset
 from .tokenizers import CharTokenizer, GPT2Tokenizer, Tokenizer
 
 TokenizerKind = Literal["char", "gpt2"]
@@ -130,5 +130,4 @@ def load_text_dataset(name: str, options: dict | None = None) -> TextDataset:
 
 
 def text_dataset_names() -> list[str]:
-    _ensure_loaded()
-    return sorted(n for n, e in _REGISTRY.items() if e.kind == "text")
+    return [e.name for e in DATASETS.entries("text")]

@@ -1,9 +1,10 @@
 """The step driver: one engine that runs every training paradigm.
 
-A paradigm (supervised, adversarial, RL, episodic, federated, continual, bilevel ...) is an object
-with the small interface of :class:`Paradigm`: it knows how to do *one step* of its own kind and
-how to evaluate; the driver owns everything around the steps: progress, metric logging, periodic
-evaluation, early stopping, checkpoints (periodic, final, on Ctrl-C), resume, and the NaN guard.
+A paradigm (supervised, adversarial, RL, episodic, federated, continual, bilevel ...) is a
+:class:`~archlab.engine.loop.Loop`: it knows how to do *one step* of its own kind and how to
+evaluate; the driver owns everything around the steps: progress, metric logging, periodic
+evaluation, best-model selection, early stopping, checkpoints (every N steps, every few minutes of
+wall time, final, on Ctrl-C), resume, and the NaN guard.
 What a "step" is belongs to the paradigm (an optimizer step, a GAN generator+discriminator update,
 an environment rollout + update, a meta-batch of episodes, a federated round, a continual-task
 chunk, an alternating architecture/weight update) — see docs/engine.md.
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,37 +28,51 @@ from .progress import Progress
 from .seed import rng_state, set_rng_state
 from .stopping import EarlyStopping
 
-
-class Paradigm(Protocol):
-    """What a training loop gives the driver."""
-
-    total_steps: int
-    """Number of steps of a complete run."""
-    eval_every: int
-    """Evaluate (``evaluate("val")``) every this many steps; 0 never during training."""
-
-    def train_step(self, step: int) -> dict[str, Any]:
-        """Do step ``step`` (0-based). Return scalars to log; ``loss`` (tensor or float) is NaN-checked."""
-
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics on a split, named ``{split}_{metric}`` (e.g. ``val_acc``)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume bit-exactly: models, optimizers, schedulers, data position."""
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+if TYPE_CHECKING:
+    from .loop import Loop
 
 
 @dataclass
 class DriverConfig:
     log_every: int = 50
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 3
     early_stopping: int = 0
     monitor: str = "val_acc"
     monitor_mode: str = "max"
+    keep_best: bool = False
+    """Keep the weights of the best evaluation (``loop.best_state()``) and restore them at the end."""
+    tie_break: str | None = None
+    """On equal monitor values the evaluation with the lower value of this metric is better."""
     progress: bool = True
     desc: str = ""
+
+
+class BestTracker:
+    """The best validation evaluation so far: its score, step and (``keep_best``) the loop's weights."""
+
+    def __init__(self, monitor: str, mode: str, tie_break: str | None) -> None:
+        self.monitor, self.mode, self.tie_break = monitor, mode, tie_break
+        self.best: dict[str, Any] | None = None  # {"score", "tie", "step", "state"}
+
+    def is_better(self, scores: dict[str, float]) -> bool:
+        if self.best is None:
+            return True
+        new, old = scores[self.monitor], self.best["score"]
+        if new == old and self.tie_break is not None:
+            return scores.get(self.tie_break, math.inf) < self.best["tie"]
+        return new > old if self.mode == "max" else new < old
+
+    def update(self, step: int, scores: dict[str, float], state: Any) -> None:
+        self.best = {"score": scores[self.monitor], "step": step, "state": state,
+                     "tie": scores.get(self.tie_break, math.inf) if self.tie_break else math.inf}
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.best
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.best = state
 
 
 @dataclass
@@ -66,6 +82,7 @@ class Outcome:
     status: str
     """completed | early_stopped."""
     best: float | None = None
+    best_step: int | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
 
 
@@ -85,7 +102,7 @@ def _scalar(v: Any) -> Any:
 
 
 class Driver:
-    def __init__(self, paradigm: Paradigm, cfg: DriverConfig, checkpoints: CheckpointManager | None,
+    def __init__(self, paradigm: Loop, cfg: DriverConfig, checkpoints: CheckpointManager | None,
                  metrics: MetricsLogger | None, dist: DistInfo | None = None,
                  device: torch.device | None = None) -> None:
         self.p = paradigm
@@ -95,6 +112,8 @@ class Driver:
         self.dist = dist or DistInfo()
         self.device = device or torch.device("cpu")
         self.early = EarlyStopping(cfg.early_stopping, cfg.monitor_mode)
+        self.best = BestTracker(cfg.monitor, cfg.monitor_mode, cfg.tie_break)
+        self._last_save = time.monotonic()
         self._stop_requested = False
         # Train loss is logged as the mean over each logging interval (part of the checkpoint, so a
         # resumed run logs exactly what an uninterrupted one would).
@@ -103,9 +122,11 @@ class Driver:
     # -- checkpoints ------------------------------------------------------------------------------
     def _state(self, step: int) -> dict[str, Any]:
         return {"step": step, "paradigm": self.p.state_dict(), "rng": rng_state(),
-                "early": self.early.state_dict(), "loss_window": [self._loss_sum, self._loss_n]}
+                "early": self.early.state_dict(), "best": self.best.state_dict(),
+                "loss_window": [self._loss_sum, self._loss_n]}
 
     def save(self, step: int) -> str | None:
+        self._last_save = time.monotonic()
         if self.ckpt is None or not self.dist.is_main:
             return None
         return str(self.ckpt.save(step, self._state(step)))
@@ -124,6 +145,7 @@ class Driver:
         self.p.load_state_dict(state["paradigm"])
         set_rng_state(state["rng"])
         self.early.load_state_dict(state["early"])
+        self.best.load_state_dict(state["best"])
         self._loss_sum, self._loss_n = state["loss_window"]
         if self.metrics is not None and self.dist.is_main:
             self.metrics.truncate_after(step)
@@ -149,9 +171,7 @@ class Driver:
         last_eval: dict[str, float] = {}
         step = start_step
         try:
-            # A paradigm whose steps vary in size (RL iterations of whole episodes) sets total_steps to
-            # an upper bound and says when its own budget is spent.
-            finished = getattr(self.p, "finished", lambda: False)
+            finished = self.p.finished  # loops whose steps vary in size (RL) end on their own budget
             while step < total and not finished():
                 out = self.p.train_step(step)
                 loss = _scalar(out.get("loss", 0.0))
@@ -166,8 +186,7 @@ class Driver:
                     self._loss_sum, self._loss_n = 0.0, 0
                     if self.metrics is not None and self.dist.is_main:
                         self.metrics.log(step, "train", **logged)
-                    shown = getattr(self.p, "progress_keys", ("loss",))
-                    progress.update(step, **{k: v for k, v in logged.items() if k in shown})
+                    progress.update(step, **{k: v for k, v in logged.items() if k in self.p.progress_keys})
                 else:
                     progress.update(step)
                 if self.p.eval_every and (step % self.p.eval_every == 0 or step == total or finished()):
@@ -176,9 +195,8 @@ class Driver:
                         if self.metrics is not None and self.dist.is_main:
                             self.metrics.log(step, "val", **last_eval)
                         progress.update(step, force=not progress.tty, **last_eval)
-                        if self.cfg.monitor in last_eval:
-                            self.early.update(last_eval[self.cfg.monitor])
-                if self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0 and step < total:
+                        self._track(step, last_eval)
+                if step < total and self._checkpoint_due(step):
                     self.save(step)
                 if broadcast_flag(self._stop_requested, self.dist, self.device):
                     path = self.save(step)
@@ -194,6 +212,36 @@ class Driver:
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-        best = self.early.best if math.isfinite(self.early.best) else None
-        return Outcome(steps=step, status=status, best=best, last_eval=last_eval)
+        b = self.best.best
+        return Outcome(steps=step, status=status, best=None if b is None else b["score"],
+                       best_step=None if b is None else b["step"], last_eval=last_eval)
+
+    def _track(self, step: int, scores: dict[str, float]) -> None:
+        """Early stopping and best-model selection on the monitored validation metric."""
+        if self.cfg.monitor not in scores:
+            return
+        self.early.update(scores[self.cfg.monitor])
+        if self.best.is_better(scores):
+            self.best.update(step, scores, self.p.best_state() if self.cfg.keep_best else None)
+
+    def _checkpoint_due(self, step: int) -> bool:
+        every, minutes = self.cfg.checkpoint_every, self.cfg.checkpoint_minutes
+        if every and step % every == 0:
+            return True
+        # Wall time is read by every rank but only rank 0's decision counts: share it.
+        late = bool(minutes) and time.monotonic() - self._last_save >= 60 * minutes
+        return broadcast_flag(late, self.dist, self.device) if self.dist.enabled else late
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The loop's final metrics plus ``best_{monitor}`` and ``best_step`` of the best evaluation;
+        for ``keep_best`` loops the best evaluation's weights are restored first and the last weights'
+        metrics are added as ``final_*``."""
+        b = self.best.best
+        if b is None:
+            return self.p.final_metrics()
+        if not self.cfg.keep_best:
+            return {**self.p.final_metrics(), f"best_{self.cfg.monitor}": b["score"], "best_step": b["step"]}
+        last = self.p.final_metrics()
+        self.p.load_best(b["state"])
+        return {**self.p.final_metrics(), **{f"final_{k}": v for k, v in last.items()}, "best_step": b["step"]}
 

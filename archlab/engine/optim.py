@@ -4,11 +4,55 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ..recipe import OptimConfig
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """L2 penalty (decoupled for AdamW); never applied to biases and norm weights."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many steps, before the schedule."""
+    min_lr_ratio: float = 0.0
+    """cosine/linear decay end at ``lr * min_lr_ratio``."""
+    step_size: int = 1000
+    """step schedule: multiply by ``gamma`` every ``step_size`` steps."""
+    gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)
+    """step schedule: if given, decay by ``gamma`` at these steps instead of every ``step_size``."""
+
+    def __post_init__(self) -> None:
+        # Written as `not a <= x <= b` so that NaN fails too (torch would report it with a traceback).
+        # The upper bounds are far beyond any sensible value: they catch typos such as lr = 1e308.
+        if not 0 <= self.lr <= 100:
+            raise ValueError(f"lr must be a number in [0, 100], got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"eps must be in (0, 1], got {self.eps}")
+        if not 0 <= self.weight_decay <= 100 or not 0 <= self.momentum < 1 + 1e-9:
+            raise ValueError(f"need 0 <= weight_decay <= 100 and 0 <= momentum <= 1, got {self.weight_decay}, "
+                             f"{self.momentum}")
+        if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.gamma <= 1e3:
+            raise ValueError(f"need 0 <= min_lr_ratio <= 1 and 0 < gamma <= 1000, got {self.min_lr_ratio}, "
+                             f"{self.gamma}")
+        if self.step_size < 1 or self.warmup_steps < 0 or any(m < 0 for m in self.milestones):
+            raise ValueError("step_size must be >= 1, warmup_steps and milestones >= 0")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

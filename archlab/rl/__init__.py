@@ -11,47 +11,25 @@ Needs the ``rl`` extra (gymnasium). Algorithms are imported on first use.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from ..errors import ArchlabError
+from ..registry import MODELS
 
-# name -> "module:Class"
-_ALGOS = {
-    "qlearning": "archlab.rl.qlearning:QLearning",
-    "dqn": "archlab.rl.dqn:DQN",
-    "reinforce": "archlab.rl.reinforce:REINFORCE",
-    "a2c": "archlab.rl.a2c:A2C",
-    "a3c": "archlab.rl.a3c:A3C",
-    "ppo": "archlab.rl.ppo:PPO",
-    "sac": "archlab.rl.sac:SAC",
-    "td3": "archlab.rl.td3:TD3",
-}
-_CLASS_NAMES = {v.split(":")[1]: k for k, v in _ALGOS.items()}
+_CLASS_NAMES = {"QLearning": "qlearning", "DQN": "dqn", "REINFORCE": "reinforce", "A2C": "a2c", "A3C": "a3c",
+                "PPO": "ppo", "SAC": "sac", "TD3": "td3"}
 
 
 def algo_names() -> list[str]:
-    return sorted(_ALGOS)
-
-
-def algo_descriptions() -> dict[str, str]:
-    """name -> first line of the algorithm's docstring (imports the algorithms that exist)."""
-    out = {}
-    for name in algo_names():
-        try:
-            cls = get_algo(name)
-        except ImportError as exc:  # gymnasium missing: say so instead of failing `archlab list`
-            out[name] = f"(unavailable: {exc})"
-            continue
-        out[name] = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-    return out
+    return [e.name for e in MODELS.entries("rl")]
 
 
 def get_algo(name: str) -> type:
-    if name not in _ALGOS:
+    """The algorithm class registered as ``name`` (family ``rl`` of the model registry)."""
+    entry = MODELS.get(name) if name in MODELS else None
+    if entry is None or entry.family != "rl":
         raise ArchlabError(f"unknown algorithm {name!r}; algorithms: {', '.join(algo_names())}")
-    module, cls = _ALGOS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return entry.cls
 
 
 def load(path: Any, device: str = "cpu") -> Any:

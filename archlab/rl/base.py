@@ -32,10 +32,9 @@ from torch import nn
 
 from .. import config as _config
 from ..errors import ArchlabError
+from ..registry import CONFIG_FILE, WEIGHTS_FILE, read_saved
 from .env import Normalizer, VecEnv
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclasses.dataclass
@@ -77,6 +76,12 @@ class Agent:
 
     algo: ClassVar[str] = ""
     Config: ClassVar[type[AgentConfig]] = AgentConfig
+
+    @classmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.config_class = cls.Config  # the registry's name for the hyperparameter dataclass
+        cls.registry_name = cls.algo
 
     def __init__(self, env: str, *, seed: int = 0, device: str = "cpu", env_options: dict[str, Any] | None = None,
                  total_steps: int | None = None, **hyperparameters: Any) -> None:
@@ -265,15 +270,23 @@ class Agent:
         return [p for net in self.networks().values() for p in net.parameters()]
 
     # -- files ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, env: str | None = None, **hyperparameters: Any) -> Agent:
+        """``archlab.create(name, env=..., seed=..., **hyperparameters)``: the registry's way in."""
+        if env is None:
+            raise ArchlabError(f"{cls.algo} is a reinforcement-learning algorithm: pass env=, e.g. "
+                               f"archlab.create({cls.algo!r}, env='CartPole-v1')")
+        return cls(env, **hyperparameters)
+
     def describe(self) -> dict[str, Any]:
         from .. import __version__
 
-        return {"algo": self.algo, "env_id": self.env_id, "env_options": self.env_options,
+        return {"kind": "agent", "name": self.algo, "env_id": self.env_id, "env_options": self.env_options,
                 "config": _config.to_dict(self.cfg), "seed": self.seed, "num_steps": self.num_steps,
                 "archlab_version": __version__}
 
     def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` (algorithm, env, hyperparameters) and ``model.safetensors``
+        """Write ``config.json`` (kind, algorithm, env, hyperparameters) and ``model.safetensors``
         (network weights and normalization statistics) to folder ``path``."""
         from ..io import atomic_write_bytes, save_tensors_atomic
 
@@ -301,10 +314,14 @@ class Agent:
         from . import get_algo
 
         path = Path(path)
-        meta = read_config(path)
-        algo_cls = get_algo(meta["algo"]) if cls is Agent else cls
-        if algo_cls.algo != meta["algo"]:
-            raise ArchlabError(f"{path} holds a {meta['algo']!r} agent, not {cls.algo!r}")
+        meta = read_saved(path)
+        if meta["kind"] != "agent":
+            raise ArchlabError(f"{path} holds a model ({meta['name']!r}), not an RL agent")
+        algo_cls = get_algo(meta["name"]) if cls is Agent else cls
+        if algo_cls.algo != meta["name"]:
+            raise ArchlabError(f"{path} holds a {meta['name']!r} agent, not {cls.algo!r}")
+        if not (path / WEIGHTS_FILE).is_file():
+            raise ArchlabError(f"{path} has no {WEIGHTS_FILE}")
         agent = algo_cls(meta["env_id"], seed=meta.get("seed", 0), device=device,
                          env_options=meta.get("env_options"), **meta["config"])
         tensors = load_file(str(path / WEIGHTS_FILE))
@@ -322,6 +339,11 @@ class Agent:
         agent.normalizer.training = False
         agent.num_steps = meta.get("num_steps", 0)
         return agent
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str = "cpu") -> Agent:
+        """The registry's name for :meth:`load` (``archlab.load`` calls it)."""
+        return cls.load(path, device=map_location)
 
     # -- checkpoints (engine) -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -374,12 +396,3 @@ def info_return(info: dict[str, Any], i: int, env: VecEnv) -> float:
     # env.step appends finished episodes in index order; find copy i's among them.
     done_ids = sorted(info["final_obs"])
     return info["episodes"][done_ids.index(i)][0]
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise ArchlabError(f"{path} is not a saved agent (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    if "algo" not in meta:
-        raise ArchlabError(f"{path / CONFIG_FILE} does not describe an RL agent (no 'algo' key)")
-    return meta

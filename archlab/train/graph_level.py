@@ -6,18 +6,19 @@ One step (Xu et al. 2019, Sec. 7):
     logits = f(X_B, A_B, batch)                                  one row per graph
     loss   = CE(logits, y_B);   W <- optimizer(W, grad loss),   lr <- schedule(step)
 
-Splits: with ``data.folds = k`` the graphs are dealt into k stratified folds (fixed by
-``data.split_seed``); fold ``data.fold`` (default: ``seed % k``) is the test set, so ``k`` seeds run a
+Splits: with ``loop.folds = k`` the graphs are dealt into k stratified folds (fixed by
+``data.split_seed``); fold ``loop.fold`` (default: ``seed % k``) is the test set, so ``k`` seeds run a
 k-fold cross-validation and the mean over seeds is the cross-validated accuracy. ``data.val_fraction``
 of the remaining graphs (stratified) validates during training; ``0`` trains on all of them, as the
-GIN paper does. Without folds, ``data.test_fraction`` of the graphs (stratified) is the test set.
+GIN paper does. Without folds, ``loop.test_fraction`` of the graphs (stratified) is the test set.
 Final metrics are those of the last step (no selection on the test fold).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,14 +26,15 @@ import torch.nn.functional as F
 
 from ..data.graphs import GraphDataset, load_graph_dataset
 from ..data.registry import stratified_indices
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..graph import Graph, batch_graphs
 from ..models.base import ArchModel
-from ..recipe import Recipe
-from . import Context, optimizer_step
-from .node import data_defaults
+from .node import check_graph_model, data_defaults
 from .supervised import BatchStream
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -50,36 +52,65 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-class GraphClassification:
-    """Paradigm for graph-level classification; one step = one mini-batch of graphs."""
+@dataclass
+class GraphLevelConfig:
+    """``[loop]`` of the graph-classification loop."""
 
-    data_kind: ClassVar[str] = "graph"
+    folds: int = 0
+    """k-fold cross-validation with this many folds (0: no folds; a stratified ``test_fraction`` split instead)."""
+    fold: int = -1
+    """Which fold is held out for testing; -1: ``seed % folds``, so seeds 0..k-1 together run the whole
+    cross-validation (``archlab reproduce`` with ``expect.seeds = k``)."""
+    test_fraction: float = 0.1
+    """Without folds: share of the graphs held out for testing."""
 
-    @staticmethod
-    def load_data(recipe: Recipe) -> GraphDataset:
+    def __post_init__(self) -> None:
+        if not (self.folds == 0 or 2 <= self.folds <= 1000) or not -1 <= self.fold < max(self.folds, 1):
+            raise ValueError(f"need folds = 0 or 2..1000 and -1 <= fold < folds, got folds={self.folds}, "
+                             f"fold={self.fold}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+
+
+@register_loop("graph")
+class GraphClassification(Loop):
+    """Graph-level classification (TU datasets): mini-batches of whole graphs, k-fold cross-validation."""
+
+    Config = GraphLevelConfig
+    data_kind = "graph"
+    model_families = ("graph",)
+    metrics = ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "fold")
+
+    @classmethod
+    def load_data(cls, recipe: Recipe) -> GraphDataset:
         ds = load_graph_dataset(recipe.data.name, recipe.data.options)
         if ds.task != "graph":
             raise ArchlabError(f"data.name: {recipe.data.name!r} is a {ds.task}-level dataset; the graph loop needs "
                                "many labelled graphs (mutag, proteins, graph_sbm)")
         return ds
 
-    model_defaults = staticmethod(data_defaults)
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: Any) -> dict[str, Any]:
+        return data_defaults(recipe, data)
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: GraphDataset, model: ArchModel) -> None:
+        check_graph_model(recipe, model, "graph")
 
     def __init__(self, recipe: Recipe, model: ArchModel, data: GraphDataset, ctx: Context) -> None:
         if ctx.dist.enabled:
             raise ArchlabError("the graph loop runs in one process; drop --nproc")
-        self.recipe, self.ctx, self.data = recipe, ctx, data
-        self.model = model.to(ctx.device)
-        dc, tc = recipe.data, recipe.train
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
+        dc, tc, lc = recipe.data, recipe.train, self.cfg
         labels = np.array([int(g.y.reshape(-1)[0]) for g in data.graphs])
         n = len(labels)
-        if dc.folds:
-            fold = dc.fold if dc.fold >= 0 else ctx.seed % dc.folds
-            assignment = stratified_folds(labels, dc.folds, dc.split_seed)
+        if lc.folds:
+            fold = lc.fold if lc.fold >= 0 else ctx.seed % lc.folds
+            assignment = stratified_folds(labels, lc.folds, dc.split_seed)
             test_idx, rest = np.flatnonzero(assignment == fold), np.flatnonzero(assignment != fold)
             self.fold = fold
         else:
-            keep, test_idx = stratified_indices(labels, dc.test_fraction, dc.split_seed)
+            keep, test_idx = stratified_indices(labels, lc.test_fraction, dc.split_seed)
             rest, self.fold = keep, None
         kept, val_pos = stratified_indices(labels[rest], dc.val_fraction, dc.split_seed + 1)
         self.split_idx = {"train": rest[kept], "val": rest[val_pos], "test": test_idx}
@@ -94,8 +125,7 @@ class GraphClassification:
         per_epoch = max(1, len(self.train_graphs) // dc.batch_size)
         self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
         self.eval_every = (tc.eval_every or per_epoch) if "val" in self.eval_batches else 0
-        self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
+        self.opt = self.trainable("model", self.model)
         params = inspect.signature(self.model.forward).parameters
         self.pass_edge_attr = "edge_attr" in params
 
@@ -111,13 +141,12 @@ class GraphClassification:
 
     def train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         idx = self.stream.next()
         b = self._batch([self.train_graphs[i] for i in idx.tolist()])
         loss = F.cross_entropy(self._forward(b), b.y.reshape(-1))
-        self.ctx.precision.backward(loss)
-        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
-        return {"loss": loss.detach(), "lr": lr}
+        self.opt.backward(loss)
+        return {"loss": loss.detach(), "lr": self.opt.step()}
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -137,13 +166,8 @@ class GraphClassification:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
-                "precision": self.ctx.precision.state_dict()}
+        return {"model": self.opt.state_dict(), "stream": self.stream.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.opt.load_state_dict(state["model"])
         self.stream.load_state_dict(state["stream"])
-        self.ctx.precision.load_state_dict(state["precision"])

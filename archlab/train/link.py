@@ -1,7 +1,7 @@
 """Link prediction on one graph (GAE / VGAE on Cora, Citeseer, Pubmed, SBM): hide edges, rank them.
 
 Split (Kipf & Welling 2016, the ``mask_test_edges`` of their code): the undirected edges, each
-counted once, are shuffled by ``data.split_seed``; ``floor(data.test_fraction * E)`` become test
+counted once, are shuffled by ``data.split_seed``; ``floor(loop.test_fraction * E)`` become test
 positives, ``floor(data.val_fraction * E)`` validation positives (the paper: 10 % and 5 %) and the rest
 the training graph. As many random node pairs that are *not* edges of the full graph are drawn as
 validation and test negatives. The split depends on ``split_seed`` only, so every training seed
@@ -24,21 +24,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.graphs import GraphDataset, load_graph_dataset
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..graph import remove_self_loops
 from ..graph.metrics import average_precision, roc_auc
 from ..models.base import ArchModel
-from ..recipe import Recipe
-from . import Context, optimizer_step
-from .node import SPARSE_DENSITY, data_defaults
+from .node import SPARSE_DENSITY, check_graph_model, data_defaults
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 METRICS = ("val_auc", "val_ap", "test_auc", "test_ap")
 
@@ -135,30 +136,49 @@ def reconstruction_loss(z: Tensor, targets: Tensor, num_edges: int) -> Tensor:
     return norm * total / n2
 
 
-class LinkPrediction:
-    """Paradigm for link prediction with graph auto-encoders; one step = one full-batch epoch."""
+@dataclass
+class SplitConfig:
+    """``[loop]`` of the link and temporal loops: how much is held out for testing."""
 
-    data_kind: ClassVar[str] = "graph"
+    test_fraction: float = 0.1
+    """Share of the edges (events) held out for testing; ``data.val_fraction`` more validate."""
 
-    @staticmethod
-    def load_data(recipe: Recipe) -> GraphDataset:
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+
+
+@register_loop("link")
+class LinkPrediction(Loop):
+    """Link prediction with graph auto-encoders (GAE, VGAE); one step = one full-batch epoch."""
+
+    Config = SplitConfig
+    data_kind = "graph"
+    model_families = ("graph",)
+    metrics = METRICS
+    monitor = ("val_auc", "max")
+
+    @classmethod
+    def load_data(cls, recipe: Recipe) -> GraphDataset:
         ds = load_graph_dataset(recipe.data.name, recipe.data.options)
         if ds.task != "node":
             raise ArchlabError(f"data.name: {recipe.data.name!r} is a {ds.task}-level dataset; the link loop needs "
                                "one graph (cora, citeseer, pubmed, sbm)")
         return ds
 
-    model_defaults = staticmethod(data_defaults)
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: Any) -> dict[str, Any]:
+        return data_defaults(recipe, data)
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: GraphDataset, model: ArchModel) -> None:
+        check_graph_model(recipe, model, "link")
 
     def __init__(self, recipe: Recipe, model: ArchModel, data: GraphDataset, ctx: Context) -> None:
         if ctx.dist.enabled:
             raise ArchlabError("the link loop trains on one graph in one process; drop --nproc")
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
         tc, dc = recipe.train, recipe.data
-        if tc.early_stopping and tc.monitor not in METRICS[:2]:
-            raise ArchlabError(f"train.monitor: {tc.monitor!r} is not reported by the link loop; "
-                               f"choose val_auc or val_ap")
-        self.recipe, self.ctx, self.data = recipe, ctx, data
-        self.model = model.to(ctx.device)
         g = data.graph
         self.num_nodes = g.num_nodes
         x = g.x.to(ctx.device)
@@ -166,12 +186,11 @@ class LinkPrediction:
         if getattr(model, "accepts_sparse", False) and density < SPARSE_DENSITY:
             x = x.to_sparse_csr()
         self.x = x
-        self._use_split(split_edges(g.edge_index, g.num_nodes, dc.val_fraction, dc.test_fraction, dc.split_seed))
+        self._use_split(split_edges(g.edge_index, g.num_nodes, dc.val_fraction, self.cfg.test_fraction,
+                                    dc.split_seed))
         self.total_steps = tc.steps or max(1, round(tc.epochs))
         self.eval_every = tc.eval_every or 1
-        self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
-        self.step = 0
+        self.opt = self.trainable("model", self.model)
 
     def _use_split(self, split: EdgeSplit) -> None:
         dev, n = self.ctx.device, self.num_nodes
@@ -185,9 +204,8 @@ class LinkPrediction:
 
     # ----------------------------------------------------------------------------- training
     def train_step(self, step: int) -> dict[str, Any]:
-        self.step = step
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         with self.ctx.precision.autocast():
             z = self.model(self.x, self.edge_index)
         # The N² inner products and their log-sigmoids stay in fp32 whatever the encoder ran in.
@@ -199,8 +217,8 @@ class LinkPrediction:
             kl = kl_loss()
             loss = loss + kl / self.num_nodes
             out["kl"] = kl.detach()
-        self.ctx.precision.backward(loss)
-        out["lr"] = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
+        self.opt.backward(loss)
+        out["lr"] = self.opt.step()
         return {"loss": loss.detach(), **out}
 
     # ----------------------------------------------------------------------------- evaluation
@@ -229,14 +247,8 @@ class LinkPrediction:
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "precision": self.ctx.precision.state_dict(),
-                "step": self.step, "split": asdict(self.split)}
+        return {"model": self.opt.state_dict(), "split": asdict(self.split)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.ctx.precision.load_state_dict(state["precision"])
-        self.step = state["step"]
+        self.opt.load_state_dict(state["model"])
         self._use_split(EdgeSplit(**state["split"]))

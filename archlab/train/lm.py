@@ -27,21 +27,23 @@ import dataclasses
 import inspect
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data.text import TextDataset, load_text_dataset
 from ..data.tokenizers import Tokenizer, load_tokenizer
-from ..io import atomic_write_bytes
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
+from ..io import atomic_write_bytes
 from ..models.base import ArchModel
-from ..recipe import Recipe
 from ..registry import get
-from . import Context, accumulated_step
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 TOKENIZER_FILE = "tokenizer.json"
 SAMPLES_FILE = "samples.txt"
@@ -62,24 +64,41 @@ def random_windows(ids: torch.Tensor, block_size: int, batch_size: int, gen: tor
     return windows[:, :-1], windows[:, 1:]
 
 
-class LanguageModeling:
-    """Next-token prediction loop implementing the driver's Paradigm interface."""
+@dataclass
+class LMConfig:
+    """``[loop]`` of the language-model loop."""
 
-    data_kind: ClassVar[str] = "text"
+    eval_iters: int = 200
+    """Random batches of train and of val averaged per evaluation (nanoGPT's eval_iters)."""
 
-    @staticmethod
-    def load_data(recipe: Recipe) -> TextDataset:
+    def __post_init__(self) -> None:
+        if not 1 <= self.eval_iters <= 10**6:
+            raise ValueError(f"eval_iters must be in [1, 1e6], got {self.eval_iters}")
+
+
+@register_loop("lm")
+class LanguageModeling(Loop):
+    """Next-token prediction on a token stream (GPT): random windows, cross-entropy, perplexity."""
+
+    Config = LMConfig
+    data_kind = "text"
+    model_families = ("transformers",)
+    metrics = ("train_loss", "val_loss", "val_ppl")
+    monitor = ("val_loss", "min")
+
+    @classmethod
+    def load_data(cls, recipe: Recipe) -> TextDataset:
         return load_text_dataset(recipe.data.name, recipe.data.options)
 
-    @staticmethod
-    def model_defaults(recipe: Recipe, data: TextDataset) -> dict[str, Any]:
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: TextDataset) -> dict[str, Any]:
         """The vocabulary size comes from the tokenizer (when the model's config has the key)."""
         fields = {f.name for f in dataclasses.fields(get(recipe.model_name).config_class)}
         return {"vocab_size": data.vocab_size} if "vocab_size" in fields else {}
 
     def __init__(self, recipe: Recipe, model: ArchModel, data: TextDataset, ctx: Context) -> None:
+        super().__init__(recipe, model, data, ctx)
         tc, dc = recipe.train, recipe.data
-        self.recipe, self.data, self.ctx = recipe, data, ctx
         block = getattr(model.config, "block_size", None)
         if not isinstance(block, int):
             raise ArchlabError(f"the lm loop needs a language model with a block_size (e.g. gpt); "
@@ -103,11 +122,8 @@ class LanguageModeling:
         tokens_per_step = dc.batch_size * block * tc.accumulate
         self.total_steps = tc.steps or max(1, round(tc.epochs * len(data.train) / tokens_per_step))
         self.eval_every = tc.eval_every or self.total_steps
-        self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
+        self.opt = self.trainable("model", self.model)
         self.forward = torch.compile(self.model) if tc.compile else self.model
-        self.best: dict[str, float] | None = None  # {"val_loss", "step"}
-        self.step = 0
 
     # ----------------------------------------------------------------------------- training
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -116,7 +132,6 @@ class LanguageModeling:
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
     def train_step(self, step: int) -> dict[str, Any]:
-        self.step = step
         d = self.ctx.dist
 
         def micro_loss() -> torch.Tensor:
@@ -128,7 +143,8 @@ class LanguageModeling:
                 x, y = x[d.rank * b:(d.rank + 1) * b], y[d.rank * b:(d.rank + 1) * b]
             return self._loss(x, y)
 
-        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train, micro_loss)
+        tc = self.recipe.train
+        return self.opt.accumulated_step(tc.accumulate, tc.l1, micro_loss)
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -139,23 +155,16 @@ class LanguageModeling:
         for split in ("train", "val"):
             losses = [self._loss(*random_windows(self.ids[split], self.block_size, self.recipe.data.batch_size,
                                                  gen, self.offsets))
-                      for _ in range(self.recipe.train.eval_iters)]
+                      for _ in range(self.cfg.eval_iters)]
             out[f"{split}_loss"] = torch.stack(losses).mean().item()
         return out
 
     def evaluate(self, split: str) -> dict[str, float]:
-        scores = self.estimate_loss(self.eval_gen)
-        if self.best is None or scores["val_loss"] < self.best["val_loss"]:
-            self.best = {"val_loss": scores["val_loss"], "step": self.step + 1}
-        return scores
+        return self.estimate_loss(self.eval_gen)
 
     def final_metrics(self) -> dict[str, float]:
         scores = self.estimate_loss(torch.Generator().manual_seed(self.ctx.seed + 2))
-        out = {**scores, "val_ppl": math.exp(scores["val_loss"])}
-        if self.best is not None:
-            out["best_val_loss"] = self.best["val_loss"]
-            out["best_step"] = self.best["step"]
-        return out
+        return {**scores, "val_ppl": math.exp(scores["val_loss"])}
 
     # ----------------------------------------------------------------------------- artifacts
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
@@ -171,19 +180,12 @@ class LanguageModeling:
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "precision": self.ctx.precision.state_dict(),
-                "gen": self.gen.get_state(), "eval_gen": self.eval_gen.get_state(), "best": self.best,
-                "step": self.step}
+        return {"model": self.opt.state_dict(), "gen": self.gen.get_state(), "eval_gen": self.eval_gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.ctx.precision.load_state_dict(state["precision"])
+        self.opt.load_state_dict(state["model"])
         self.gen.set_state(state["gen"])
         self.eval_gen.set_state(state["eval_gen"])
-        self.best, self.step = state["best"], state["step"]
 
 
 def sample(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *,
@@ -212,13 +214,13 @@ def generate_from_run(run_dir: str | os.PathLike, prompt: str, max_new_tokens: i
     """Continue ``prompt`` with the final model and tokenizer of a language-model run directory
     (``compile``: through the compiled one-token step, see :meth:`archlab.models.transformers.gpt.GPT.generate`)."""
     from ..engine.device import resolve_device
-    from ..models.base import CONFIG_NAME, load
+    from ..registry import CONFIG_FILE, load
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ArchlabError(f"run directory not found: {run_dir}")
-    if not (run_dir / CONFIG_NAME).is_file():
-        raise ArchlabError(f"{run_dir} has no final model ({CONFIG_NAME}): not a finished run directory")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ArchlabError(f"{run_dir} has no final model ({CONFIG_FILE}): not a finished run directory")
     if not (run_dir / TOKENIZER_FILE).is_file():
         raise ArchlabError(f"{run_dir} has no {TOKENIZER_FILE}: not a language-model run (train.loop = \"lm\")")
     if max_new_tokens < 0:

@@ -4,9 +4,9 @@ Special tokens come after the text vocabulary of size ``V``: ``[PAD] = V``, ``[M
 ``[CLS] = V + 2``, ``[SEP] = V + 3``; the model's vocabulary is ``V + 4``. One step (Devlin et al.
 2019, Sec. 3.1 and Appendix A.1):
 
-    w       = data.batch_size random windows of data.seq_len consecutive training tokens
+    w       = data.batch_size random windows of loop.seq_len consecutive training tokens
     x       = [CLS] w_1 .. w_L [SEP]
-    M       = each text position independently with probability data.mask_prob (15%)
+    M       = each text position independently with probability loop.mask_prob (15%)
     x~_i    = [MASK] (80% of M) | a random text token (10%) | x_i (10%)          for i in M
     loss    = CE(f(x~)_i, x_i) averaged over i in M           (labels -100 elsewhere)
     W      <- optimizer(W, clip(grad loss)),   lr <- schedule(step)
@@ -26,19 +26,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..config import field_names
 from ..data.text import TextDataset, load_text_dataset
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
-from ..recipe import Recipe
 from ..registry import build_config, get
-from . import Context, accumulated_step
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 #: Seed of the fixed validation masking.
 EVAL_SEED = 0
@@ -95,38 +96,57 @@ def masking(ids: torch.Tensor, num_text: int, mask_id: int, generator: torch.Gen
     return inputs, labels
 
 
-class MaskedLM:
-    """Paradigm for masked-language-model training; one step = one optimizer update."""
+@dataclass
+class MLMConfig:
+    """``[loop]`` of the masked-LM loop."""
 
-    data_kind: ClassVar[str] = "text"
+    seq_len: int = 128
+    """Text tokens per training window ([CLS] and [SEP] come on top)."""
+    mask_prob: float = 0.15
+    """Share of the text tokens the model must predict (Devlin et al. 2019: 0.15)."""
 
-    @staticmethod
-    def load_data(recipe: Recipe) -> TextDataset:
+    def __post_init__(self) -> None:
+        if not 1 <= self.seq_len <= 10**6 or not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"need 1 <= seq_len <= 1e6 and 0 < mask_prob < 1, got {self.seq_len}, {self.mask_prob}")
+
+
+@register_loop("mlm")
+class MaskedLM(Loop):
+    """Masked-language-model pre-training (BERT family); one step = one optimizer update."""
+
+    Config = MLMConfig
+    data_kind = "text"
+    model_families = ("transformers",)
+    metrics = ("val_mlm_acc", "val_loss")
+    monitor = ("val_loss", "min")
+
+    @classmethod
+    def load_data(cls, recipe: Recipe) -> TextDataset:
         data = load_text_dataset(recipe.data.name, recipe.data.options)
-        n = recipe.data.seq_len
+        n = recipe.loop.seq_len
         if len(data.train) <= n or len(data.val) < n:
-            raise ArchlabError(f"data.seq_len: {n} tokens do not fit the text of {recipe.data.name!r} "
+            raise ArchlabError(f"loop.seq_len: {n} tokens do not fit the text of {recipe.data.name!r} "
                                f"({len(data.train)} train, {len(data.val)} val tokens)")
         return data
 
-    @staticmethod
-    def model_defaults(recipe: Recipe, data: TextDataset) -> dict[str, Any]:
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: TextDataset) -> dict[str, Any]:
         """Vocabulary (text + 4 special tokens), the pad id, a position table long enough for a window
         with [CLS] and [SEP], and the MLM head -- for the keys the model's config has."""
-        cls = get(recipe.model_name).cls
+        model_cls = get(recipe.model_name).cls
         special = SpecialTokens(data.vocab_size)
-        need = recipe.data.seq_len + 2
+        need = recipe.loop.seq_len + 2
         values: dict[str, Any] = {"vocab_size": special.vocab_size, "pad_token_id": special.pad, "head": "mlm",
                                   "max_position_embeddings": need}
-        have = set(field_names(cls.config_class))
+        have = set(field_names(model_cls.config_class))
         values = {k: v for k, v in values.items() if k in have}
-        if "max_position_embeddings" in values and hasattr(cls, "max_length"):
+        if "max_position_embeddings" in values and hasattr(model_cls, "max_length"):
             # Some models lose rows of the table to an offset (RoBERTa numbers positions from pad + 1):
             # ask the model how many rows a roomy table loses, and add them.
             base = {**values, **recipe.model_config}
             roomy = need + int(base.get("vocab_size", 0)) + 1
             probe = build_config(recipe.model_name, {**base, "max_position_embeddings": roomy})
-            values["max_position_embeddings"] = need + roomy - cls.max_length(probe)
+            values["max_position_embeddings"] = need + roomy - model_cls.max_length(probe)
         return values
 
     def __init__(self, recipe: Recipe, model: ArchModel, data: TextDataset, ctx: Context) -> None:
@@ -139,23 +159,17 @@ class MaskedLM:
                                f"{data.vocab_size} + 4 special tokens), got {vocab}")
         if getattr(model.config, "head", "mlm") != "mlm":
             raise ArchlabError(f"model.head: the mlm loop trains the masked-LM head, got {model.config.head!r}")
-        tc, dc = recipe.train, recipe.data
-        if hasattr(model, "max_length") and model.max_length(model.config) < dc.seq_len + 2:
+        tc, dc, lc = recipe.train, recipe.data, recipe.loop
+        if hasattr(model, "max_length") and model.max_length(model.config) < lc.seq_len + 2:
             raise ArchlabError(f"model.max_position_embeddings: {recipe.model_name!r} takes at most "
-                               f"{model.max_length(model.config)} tokens, but a window of data.seq_len = {dc.seq_len} "
-                               f"has {dc.seq_len + 2} with [CLS] and [SEP]")
-        reported = {"val_mlm_acc", "val_loss"}
-        if tc.early_stopping and tc.monitor not in reported:
-            raise ArchlabError(f"train.monitor: {tc.monitor!r} is not reported by the mlm loop; "
-                               f"choose one of {', '.join(sorted(reported))}")
-        self.recipe, self.ctx, self.data = recipe, ctx, data
-        self.model = model.to(ctx.device)
-        self.seq_len = dc.seq_len
-        per_epoch = max(1, len(data.train) // (dc.batch_size * dc.seq_len * tc.accumulate))
+                               f"{model.max_length(model.config)} tokens, but a window of loop.seq_len = {lc.seq_len} "
+                               f"has {lc.seq_len + 2} with [CLS] and [SEP]")
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
+        self.seq_len = lc.seq_len
+        per_epoch = max(1, len(data.train) // (dc.batch_size * lc.seq_len * tc.accumulate))
         self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
         self.eval_every = tc.eval_every or per_epoch
-        self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
+        self.opt = self.trainable("model", self.model)
         self.forward = torch.compile(self.model) if tc.compile else self.model
         self.gen = torch.Generator().manual_seed(ctx.seed)
         self.val_batch = self._val_windows()
@@ -168,7 +182,7 @@ class MaskedLM:
         return torch.cat([cls, windows, sep], dim=1)
 
     def _mask(self, ids: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return masking(ids, self.special.num_text, self.special.mask, gen, self.recipe.data.mask_prob)
+        return masking(ids, self.special.num_text, self.special.mask, gen, self.cfg.mask_prob)
 
     def _val_windows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The validation text as consecutive windows (the incomplete tail dropped), masked once."""
@@ -196,7 +210,8 @@ class MaskedLM:
                 # A batch with no chosen position (possible for tiny windows) contributes zero, not NaN.
                 return self._loss_sum(logits, labels) / (labels != -100).sum().clamp(min=1)
 
-        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train, micro_loss)
+        tc = self.recipe.train
+        return self.opt.accumulated_step(tc.accumulate, tc.l1, micro_loss)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -223,13 +238,8 @@ class MaskedLM:
         self.data.tokenizer.save(Path(run_dir) / "tokenizer.json")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "gen": self.gen.get_state(),
-                "precision": self.ctx.precision.state_dict()}
+        return {"model": self.opt.state_dict(), "gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.opt.load_state_dict(state["model"])
         self.gen.set_state(state["gen"])
-        self.ctx.precision.load_state_dict(state["precision"])

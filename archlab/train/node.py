@@ -6,31 +6,32 @@ One step, full batch (Kipf & Welling 2017; Veličković et al. 2018):
     loss   = CE(logits[train_mask], y[train_mask])
     W     <- optimizer(W, grad loss),   lr <- schedule(step)
 
-With ``data.fanouts`` (GraphSAGE mini-batches) one step takes ``data.batch_size`` training nodes,
+With ``loop.fanouts`` (GraphSAGE mini-batches) one step takes ``data.batch_size`` training nodes,
 samples their ``fanouts``-hop neighbourhood (:class:`archlab.graph.sampling.NeighborSampler`) and
 runs the model on that subgraph only; the loss covers the seed nodes.
 
-Model selection follows the papers: every evaluation scores the validation nodes; the weights with the
-best ``train.monitor`` (default ``val_acc``; ties go to the lower ``val_loss``) are kept, and the
-run's final metrics -- and the saved model -- are those weights: ``test_acc`` is the test accuracy at
-the best validation epoch.
+Model selection follows the papers: every evaluation scores the validation nodes; the driver keeps
+the weights with the best ``train.monitor`` (default ``val_acc``; ties go to the lower ``val_loss``),
+and the run's final metrics -- and the saved model -- are those weights: ``test_acc`` is the test
+accuracy at the best validation epoch (``final_*``: the last epoch's).
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data.graphs import GraphDataset, load_graph_dataset
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
-from ..recipe import Recipe
 from ..registry import get
-from . import Context, optimizer_step
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 #: Bag-of-words features below this density go to sparse-capable models as a CSR tensor.
 SPARSE_DENSITY = 0.25
@@ -43,26 +44,57 @@ def data_defaults(recipe: Recipe, data: Any) -> dict[str, Any]:
     return {key: getattr(data, attr) for key, attr in fields.items()}
 
 
-class NodeClassification:
-    """Paradigm for node classification; one step = one optimizer update."""
+def check_graph_model(recipe: Recipe, model: ArchModel, loop: str) -> None:
+    """A graph loop trains graph models only (an MLP or GPT would fail deep inside the first step)."""
+    if get(recipe.model_name).family != "graph":
+        raise ArchlabError(f"model.name: {recipe.model_name!r} is not a graph model; loop {loop!r} trains the graph "
+                           f"family (`archlab list graph`)")
 
-    data_kind: ClassVar[str] = "graph"
 
-    @staticmethod
-    def load_data(recipe: Recipe) -> GraphDataset:
+@dataclass
+class NodeConfig:
+    """``[loop]`` of the node-classification loop."""
+
+    fanouts: list[int] = field(default_factory=list)
+    """Neighbours sampled per layer for mini-batch training (e.g. [25, 10]); empty: full batch. With
+    fanouts, ``data.batch_size`` counts target nodes per step."""
+
+    def __post_init__(self) -> None:
+        if any(not 1 <= f <= 10**6 for f in self.fanouts) or len(self.fanouts) > 16:
+            raise ValueError(f"fanouts must be at most 16 numbers in [1, 1e6], got {self.fanouts}")
+
+
+@register_loop("node")
+class NodeClassification(Loop):
+    """Node classification on one graph (Planetoid, SBM), full batch or with sampled neighbourhoods."""
+
+    Config = NodeConfig
+    data_kind = "graph"
+    model_families = ("graph",)
+    metrics = ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss")
+    keep_best = True
+    tie_break = "val_loss"
+
+    @classmethod
+    def load_data(cls, recipe: Recipe) -> GraphDataset:
         ds = load_graph_dataset(recipe.data.name, recipe.data.options)
         if ds.task != "node":
             raise ArchlabError(f"data.name: {recipe.data.name!r} is a {ds.task}-level dataset; the node loop needs "
                                "one graph with node labels (cora, citeseer, pubmed, sbm)")
         return ds
 
-    model_defaults = staticmethod(data_defaults)
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: Any) -> dict[str, Any]:
+        return data_defaults(recipe, data)
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: GraphDataset, model: ArchModel) -> None:
+        check_graph_model(recipe, model, "node")
 
     def __init__(self, recipe: Recipe, model: ArchModel, data: GraphDataset, ctx: Context) -> None:
         if ctx.dist.enabled:
             raise ArchlabError("the node loop trains on one graph in one process; drop --nproc")
-        self.recipe, self.ctx, self.data = recipe, ctx, data
-        self.model = model.to(ctx.device)
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
         g = data.graph.to(ctx.device)
         self.graph = g
         x = g.x
@@ -74,10 +106,10 @@ class NodeClassification:
         tc = recipe.train
         self.sampler = None
         n_train = int(g.train_mask.sum())
-        if recipe.data.fanouts:
+        if self.cfg.fanouts:
             from ..graph.sampling import NeighborSampler
 
-            self.sampler = NeighborSampler(g.edge_index, g.num_nodes, recipe.data.fanouts, seed=ctx.seed)
+            self.sampler = NeighborSampler(g.edge_index, g.num_nodes, self.cfg.fanouts, seed=ctx.seed)
             self.seed_stream = torch.Generator().manual_seed(ctx.seed + 7)
             self.train_nodes = g.train_mask.nonzero().flatten()
             self.per_epoch = max(1, -(-n_train // recipe.data.batch_size))
@@ -87,10 +119,7 @@ class NodeClassification:
             self.per_epoch = 1
         self.total_steps = tc.steps or max(1, round(tc.epochs * self.per_epoch))
         self.eval_every = tc.eval_every or self.per_epoch
-        self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
-        self.best: dict[str, Any] | None = None  # {"score", "val_loss", "step", "state"}
-        self.step = 0
+        self.opt = self.trainable("model", self.model)
 
     # ----------------------------------------------------------------------------- training
     def _seed_batch(self) -> torch.Tensor:
@@ -103,9 +132,8 @@ class NodeClassification:
         return seeds
 
     def train_step(self, step: int) -> dict[str, Any]:
-        self.step = step
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         g = self.graph
         with self.ctx.precision.autocast():
             if self.sampler is None:
@@ -120,9 +148,8 @@ class NodeClassification:
                     self.x.to_dense().index_select(0, nodes)
                 logits = self.model(x, sub.edge_index.to(self.ctx.device))[:len(seeds)]
                 loss = F.cross_entropy(logits.float(), g.y[seeds])
-        self.ctx.precision.backward(loss)
-        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
-        return {"loss": loss.detach(), "lr": lr}
+        self.opt.backward(loss)
+        return {"loss": loss.detach(), "lr": self.opt.step()}
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -139,55 +166,22 @@ class NodeClassification:
             out[f"{split}_loss"] = F.cross_entropy(logits[mask], y[mask]).item()
         return out
 
-    def _is_better(self, scores: dict[str, float]) -> bool:
-        tc = self.recipe.train
-        if tc.monitor not in scores:
-            raise ArchlabError(f"train.monitor: {tc.monitor!r} is not reported by the node loop; "
-                               f"choose one of {', '.join(sorted(scores))}")
-        if self.best is None:
-            return True
-        new, old = scores[tc.monitor], self.best["score"]
-        if new == old:
-            return scores.get("val_loss", 0.0) < self.best["val_loss"]
-        return new > old if tc.monitor_mode == "max" else new < old
-
     def evaluate(self, split: str) -> dict[str, float]:
-        scores = self._scores()
-        if split == "val" and self._is_better(scores):
-            self.best = {"score": scores[self.recipe.train.monitor], "val_loss": scores.get("val_loss", 0.0),
-                         "step": self.step, "state": copy.deepcopy(self.model.state_dict())}
-        return {k: v for k, v in scores.items() if k.startswith(split)}
+        return {k: v for k, v in self._scores().items() if k.startswith(split)}
 
     def final_metrics(self) -> dict[str, float]:
-        last = self._scores()
-        if self.best is not None:
-            self.model.load_state_dict(self.best["state"])
-        best = self._scores()
-        out = {**best, "final_val_acc": last.get("val_acc", float("nan")),
-               "final_test_acc": last.get("test_acc", float("nan"))}
-        if self.best is not None:
-            out["best_step"] = self.best["step"]
-        return out
+        return self._scores()
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                 "scheduler": self.scheduler.state_dict(), "precision": self.ctx.precision.state_dict(),
-                                 "step": self.step}
-        if self.best is not None:
-            state["best"] = {k: v for k, v in self.best.items()}
+        state: dict[str, Any] = {"model": self.opt.state_dict()}
         if self.sampler is not None:
             state["sampling"] = {"gen": self.seed_stream.get_state(), "order": self.order, "pos": self.pos,
                                  "sampler": self.sampler.state_dict()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.ctx.precision.load_state_dict(state["precision"])
-        self.step = state["step"]
-        self.best = state.get("best")
+        self.opt.load_state_dict(state["model"])
         if self.sampler is not None and "sampling" in state:
             s = state["sampling"]
             self.seed_stream.set_state(s["gen"])

@@ -25,43 +25,73 @@ import io
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from ..io import atomic_write_bytes
+import torch
+
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
-from ..recipe import Recipe
-from . import Context
+from ..io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 EPISODES_FILE = "episodes.csv"
+
+
+@dataclass
+class EnvConfig:
+    """``[env]`` of RL recipes: the environment."""
+
+    id: str
+    """gymnasium environment id, e.g. ``CartPole-v1`` (or one of archlab's toy envs, ``archlab/Identity-v0``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``gymnasium.make``, e.g. ``{ is_slippery = false }``."""
+    eval_episodes: int = 10
+    """Episodes of the deterministic policy averaged by each evaluation."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.eval_episodes <= 10_000:
+            raise ValueError(f"eval_episodes must be in [1, 10000], got {self.eval_episodes}")
 
 
 def make_agent(recipe: Recipe, seed: int | None = None, device: str = "cpu") -> Any:
     from ..rl import get_algo
 
-    cls = get_algo(recipe.algo["name"])
-    return cls(recipe.env.id, seed=recipe.seed if seed is None else seed, device=device,
-               env_options=recipe.env.options, total_steps=recipe.train.steps, **recipe.model_config)
+    env = recipe.tables["env"]
+    cls = get_algo(recipe.model_name)
+    return cls(env.id, seed=recipe.seed if seed is None else seed, device=device, env_options=env.options,
+               total_steps=recipe.train.steps, **recipe.model_config)
 
 
-class ReinforcementLearning:
-    """The driver's Paradigm for every RL algorithm in ``archlab.rl``."""
+@register_loop("rl")
+class ReinforcementLearning(Loop):
+    """Reinforcement learning on gymnasium environments: one step = one iteration of the algorithm."""
 
-    data_kind: ClassVar[str] = "env"
-    progress_keys: ClassVar[tuple[str, ...]] = ("env_steps", "episodes", "return", "steps_per_s")
+    model_table = "algo"
+    model_families = ("rl",)
+    uses_data = False
+    tables = {"env": EnvConfig}
+    trainables = ()  # each algorithm builds its optimizers from its [algo] hyperparameters
+    metrics = ("eval_return_mean", "eval_return_std", "train_return_mean", "episodes", "env_steps",
+               "val_return_mean", "val_return_std")
+    monitor = ("val_return_mean", "max")
+    progress_keys = ("env_steps", "episodes", "return", "steps_per_s")
 
-    @staticmethod
-    def build_data_and_model(recipe: Recipe) -> tuple[Any, Any]:
+    @classmethod
+    def build_model(cls, recipe: Recipe, data: Any, device: torch.device) -> Any:
         if recipe.train.steps < 1:
             raise ArchlabError("train.steps: reinforcement learning counts environment steps; set train.steps")
-        from ..engine.device import resolve_device
+        return make_agent(recipe, device=str(device))
 
-        return recipe.env, make_agent(recipe, device=str(resolve_device(recipe.train.device)))
-
-    def __init__(self, recipe: Recipe, agent: Any, env: Any, ctx: Context) -> None:
+    def __init__(self, recipe: Recipe, agent: Any, data: Any, ctx: Context) -> None:
         if ctx.dist.world_size > 1:
             raise ArchlabError("--nproc is not supported for reinforcement learning (A3C has its own workers)")
-        self.recipe, self.agent, self.ctx = recipe, agent, ctx
+        super().__init__(recipe, agent, data, ctx)
+        self.agent = agent
+        self.env = recipe.tables["env"]
         tc = recipe.train
         self.env_steps = tc.steps
         per_iter = self.steps_per_iteration()
@@ -70,8 +100,7 @@ class ReinforcementLearning:
         # multiple of train.eval_every environment steps (iterations can vary in length).
         self.eval_every = 1 if tc.eval_every else 0
         self._before = 0
-        self.checkpoint_every = max(1, round(tc.checkpoint_every / per_iter)) if tc.checkpoint_every else 0
-        self.log_every = tc.log_every
+        self._checkpoint_every = max(1, round(tc.checkpoint_every / per_iter)) if tc.checkpoint_every else 0
         self._t0: float | None = None
         self._s0 = 0
 
@@ -79,6 +108,11 @@ class ReinforcementLearning:
         """Environment steps one iteration takes (at least, for algorithms whose iterations are whole
         episodes); the algorithms declare it as ``iteration_steps``."""
         return max(1, int(self.agent.iteration_steps))
+
+    @property
+    def checkpoint_every(self) -> int:
+        """``train.checkpoint_every`` counts environment steps: converted into iterations."""
+        return self._checkpoint_every
 
     def finished(self) -> bool:
         """The environment-step budget is spent (the driver's step count is only an upper bound when
@@ -106,11 +140,21 @@ class ReinforcementLearning:
         if now // every == self._before // every and not self.finished():
             return {}
         seed = self.ctx.seed + 10_000 + self.agent.num_steps  # fresh episodes at every evaluation
-        mean, std, _ = self.agent.evaluate(self.recipe.env.eval_episodes, seed=seed)
+        mean, std, _ = self.agent.evaluate(self.env.eval_episodes, seed=seed)
         return {f"{split}_return_mean": mean, f"{split}_return_std": std, "env_steps": self.agent.num_steps}
 
     def final_metrics(self) -> dict[str, float]:
         return final_metrics(self.agent, self.recipe, self.ctx.seed)
+
+    def final_object(self) -> Any:
+        return self.agent
+
+    def best_state(self) -> dict[str, Any]:
+        raise NotImplementedError("RL runs keep the final agent")
+
+    def close(self) -> None:
+        if hasattr(self.agent, "close"):  # A3C's worker processes
+            self.agent.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {"agent": self.agent.state_dict()}
@@ -130,15 +174,14 @@ class ReinforcementLearning:
 
         plot_returns([read_episodes(run_dir)], run_dir / "plots" / "returns.png", title=run_dir.name,
                      evals=_eval_points(run_dir))
-        if hasattr(self.agent, "close"):
-            self.agent.close()
 
-    @staticmethod
-    def evaluate_run(run_dir: Path, recipe: Recipe, device: str) -> dict[str, float]:
-        """``archlab eval RUN``: the final metrics of a finished RL run, recomputed."""
+    @classmethod
+    def evaluate_run(cls, run_dir: str | os.PathLike, recipe: Recipe, ctx: Context) -> dict[str, float]:
+        """``archlab eval RUN``: the final metrics of a finished RL run, recomputed (the training
+        episodes come from its ``episodes.csv``)."""
         from ..rl import load
 
-        agent = load(run_dir, device=device)
+        agent = load(run_dir, device=str(ctx.device))
         try:
             return final_metrics(agent, recipe, recipe.seed, episodes=read_episodes(run_dir))
         finally:
@@ -148,7 +191,7 @@ class ReinforcementLearning:
 
 def final_metrics(agent: Any, recipe: Recipe, seed: int,
                   episodes: list[tuple[int, float, int]] | None = None) -> dict[str, float]:
-    mean, std, _ = agent.evaluate(recipe.env.eval_episodes, seed=seed + 1_000_000)
+    mean, std, _ = agent.evaluate(recipe.tables["env"].eval_episodes, seed=seed + 1_000_000)
     eps = agent.episodes if episodes is None else episodes
     out = {"eval_return_mean": mean, "eval_return_std": std, "episodes": len(eps),
            "env_steps": eps[-1][0] if episodes is not None and eps else agent.num_steps}

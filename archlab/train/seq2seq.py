@@ -6,7 +6,7 @@ One step = ``accumulate`` micro-batches -> one optimizer update (Sutskever et al
     y            = y_1 .. y_T eos                         target
     dec_in       = start y_1 .. y_T                       the target shifted right: teacher forcing
     logits       = f(x, dec_in)                           (B, T + 1, V)
-    loss         = CE(logits, y; label_smoothing)         mean over the non-pad target tokens
+    loss         = CE(logits, y; loop.label_smoothing)       mean over the non-pad target tokens
     W           <- optimizer(W, clip(grad loss)),   lr <- schedule(step)
 
 ``start`` is the model's ``decoder_start_token_id`` (pad = 0 here, as T5 does). Batches come from a
@@ -20,29 +20,30 @@ Evaluation decodes greedily (``model.generate``, no teacher forcing) and compare
     {split}_token_acc     share of target tokens (eos included) equal to the output at their position
     {split}_loss          teacher-forced cross-entropy per target token (nats)
 
-The weights with the best ``train.monitor`` (e.g. ``val_exact_match``; ties go to the lower
+The driver keeps the weights with the best ``train.monitor`` (default ``val_exact_match``; ties go to the lower
 ``val_loss``) are kept; the run's final metrics -- and the saved model -- are theirs, ``final_*``
 those of the last step.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..config import field_names
 from ..data.seq2seq import Seq2SeqDataset, Seq2SeqSplit, load_seq2seq_dataset
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
+from ..io import atomic_write_bytes
 from ..models.base import ArchModel
-from ..recipe import Recipe
 from ..registry import get
-from . import Context, accumulated_step
-from .supervised import BatchStream
+from .supervised import BatchStream, SupervisedConfig
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 METRICS = ("exact_match", "token_acc", "loss")
 
@@ -72,17 +73,24 @@ def compare_outputs(generated: torch.Tensor, target: torch.Tensor, pad_id: int,
     return same.all(1), (same & (target != pad_id)).sum(1)
 
 
-class Seq2Seq:
-    """Paradigm for encoder-decoder training; one step = one optimizer update."""
+@register_loop("seq2seq")
+class Seq2Seq(Loop):
+    """Encoder-decoder training with teacher forcing, scored by greedy generation (T5, BART, GRU seq2seq)."""
 
-    data_kind: ClassVar[str] = "seq2seq"
+    Config = SupervisedConfig
+    data_kind = "seq2seq"
+    model_families = ("transformers",)
+    metrics = tuple(f"{s}_{m}" for s in ("val", "test") for m in METRICS)
+    monitor = ("val_exact_match", "max")
+    keep_best = True
+    tie_break = "val_loss"
 
-    @staticmethod
-    def load_data(recipe: Recipe) -> Seq2SeqDataset:
+    @classmethod
+    def load_data(cls, recipe: Recipe) -> Seq2SeqDataset:
         return load_seq2seq_dataset(recipe.data.name, recipe.data.options, recipe.data.split_seed)
 
-    @staticmethod
-    def model_defaults(recipe: Recipe, data: Seq2SeqDataset) -> dict[str, Any]:
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: Seq2SeqDataset) -> dict[str, Any]:
         """Vocabulary size and special token ids, for the keys the model's config has."""
         have = set(field_names(get(recipe.model_name).config_class))
         values = {"vocab_size": data.vocab_size, "pad_token_id": data.pad_token_id,
@@ -103,13 +111,8 @@ class Seq2Seq:
         if getattr(model.config, "vocab_size", data.vocab_size) < data.vocab_size:
             raise ArchlabError(f"model.vocab_size: the {data.name} data has {data.vocab_size} tokens, "
                                f"got {model.config.vocab_size}")
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
         tc, dc = recipe.train, recipe.data
-        reported = {f"val_{m}" for m in METRICS}
-        if tc.monitor not in reported:
-            raise ArchlabError(f"train.monitor: {tc.monitor!r} is not reported by the seq2seq loop; "
-                               f"choose one of {', '.join(sorted(reported))}")
-        self.recipe, self.ctx, self.data = recipe, ctx, data
-        self.model = model.to(ctx.device)
         self.pad_id, self.eos_id = data.pad_token_id, data.eos_token_id
         self.start_id = getattr(model.config, "decoder_start_token_id", data.pad_token_id)
         self.train_split = data.train.to(ctx.device)
@@ -117,11 +120,8 @@ class Seq2Seq:
         per_epoch = max(1, len(data.train) // (dc.batch_size * tc.accumulate))
         self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
         self.eval_every = (tc.eval_every or per_epoch) if len(data.val) else 0
-        self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
+        self.opt = self.trainable("model", self.model)
         self.forward = torch.compile(self.model) if tc.compile else self.model
-        self.best: dict[str, Any] | None = None  # {"score", "val_loss", "step", "state"}
-        self.step = 0
 
     # ----------------------------------------------------------------------------- training
     def _batch(self, split: Seq2SeqSplit, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -136,16 +136,15 @@ class Seq2Seq:
 
     def train_step(self, step: int) -> dict[str, Any]:
         tc = self.recipe.train
-        self.step = step
 
         def micro_loss() -> torch.Tensor:
             source, mask, dec_in, labels = self._batch(self.train_split, self.stream.next().to(self.ctx.device))
             with self.ctx.precision.autocast():
                 logits = self.forward(source, dec_in, attention_mask=mask)
                 return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                       label_smoothing=tc.label_smoothing)
+                                       label_smoothing=self.cfg.label_smoothing)
 
-        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, tc, micro_loss)
+        return self.opt.accumulated_step(tc.accumulate, tc.l1, micro_loss)
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -173,30 +172,8 @@ class Seq2Seq:
         return {f"{split}_exact_match": exact / len(part), f"{split}_token_acc": correct / tokens,
                 f"{split}_loss": loss_sum / tokens}
 
-    def _is_better(self, scores: dict[str, float]) -> bool:
-        if self.best is None:
-            return True
-        tc = self.recipe.train
-        new, old = scores[tc.monitor], self.best["score"]
-        if new == old:
-            return scores["val_loss"] < self.best["val_loss"]
-        return new > old if tc.monitor_mode == "max" else new < old
-
     def evaluate(self, split: str) -> dict[str, float]:
-        scores = self._scores(split)
-        if split == "val" and scores and self._is_better(scores):
-            self.best = {"score": scores[self.recipe.train.monitor], "val_loss": scores["val_loss"],
-                         "step": self.step + 1, "state": copy.deepcopy(self.model.state_dict())}
-        return scores
-
-    def final_metrics(self) -> dict[str, float]:
-        last = {**self._scores("val"), **self._scores("test")}
-        if self.best is None:
-            return last
-        self.model.load_state_dict(self.best["state"])
-        best = {**self._scores("val"), **self._scores("test")}
-        finals = {f"final_{k}": v for k, v in last.items() if k.endswith("exact_match")}
-        return {**best, **finals, "best_step": self.best["step"]}
+        return self._scores(split)
 
     def write_artifacts(self, run_dir: Path) -> None:
         """``samples.txt``: the first test examples as source -> output (target), for a quick look."""
@@ -208,22 +185,12 @@ class Seq2Seq:
         decode = self.data.decode
         lines = [f"{decode(s)} -> {decode(g)} ({decode(t)})"
                  for s, g, t in zip(part.source, generated.cpu(), part.target, strict=True)]
-        (Path(run_dir) / "samples.txt").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(Path(run_dir) / "samples.txt", ("\n".join(lines) + "\n").encode())
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                 "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
-                                 "precision": self.ctx.precision.state_dict(), "step": self.step}
-        if self.best is not None:
-            state["best"] = dict(self.best)
-        return state
+        return {"model": self.opt.state_dict(), "stream": self.stream.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.opt.load_state_dict(state["model"])
         self.stream.load_state_dict(state["stream"])
-        self.ctx.precision.load_state_dict(state["precision"])
-        self.step = state["step"]
-        self.best = state.get("best")

@@ -2,7 +2,7 @@
 
 One step = ``accumulate`` micro-batches -> one optimizer update:
 
-    loss = CE(f(x), y; label_smoothing) + l1 * sum|W|          (per micro-batch, averaged)
+    loss = CE(f(x), y; loop.label_smoothing) + l1 * sum|W|     (per micro-batch, averaged)
     g    = mean over workers of grad(loss)                      (``--nproc``: one all-reduce)
     W   <- optimizer(W, clip(g)),  lr <- schedule(step)
 
@@ -13,18 +13,20 @@ position in the checkpoint so a resumed run sees exactly the batches an uninterr
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, Split, make_transform
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
-from ..recipe import Recipe
-from . import Context, accumulated_step
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 
 class BatchStream:
@@ -69,12 +71,44 @@ def total_steps(recipe: Recipe, n_train: int) -> tuple[int, int]:
     return steps, per_epoch
 
 
-class Supervised:
-    """Classification loop implementing the driver's Paradigm interface."""
+@dataclass
+class SupervisedConfig:
+    """``[loop]`` of the supervised (and seq2seq) loop."""
+
+    label_smoothing: float = 0.0
+    """Cross-entropy against (1 - s) one-hot + s / classes (Szegedy et al. 2016); 0: plain labels."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@register_loop("supervised")
+class Supervised(Loop):
+    """Classification of in-memory arrays (images, signals): minibatch steps, cross-entropy."""
+
+    Config = SupervisedConfig
+    model_families = ("classic", "transformers")
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
+        """One forward pass on two training examples: the output must be (2, classes) logits."""
+        x = data.train.x[:2]
+        try:
+            with torch.no_grad():
+                out = model.eval()(x)
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ArchlabError(f"model {recipe.model_name!r} does not fit {recipe.data.name!r} (examples of shape "
+                               f"{tuple(x.shape[1:])}): {msg[:200]}") from None
+        if not isinstance(out, torch.Tensor) or out.shape != (len(x), data.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ArchlabError(f"model {recipe.model_name!r} gives outputs of shape {shape} on {recipe.data.name!r}, "
+                               f"which has {data.num_classes} classes: need ({len(x)}, {data.num_classes}) logits")
 
     def __init__(self, recipe: Recipe, model: ArchModel, data: Dataset, ctx: Context) -> None:
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
         tc, dc = recipe.train, recipe.data
-        self.recipe, self.model, self.data, self.ctx = recipe, model.to(ctx.device), data, ctx
         world = ctx.dist.world_size
         if dc.batch_size % world:
             raise ArchlabError(f"data.batch_size {dc.batch_size} must be divisible by --nproc {world}")
@@ -86,8 +120,7 @@ class Supervised:
         self.total_steps, per_epoch = total_steps(recipe, len(data.train))
         has_val = len(data.val) > 0
         self.eval_every = (tc.eval_every or per_epoch) if has_val else 0
-        self.optimizer = build_optimizer(model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
+        self.opt = self.trainable("model", self.model)
         self.forward = torch.compile(self.model) if tc.compile else self.model
 
     def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,9 +141,9 @@ class Supervised:
             x, y = self._micro_batch()
             with self.ctx.precision.autocast():
                 logits = self.forward(x)
-                return F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+                return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
 
-        return accumulated_step(self.ctx, self.model, self.optimizer, self.scheduler, tc, micro_loss)
+        return self.opt.accumulated_step(tc.accumulate, tc.l1, micro_loss)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -129,9 +162,6 @@ class Supervised:
             correct += (logits.argmax(-1) == y).sum().item()
         return {f"{split}_acc": correct / len(part), f"{split}_loss": loss_sum / len(part)}
 
-    def final_metrics(self) -> dict[str, float]:
-        return {**self.evaluate("val"), **self.evaluate("test")}
-
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
         """Pictures of a few test examples from models that draw them (``plot_examples(x, y, folder)``,
         e.g. ViT's attention rollout) into ``RUN/plots``."""
@@ -139,14 +169,9 @@ class Supervised:
             self.model.plot_examples(self.data.test.x[:8], self.data.test.y[:8], Path(run_dir) / "plots")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
-                "aug_gen": self.aug_gen.get_state(), "precision": self.ctx.precision.state_dict()}
+        return {"model": self.opt.state_dict(), "stream": self.stream.state_dict(), "aug_gen": self.aug_gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.opt.load_state_dict(state["model"])
         self.stream.load_state_dict(state["stream"])
         self.aug_gen.set_state(state["aug_gen"])
-        self.ctx.precision.load_state_dict(state["precision"])

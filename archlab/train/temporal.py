@@ -1,6 +1,6 @@
 """Link prediction on an event stream (TGN on continuous-time dynamic graphs).
 
-The stream is split by time (``data.val_fraction`` / ``data.test_fraction`` of the timestamps, TGN's
+The stream is split by time (``data.val_fraction`` / ``loop.test_fraction`` of the timestamps, TGN's
 70 / 15 / 15 with 0.15 each). One step = one batch of ``data.batch_size`` consecutive training
 events (Rossi et al. 2020, Sec. 3.3):
 
@@ -14,40 +14,47 @@ Evaluation replays the training events through a fresh state with the current we
 each validation (and test) batch against fixed random negatives before observing it, as TGN
 evaluates: ``{split}_ap`` and ``{split}_auc`` over all positive and negative scores of the split.
 Evaluation runs at ``data.batch_size`` too, since the batch is the granularity of memory updates.
-The weights with the best ``train.monitor`` (e.g. ``val_ap``) are kept, as TGN's early stopping does;
+The driver keeps the weights with the best ``train.monitor`` (default ``val_ap``), as TGN's early stopping does;
 the final metrics (and the saved model) are theirs, ``final_*`` those of the last step.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data.events import EventDataset, load_event_dataset
-from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..graph.metrics import average_precision, roc_auc
 from ..graph.temporal import EventStream, random_destinations
 from ..models.base import ArchModel
-from ..recipe import Recipe
 from ..registry import get
-from . import Context, optimizer_step
+from .link import SplitConfig
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 
-class TemporalLinkPrediction:
-    """Paradigm for future-link prediction on an event stream; one step = one batch of events."""
+@register_loop("temporal")
+class TemporalLinkPrediction(Loop):
+    """Future-link prediction on an event stream (TGN); one step = one batch of events."""
 
-    data_kind: ClassVar[str] = "temporal"
+    Config = SplitConfig
+    data_kind = "temporal"
+    model_families = ("graph",)
+    metrics = ("val_ap", "val_auc", "test_ap", "test_auc")
+    monitor = ("val_ap", "max")
+    keep_best = True
 
-    @staticmethod
-    def load_data(recipe: Recipe) -> EventDataset:
+    @classmethod
+    def load_data(cls, recipe: Recipe) -> EventDataset:
         return load_event_dataset(recipe.data.name, recipe.data.options)
 
-    @staticmethod
-    def model_defaults(recipe: Recipe, data: EventDataset) -> dict[str, Any]:
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: EventDataset) -> dict[str, Any]:
         """``num_nodes`` and ``edge_dim`` of a temporal model from the stream."""
         fields = getattr(get(recipe.model_name).cls, "data_fields", {})
         if not all(hasattr(data, attr) for attr in fields.values()):
@@ -61,29 +68,24 @@ class TemporalLinkPrediction:
         if not all(hasattr(model, m) for m in ("reset_state", "observe", "get_state", "set_state")):
             raise ArchlabError(f"model.name: {recipe.model_name!r} keeps no temporal state; the temporal loop "
                                "needs a model such as tgn")
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
         tc, dc = recipe.train, recipe.data
-        self.recipe, self.ctx, self.data = recipe, ctx, data
-        self.model = model.to(ctx.device)
         stream = data.stream.to(ctx.device)
         try:
             self.splits = dict(zip(("train", "val", "test"),
-                                   stream.chronological_split(dc.val_fraction, dc.test_fraction), strict=True))
+                                   stream.chronological_split(dc.val_fraction, self.cfg.test_fraction), strict=True))
         except ValueError as exc:
-            raise ArchlabError(f"data.val_fraction / data.test_fraction: {exc}") from None
+            raise ArchlabError(f"data.val_fraction / loop.test_fraction: {exc}") from None
         self.num_nodes = stream.num_nodes
         self.batch_size = dc.batch_size
         self.per_epoch = max(1, -(-len(self.splits["train"]) // self.batch_size))
         self.total_steps = tc.steps or max(1, round(tc.epochs * self.per_epoch))
         self.eval_every = tc.eval_every or self.per_epoch
-        self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, self.total_steps)
+        self.opt = self.trainable("model", self.model)
         self.negatives = torch.Generator().manual_seed(ctx.seed)
-        self.best: dict[str, Any] | None = None  # {"score", "step", "state"}
-        self.step = 0
 
     # ----------------------------------------------------------------------------- training
     def train_step(self, step: int) -> dict[str, Any]:
-        self.step = step
         pos = step % self.per_epoch
         if pos == 0:
             self.model.reset_state()
@@ -91,18 +93,17 @@ class TemporalLinkPrediction:
         ev = self.splits["train"][pos * b:(pos + 1) * b]
         neg = random_destinations(len(ev), self.num_nodes, self.negatives).to(self.ctx.device)
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         with self.ctx.precision.autocast():
             logits = self.model(ev.src, ev.dst, ev.t, ev.edge_feat, neg_dst=neg).float()
         target = torch.zeros_like(logits)
         target[0] = 1.0
         loss = F.binary_cross_entropy_with_logits(logits, target)
-        self.ctx.precision.backward(loss)
+        self.opt.backward(loss)
         # Observed with the weights that made this batch's predictions (TGN updates the memory before
         # the optimizer step), so the stored memory is exactly the one the loss saw.
         self.model.observe(ev.src, ev.dst, ev.t, ev.edge_feat)
-        lr = optimizer_step(self.ctx, self.model, self.optimizer, self.scheduler, self.recipe.train.grad_clip)
-        return {"loss": loss.detach(), "lr": lr}
+        return {"loss": loss.detach(), "lr": self.opt.step()}
 
     # ----------------------------------------------------------------------------- evaluation
     def _batches(self, split: str) -> list[EventStream]:
@@ -139,48 +140,19 @@ class TemporalLinkPrediction:
         model.set_state(saved)
         return out
 
-    def _is_better(self, scores: dict[str, float]) -> bool:
-        tc = self.recipe.train
-        if tc.monitor not in scores:
-            raise ArchlabError(f"train.monitor: {tc.monitor!r} is not reported by the temporal loop; "
-                               f"choose one of {', '.join(sorted(scores))}")
-        if self.best is None:
-            return True
-        new, old = scores[tc.monitor], self.best["score"]
-        return new > old if tc.monitor_mode == "max" else new < old
-
     def evaluate(self, split: str) -> dict[str, float]:
-        scores = self._scores((split,))
-        if split == "val" and self._is_better(scores):
-            self.best = {"score": scores[self.recipe.train.monitor], "step": self.step,
-                         "state": copy.deepcopy(self.model.state_dict())}
-        return scores
+        return self._scores((split,))
 
     def final_metrics(self) -> dict[str, float]:
-        last = self._scores(("val", "test"))
-        if self.best is None:
-            return last
-        self.model.load_state_dict(self.best["state"])
-        best = self._scores(("val", "test"))
-        return {**best, **{f"final_{k}": v for k, v in last.items()}, "best_step": self.best["step"]}
+        return self._scores(("val", "test"))
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "model": self.model.state_dict(), "stream_state": dict(self.model.get_state()._asdict()),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "precision": self.ctx.precision.state_dict(), "step": self.step, "negatives": self.negatives.get_state()}
-        if self.best is not None:
-            state["best"] = dict(self.best)
-        return state
+        return {"model": self.opt.state_dict(), "stream_state": dict(self.model.get_state()._asdict()),
+                "negatives": self.negatives.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["model"])
         s = state["stream_state"]
         self.model.set_state(type(self.model.get_state())(**{k: v.to(self.ctx.device) for k, v in s.items()}))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.ctx.precision.load_state_dict(state["precision"])
-        self.step = state["step"]
         self.negatives.set_state(state["negatives"])
-        self.best = state.get("best")

@@ -37,9 +37,8 @@ from ...nn.attention import padding_mask
 from ...nn.positional import LearnedPositionalEmbedding
 from ...nn.transformer import TransformerLayer
 from ...registry import register
-from ..base import ArchModel
 from .decoding import DecoderCache, EarlyStopping, generate, shift_tokens_right
-from .hf import ACT_FROM_HF, ACT_TO_HF
+from .hf import ACT_FROM_HF, ACT_TO_HF, HFModel
 
 _POSITION_OFFSET = 2  # fairseq reserved the first two rows of the position table
 
@@ -103,7 +102,7 @@ class BartConfig:
 
 
 @register("bart", family="transformers")
-class Bart(ArchModel):
+class Bart(HFModel):
     """BART encoder-decoder (Lewis et al. 2020): post-norm, learned positions, greedy / beam decoding.
 
     Shapes:

@@ -42,8 +42,7 @@ from ...nn import Activation, activation_layer
 from ...nn.attention import padding_mask
 from ...nn.transformer import TransformerLayer
 from ...registry import register
-from ..base import ArchModel
-from .hf import ACT_FROM_HF, ACT_TO_HF
+from .hf import ACT_FROM_HF, ACT_TO_HF, HFModel
 
 Head = Literal["mlm", "classify", "none"]
 
@@ -253,7 +252,7 @@ _BACKBONE_ROOTS = ("embeddings.", "encoder.", "pooler", "transformer.")
 
 # ------------------------------------------------------------------------------------------- the model
 @register("bert", family="transformers")
-class Bert(ArchModel):
+class Bert(HFModel):
     """BERT encoder (Devlin et al. 2019) with a masked-LM, sequence-classification or no head.
 
     Shapes:

@@ -45,8 +45,7 @@ from ...nn.attention import AttentionKind, AttentionOptions, Backend, KVCache, c
 from ...nn.positional import LearnedPositionalEmbedding, RotaryEmbedding
 from ...nn.transformer import TransformerLayer
 from ...registry import register
-from ..base import ArchModel
-from .hf import ACT_FROM_HF, ACT_TO_HF
+from .hf import ACT_FROM_HF, ACT_TO_HF, HFModel
 
 Positional = Literal["learned", "rotary"]
 
@@ -155,7 +154,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 
 @register("gpt", family="transformers")
-class GPT(ArchModel):
+class GPT(HFModel):
     """GPT decoder-only language model (GPT-2 architecture; equations in the module docstring).
 
     Submodules: ``wte`` (token embedding), ``wpe`` (learned positions; absent with rotary), ``drop``,

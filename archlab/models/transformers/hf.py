@@ -36,13 +36,20 @@ ACT_FROM_HF: dict[str, str] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_py
 ACT_TO_HF: dict[str, str] = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu", "tanh": "tanh"}
 
 
+class HFModel(ArchModel):
+    """A model with a Hugging Face counterpart: ``model.save_hf(dir)`` writes a directory that
+    ``transformers``' ``from_pretrained`` reads. Subclasses provide the four conversions above."""
+
+    def save_hf(self, directory: str | os.PathLike) -> Path:
+        return save_hf(self, directory)
+
+
 def hf_classes() -> dict[str, type[ArchModel]]:
     """``model_type`` -> archlab model class, over every registered model that reads HF weights."""
-    from ...registry import _REGISTRY, _ensure_loaded  # noqa: PLC0415
+    from ...registry import MODELS  # noqa: PLC0415
 
-    _ensure_loaded()
     out: dict[str, type[ArchModel]] = {}
-    for entry in _REGISTRY.values():
+    for entry in MODELS.entries():
         for t in getattr(entry.cls, "hf_model_types", ()):
             out[t] = entry.cls
     return out

@@ -41,9 +41,8 @@ from ...nn.attention import padding_mask
 from ...nn.positional import RelativePositionBias
 from ...nn.transformer import TransformerLayer
 from ...registry import register
-from ..base import ArchModel
 from .decoding import DecoderCache, EarlyStopping, generate
-from .hf import ACT_FROM_HF, ACT_TO_HF
+from .hf import ACT_FROM_HF, ACT_TO_HF, HFModel
 
 
 @dataclass
@@ -102,7 +101,7 @@ class T5Config:
 
 
 @register("t5", family="transformers")
-class T5(ArchModel):
+class T5(HFModel):
     """T5 encoder-decoder (Raffel et al. 2020) with relative position bias and greedy / beam decoding.
 
     Shapes:

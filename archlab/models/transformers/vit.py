@@ -44,7 +44,7 @@ from ...errors import ArchlabError
 from ...nn.attention import attention
 from ...nn.transformer import TransformerLayer
 from ...registry import register
-from ..base import ArchModel
+from .hf import HFModel
 
 Pool = Literal["cls", "mean"]
 Head = Literal["linear", "none"]
@@ -107,7 +107,7 @@ class ViTFeatures(NamedTuple):
 
 
 @register("vit", family="transformers")
-class ViT(ArchModel):
+class ViT(HFModel):
     """Vision Transformer (Dosovitskiy et al. 2021): patch embedding, class token, pre-norm encoder.
 
     Shapes:
