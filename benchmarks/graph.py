@@ -2,9 +2,10 @@
 epochs (forward + backward + Adam step) of archlab's GCN / GAT / GraphSAGE versus PyG's GCNConv / GATConv /
 SAGEConv with the same architecture, hyperparameters and input tensors.
 
-archlab runs through its own node loop (what ``archlab train`` executes); the PyG side is the training loop of
-PyG's examples (``gcn.py``, ``gat.py``), written out here. Each factory returns a callable that runs ``epochs``
-epochs.
+archlab runs through its own node loop (what ``archlab train`` executes) in ``ours``, and in ``plain`` as a user
+would call it: ``archlab.create(...)(x, edge_index)`` with the dense feature matrix, in the same training loop as
+the PyG side, which is the loop of PyG's examples (``gcn.py``, ``gat.py``), written out here. Each factory
+returns a callable that runs ``epochs`` epochs.
 """
 
 from __future__ import annotations
@@ -67,6 +68,36 @@ def ours(model: str, epochs: int, dataset: str = "cora", num_edges: int | None =
     return run
 
 
+def plain(model: str, epochs: int, dataset: str = "cora", num_edges: int | None = None,
+          threads: int = 2) -> Callable[[], None]:
+    """archlab's model through the plain API: created with ``archlab.create`` and called on the dataset's dense
+    ``x`` every epoch (no node loop to prepare sparse features), in the training loop of :func:`peer`."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg, opt = ARCHS[model]
+    data = _dataset(dataset, num_edges)
+    net = archlab.create(model, in_channels=data.num_features, out_channels=data.num_classes, **cfg)
+    return _epochs(net, opt, data, epochs)
+
+
+def _epochs(net: torch.nn.Module, opt: dict[str, float], data: GraphDataset, epochs: int) -> Callable[[], None]:
+    """The training loop of PyG's examples: full-batch forward, cross-entropy on the training nodes, Adam."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=opt["lr"], weight_decay=opt["weight_decay"])
+    g = data.graph
+    x, edge_index, y, mask = g.x, g.edge_index, g.y, g.train_mask
+
+    def run() -> None:
+        net.train()
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(x, edge_index)[mask], y[mask])
+            loss.backward()
+            optimizer.step()
+            loss.item()
+
+    return run
+
+
 def peer(model: str, epochs: int, dataset: str = "cora", num_edges: int | None = None,
          threads: int = 2) -> Callable[[], None]:
     from torch_geometric.nn import GATConv, GCNConv, SAGEConv
@@ -75,7 +106,6 @@ def peer(model: str, epochs: int, dataset: str = "cora", num_edges: int | None =
     torch.manual_seed(0)
     cfg, opt = ARCHS[model]
     data = _dataset(dataset, num_edges)
-    g = data.graph
     fin, classes = data.num_features, data.num_classes
 
     class Net(torch.nn.Module):
@@ -97,17 +127,4 @@ def peer(model: str, epochs: int, dataset: str = "cora", num_edges: int | None =
             x = F.dropout(x, self.p, self.training)
             return self.c2(x, edge_index)
 
-    net = Net()
-    optimizer = torch.optim.Adam(net.parameters(), lr=opt["lr"], weight_decay=opt["weight_decay"])
-    x, edge_index, y, mask = g.x, g.edge_index, g.y, g.train_mask
-
-    def run() -> None:
-        net.train()
-        for _ in range(epochs):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(net(x, edge_index)[mask], y[mask])
-            loss.backward()
-            optimizer.step()
-            loss.item()
-
-    return run
+    return _epochs(Net(), opt, data, epochs)

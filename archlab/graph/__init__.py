@@ -6,6 +6,7 @@
 
 from .message_passing import MessagePassing
 from .ops import (
+    SPARSE_FEATURES_BELOW,
     SparseAdj,
     add_self_loops,
     coalesce,
@@ -20,6 +21,7 @@ from .ops import (
     scatter,
     segment_softmax,
     sparse_dropout,
+    sparse_features,
     spmm,
     to_csr,
     to_dense_adj,
@@ -29,8 +31,8 @@ from .readout import Set2Set, global_pool
 from .structure import Graph, batch_graphs
 
 __all__ = [
-    "SparseAdj", "Graph", "MessagePassing", "Set2Set", "global_pool", "add_self_loops", "batch_graphs", "coalesce",
-    "degree", "dropout", "gcn_norm", "is_undirected", "laplacian_eigenvectors", "linear", "random_walk_pe",
-    "remove_self_loops", "scatter", "segment_softmax", "sparse_dropout", "spmm", "to_csr", "to_dense_adj",
-    "to_undirected",
+    "SPARSE_FEATURES_BELOW", "SparseAdj", "Graph", "MessagePassing", "Set2Set", "global_pool", "add_self_loops",
+    "batch_graphs", "coalesce", "degree", "dropout", "gcn_norm", "is_undirected", "laplacian_eigenvectors", "linear",
+    "random_walk_pe", "remove_self_loops", "scatter", "segment_softmax", "sparse_dropout", "sparse_features", "spmm",
+    "to_csr", "to_dense_adj", "to_undirected",
 ]

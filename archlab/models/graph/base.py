@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ...graph import to_undirected
+from ...graph import SPARSE_FEATURES_BELOW, sparse_features, to_undirected
+from ...graph.cache import AdjacencyCache
 from ..base import ArchModel
 
 
@@ -40,6 +41,25 @@ class GraphModel(ArchModel):
 
     accepts_sparse: ClassVar[bool] = False
     data_fields: ClassVar[dict[str, str]] = {"in_channels": "num_features", "out_channels": "num_classes"}
+    sparse_features_below: float = SPARSE_FEATURES_BELOW
+    """:meth:`input_features` converts dense ``x`` with fewer non-zeros than this fraction; 0 turns it off."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._input_cache = AdjacencyCache()
+
+    def input_features(self, x: Tensor) -> Tensor:
+        """``x`` as the first layer should read it: sparse CSR when ``x`` is a dense, mostly-zero float
+        matrix (see :func:`archlab.graph.sparse_features`), else ``x`` unchanged.
+
+        Models with ``accepts_sparse`` call this first, so ``model(data.x, edge_index)`` with the dense
+        bag-of-words matrix is as fast as the node loop (which passes CSR features itself). The conversion
+        (a count of the non-zeros, then the CSR copy) is cached per ``x`` tensor like the adjacency is per
+        ``edge_index``: a training loop that passes the same ``x`` every step converts it once.
+        """
+        if x.layout != torch.strided or x.requires_grad or self.sparse_features_below <= 0:
+            return x
+        return self._input_cache.get(x, x.shape[0], lambda: sparse_features(x, self.sparse_features_below))
 
     @classmethod
     def example_input(cls, config: Any, batch_size: int = 2) -> tuple[Tensor, ...]:

@@ -255,6 +255,8 @@ class GAT(GraphModel):
     """Stack of :class:`GATConv`: hidden layers concatenate ``heads`` heads and apply ELU, the output
     layer averages ``out_heads`` heads; dropout before every layer. Returns per-node logits.
 
+    A dense, mostly-zero ``x`` (bag of words) takes the sparse path by itself (:meth:`input_features`).
+
     Shapes:
         x: (N, in_channels) dense or sparse CSR; edge_index: (2, E) -> (N, out_channels)
     """
@@ -274,6 +276,7 @@ class GAT(GraphModel):
         self.convs = nn.ModuleList(convs)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = self.input_features(x)  # dense bag-of-words -> CSR, once per x tensor
         for k, conv in enumerate(self.convs):
             x = dropout(x, self.config.dropout, self.training)
             x = conv(x, edge_index)

@@ -91,6 +91,8 @@ class GCNConfig:
 class GCN(GraphModel):
     """Stack of :class:`GCNConv` with ReLU and dropout; returns per-node logits.
 
+    A dense, mostly-zero ``x`` (bag of words) takes the sparse path by itself (:meth:`input_features`).
+
     Shapes:
         x: (N, in_channels) dense or sparse CSR; edge_index: (2, E) -> (N, out_channels)
     """
@@ -105,6 +107,7 @@ class GCN(GraphModel):
         self.convs = nn.ModuleList(GCNConv(a, b, c.bias, c.impl) for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        x = self.input_features(x)  # dense bag-of-words -> CSR, once per x tensor
         for k, conv in enumerate(self.convs):
             x = dropout(x, self.config.dropout, self.training)
             x = conv(x, edge_index, edge_weight)

@@ -147,6 +147,8 @@ class GraphSAGE(GraphModel):
     """Stack of :class:`SAGEConv` with ReLU (then L2 normalization with ``normalize``) and dropout;
     returns per-node logits (the last layer is never normalized).
 
+    A dense, mostly-zero ``x`` (bag of words) takes the sparse path by itself (:meth:`input_features`).
+
     Shapes:
         x: (N, in_channels) dense or sparse CSR; edge_index: (2, E) -> (N, out_channels)
     """
@@ -167,6 +169,7 @@ class GraphSAGE(GraphModel):
             n = x.shape[0]
             # Cached, so the layers' own caches see the same edge_index object every step.
             edge_index = self._loops.get(edge_index, n, lambda: add_self_loops(remove_self_loops(edge_index)[0], n)[0])
+        x = self.input_features(x)  # dense bag-of-words -> CSR, once per x tensor
         for k, conv in enumerate(self.convs):
             x = dropout(x, self.config.dropout, self.training)
             x = conv(x, edge_index)
