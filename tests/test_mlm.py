@@ -12,8 +12,8 @@ import torch
 import archlab
 from archlab.engine.metrics import read_metrics
 from archlab.recipe import from_dict
-from archlab.runner import build_data_and_model, train
-from archlab.train import get_loop
+from archlab.engine.loop import get_loop
+from archlab.runner import train
 from archlab.train.mlm import SpecialTokens, masking
 
 
@@ -53,8 +53,8 @@ def _recipe(model: str = "bert", **train_keys: Any) -> dict[str, Any]:
         sizes["embedding_size"] = 16
     # A short period: every masked letter follows from its neighbours once attention finds them.
     return {"name": f"{model}-toy", "seed": 0, "model": {"name": model, **sizes, "dropout": 0.0},
-            "data": {"name": "text_toy", "batch_size": 32, "seq_len": 16,
-                     "options": {"pattern": "abcdefgh", "repeats": 300}},
+            "data": {"name": "text_toy", "batch_size": 32, "options": {"pattern": "abcdefgh", "repeats": 300}},
+            "loop": {"seq_len": 16},
             "optim": {"lr": 5e-3},
             "train": {"loop": "mlm", "steps": 90, "eval_every": 30, "log_every": 10, "threads": 1,
                       "device": "cpu", **train_keys}}
@@ -67,12 +67,15 @@ def _run(raw: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]
 @pytest.mark.parametrize("model", ["bert", "roberta", "albert", "distilbert"])
 def test_model_defaults_fit_vocabulary_and_window(model: str):
     rec = from_dict(_recipe(model))
-    data, net = build_data_and_model(get_loop("mlm"), rec)
+    loop = get_loop("mlm")
+    data = loop.load_data(rec)
+    net = loop.build_model(rec, data, torch.device("cpu"))
+    loop.check_fit(rec, data, net)
     c = net.config
     assert c.vocab_size == data.vocab_size + 4 and c.pad_token_id == data.vocab_size
-    assert type(net).max_length(c) == rec.data.seq_len + 2  # RoBERTa's offset positions included
-    logits = net(torch.randint(0, c.vocab_size, (2, rec.data.seq_len + 2)))
-    assert logits.shape == (2, rec.data.seq_len + 2, c.vocab_size)
+    assert type(net).max_length(c) == rec.loop.seq_len + 2  # RoBERTa's offset positions included
+    logits = net(torch.randint(0, c.vocab_size, (2, rec.loop.seq_len + 2)))
+    assert logits.shape == (2, rec.loop.seq_len + 2, c.vocab_size)
 
 
 def test_tiny_bert_learns_masked_tokens(tmp_path: Path):
@@ -82,7 +85,10 @@ def test_tiny_bert_learns_masked_tokens(tmp_path: Path):
     val = [r for r in records if r["split"] == "val"]
     assert losses[-1] < 0.6 * losses[0]
     assert val[-1]["val_mlm_acc"] > val[0]["val_mlm_acc"] + 0.1 and val[-1]["val_loss"] < 0.6 * val[0]["val_loss"]
-    assert summary["metrics"] == {k: val[-1][k] for k in ("val_mlm_acc", "val_loss")}
+    # The last evaluation's metrics, plus the driver's best validation loss (the loop's default monitor).
+    assert summary["metrics"] == {**{k: val[-1][k] for k in ("val_mlm_acc", "val_loss")},
+                                  "best_val_loss": min(r["val_loss"] for r in val),
+                                  "best_step": min(val, key=lambda r: r["val_loss"])["step"]}
     assert (tmp_path / "run" / "tokenizer.json").is_file()
 
 
@@ -95,8 +101,8 @@ def test_bad_mlm_recipes_fail_with_one_line(tmp_path: Path):
     raw = _recipe()
     with pytest.raises(archlab.ArchlabError, match="kind 'seq2seq' but loop 'mlm' needs kind 'text'"):
         from_dict({**raw, "data": {"name": "digits_sort"}})
-    with pytest.raises(archlab.ArchlabError, match="data.seq_len"):
-        _run({**raw, "data": {**raw["data"], "seq_len": 100000}}, tmp_path / "r1")
+    with pytest.raises(archlab.ArchlabError, match="loop.seq_len"):
+        _run({**raw, "loop": {"seq_len": 100000}}, tmp_path / "r1")
     with pytest.raises(archlab.ArchlabError, match="model.max_position_embeddings"):
         _run({**raw, "model": {**raw["model"], "max_position_embeddings": 12}}, tmp_path / "r2")
     with pytest.raises(archlab.ArchlabError, match="model.vocab_size"):
@@ -104,7 +110,7 @@ def test_bad_mlm_recipes_fail_with_one_line(tmp_path: Path):
     with pytest.raises(archlab.ArchlabError, match="model.head"):
         _run({**raw, "model": {**raw["model"], "head": "classify"}}, tmp_path / "r5")
     with pytest.raises(archlab.ArchlabError, match="train.monitor"):
-        _run(_recipe(early_stopping=2), tmp_path / "r4")  # the default monitor, val_acc, is not reported
+        _run(_recipe(early_stopping=2, monitor="val_acc"), tmp_path / "r4")  # val_acc is not reported
     with pytest.raises(archlab.ArchlabError, match="mask_prob"):
-        from_dict({**raw, "data": {**raw["data"], "mask_prob": 1.5}})
+        from_dict({**raw, "loop": {**raw["loop"], "mask_prob": 1.5}})
     assert not any(tmp_path.iterdir())
