@@ -20,6 +20,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
+from . import fast as fast_path
 from .policies import ActorCriticAgent, ActorCriticConfig, collect_rollout
 
 
@@ -57,27 +61,30 @@ class A2C(ActorCriticAgent):
         self.build_rollout()
 
     def iteration(self) -> dict[str, Any]:
-        cfg, model = self.cfg, self.model
-        collect_rollout(self, model, self.buffer, cfg.gae_lambda)
+        cfg = self.cfg
+        collect_rollout(self, self.buffer, cfg.gae_lambda)
         self.set_lr(self.optimizer, self.current_lr())
         data = self.buffer.tensors(self.device)
         actions = data["actions"].long() if self.spaces.discrete else data["actions"]
-        adv, returns = data["advantages"], data["returns"]
+        adv = data["advantages"]
         if cfg.normalize_advantage and len(adv) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        out = self.update(data["obs"], actions, adv, data["returns"])
+        return {k: v.item() for k, v in out.items()} | {"lr": self.optimizer.param_groups[0]["lr"]}
 
-        ev = model.evaluate(data["obs"], actions, cfg.ent_coef != 0.0)
-        n = len(adv)
-        pg_loss = -(adv * ev.logp).mean()                   # -E[A_t log pi(a_t|s_t)]
-        err = ev.values - returns
-        vf_loss = err.square().mean()                       # E[(V(s_t) - R_t)^2]
-        loss = pg_loss + cfg.vf_coef * vf_loss
-        if ev.entropy is not None:
-            loss = loss - cfg.ent_coef * ev.entropy.mean()
-        # The loss's gradient with respect to log pi, V and H; the model backpropagates it.
-        self.gradient_step(ev, adv * (-1.0 / n), err * (2.0 * cfg.vf_coef / n), -cfg.ent_coef / n)
-        stats = {"loss": loss.item(), "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                 "lr": self.optimizer.param_groups[0]["lr"]}
-        if ev.entropy is not None:
-            stats["entropy"] = ev.entropy.mean().item()
-        return stats
+    def update(self, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor,
+               returns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One gradient step on the rollout's (s_t, a_t, A_t, R_t); returns the losses (no graph).
+        The fast path computes the same step (:func:`~archlab.rl.fast.a2c_update`)."""
+        if self.fast is not None:
+            return fast_path.a2c_update(self, obs, actions, adv, returns)
+        cfg = self.cfg
+        pi, values = self.model(obs)
+        logp, entropy = self.model.log_prob_entropy(pi, actions)
+        pg_loss = -(adv * logp).mean()                      # -E[A_t log pi(a_t|s_t)]
+        vf_loss = F.mse_loss(values, returns)               # E[(V(s_t) - R_t)^2]
+        entropy = entropy.mean()                            # E[H[pi(.|s_t)]]
+        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
+        self.optimize(loss)
+        return {"loss": loss.detach(), "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(),
+                "entropy": entropy.detach()}

@@ -69,7 +69,8 @@ from ..errors import ArchlabError
 from .base import Agent, AgentConfig
 from .buffers import RolloutBuffer
 from .env import SpaceInfo, VecEnv
-from .policies import ActorCritic, FlatParams, env_actions
+from .fast import FastActorCritic, FlatParams
+from .policies import ActorCritic, env_actions
 
 
 @dataclasses.dataclass
@@ -264,6 +265,7 @@ class _Worker:
         self.gen = torch.Generator().manual_seed(spec["seed"])
         self.local = _make_net(cfg, spaces)  # theta', theta_v'
         self.flat = FlatParams([self.local])
+        self.fast = FastActorCritic(self.local)  # each MLP one autograd node: less overhead per update
         # Steps the shared parameters with the shared statistics, from the local gradient (dtheta).
         self.opt = SharedOptimizer(cfg.optimizer, shared.param, cfg.optimizer_eps, cfg.rmsprop_alpha,
                                    shared.opt_state)
@@ -324,7 +326,7 @@ class _Worker:
         """Accumulate the gradient on the local network, then apply it to the shared parameters."""
         cfg, model = self.cfg, self.local
         data = self.buffer.tensors()
-        pi, values = model(data["obs"])
+        pi, values = self.fast.forward(data["obs"])
         logp, entropy = model.log_prob_entropy(pi, data["actions"])
         # d theta  <- grad_theta' log pi(a_i|s_i; theta') (R - V(s_i; theta_v')) + beta grad H  (Alg. S3)
         policy_loss = -(data["advantages"] * logp).mean()

@@ -25,7 +25,7 @@ each nearly all matrix products at a batch of 64):
 - for ReLU and tanh networks the gradient step's forward and backward passes are written by hand
   (:meth:`QNetwork.backward_huber`, checked against autograd in the tests): the same matrix products
   without autograd's per-node overhead;
-- the parameters are views into one flat tensor (:class:`~archlab.rl.policies.FlatParams`), so
+- the parameters are views into one flat tensor (:class:`~archlab.rl.fast.FlatParams`), so
   clipping the gradient norm and Adam (``torch.optim.Adam``'s fused kernel) are one operation each;
 - no ``.item()`` in the loop: losses are summed as a tensor and read once per phase;
 - the training envs' greedy actions come from a NumPy forward pass over views of the same weights.
@@ -52,9 +52,9 @@ from torch import nn
 from ..errors import ArchlabError
 from .base import Agent, AgentConfig, check_epsilon_schedule, linear_epsilon
 from .buffers import ReplayBuffer
+from .fast import FlatParams
 from .networks import activation as activation_cls
 from .networks import encode_obs, mlp
-from .policies import FlatParams
 
 
 @dataclasses.dataclass

@@ -44,8 +44,8 @@ from torch import nn
 from ..errors import ArchlabError
 from .base import Agent, AgentConfig
 from .buffers import ReplayBuffer
+from .fast import FlatParams
 from .networks import encode_obs
-from .policies import FlatParams
 
 # ------------------------------------------------------------------------------ networks
 _ACT_FWD = {"relu": torch.relu_, "tanh": torch.tanh_}

@@ -27,7 +27,9 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from . import fast as fast_path
 from .policies import ActorCriticAgent, ActorCriticConfig, collect_rollout
 
 
@@ -69,37 +71,9 @@ class PPOConfig(ActorCriticConfig):
             raise ValueError(f"target_kl must be > 0 (or None), got {self.target_kl}")
 
 
-def clipped_surrogate(logp: torch.Tensor, values: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
-                      returns: torch.Tensor, old_values: torch.Tensor, clip: float, clip_vf: float | None,
-                      vf_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's objective over a minibatch (eq. 7 and 9, signs flipped to a loss) and its gradient:
-
-        r_t    = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
-        L^CLIP = mean_t min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)
-        V'_t   = V(s_t), or V_old(s_t) + clip(V(s_t) - V_old(s_t), -eps_vf, eps_vf) with value clipping
-        L^VF   = mean_t (V'_t - R_t)^2
-        loss   = -L^CLIP + vf_coef L^VF
-
-        d loss / d log pi_t = -A_t r_t [r_t A_t <= clip(r_t) A_t] / B      (the clipped branch is constant)
-        d loss / d V_t      = 2 vf_coef (V'_t - R_t) [|V_t - V_old_t| <= eps_vf] / B
-
-    Returns ``(-L^CLIP, L^VF, loss, d loss/d log pi, d loss/d V)``; all inputs ``[B]``."""
-    n = logp.shape[0]
-    ratio = torch.exp(logp - old_logp)
-    surr1 = adv * ratio
-    surr2 = adv * ratio.clamp(1.0 - clip, 1.0 + clip)
-    pg_loss = -torch.minimum(surr1, surr2).mean()
-    if clip_vf is None:
-        err = values - returns
-        err_grad = err
-    else:
-        delta = values - old_values
-        err = old_values + delta.clamp(-clip_vf, clip_vf) - returns
-        err_grad = err * (delta.abs() <= clip_vf)
-    vf_loss = err.square().mean()
-    d_logp = surr1 * (surr1 <= surr2) * (-1.0 / n)
-    d_values = err_grad * (2.0 * vf_coef / n)
-    return pg_loss, vf_loss, pg_loss + vf_coef * vf_loss, d_logp, d_values
+def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
+    """KL(pi_old || pi) ~ E[(r - 1) - log r], r = pi / pi_old (Schulman's k3 estimator; SB3 issue #417)."""
+    return (log_ratio.exp() - 1.0 - log_ratio).mean()
 
 
 class PPO(ActorCriticAgent):
@@ -114,63 +88,81 @@ class PPO(ActorCriticAgent):
 
     def iteration(self) -> dict[str, Any]:
         cfg, model = self.cfg, self.model
-        collect_rollout(self, model, self.buffer, cfg.gae_lambda)
+        collect_rollout(self, self.buffer, cfg.gae_lambda)
         # Schedules read the progress after the rollout, as SB3 does.
         self.set_lr(self.optimizer, self.current_lr())
         frac = self.progress_remaining() if cfg.clip_schedule == "linear" else 1.0
-        clip, clip_vf = cfg.clip_range * frac, (cfg.clip_range_vf or 0.0) * frac
+        clip = cfg.clip_range * frac
+        clip_vf = None if cfg.clip_range_vf is None else cfg.clip_range_vf * frac
 
         data = self.buffer.tensors(self.device)
-        obs, actions, old_logp = data["obs"], data["actions"], data["log_probs"]
-        adv, returns, old_values = data["advantages"], data["returns"], data["values"]
         if self.spaces.discrete:
-            actions = actions.long()
-        n = len(adv)
+            data["actions"] = data["actions"].long()
+        n = len(data["advantages"])
         bs = min(cfg.batch_size, n)
         full_batch = bs == n
         if full_batch and cfg.normalize_advantage and n > 1:  # the same every epoch: normalize once
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        want_entropy = cfg.ent_coef != 0.0
-        stop = False
+            adv = data["advantages"]
+            data["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
+        keys = ("obs", "actions", "log_probs", "advantages", "returns", "values")
+        out, stop = None, False
         for _ in range(cfg.n_epochs):
             # One minibatch holding the whole rollout needs no shuffling: the mean is order-free.
             perm = None if full_batch else torch.randperm(n, generator=self.gen).to(self.device)
             for start in range(0, n, bs):
                 if perm is None:
-                    b_obs, b_act, b_old, b_adv, b_ret, b_val = obs, actions, old_logp, adv, returns, old_values
+                    b = {k: data[k] for k in keys}
                 else:
                     idx = perm[start:start + bs]
-                    b_obs, b_act, b_old, b_adv = obs[idx], actions[idx], old_logp[idx], adv[idx]
-                    b_ret, b_val = returns[idx], old_values[idx]
+                    b = {k: data[k][idx] for k in keys}
                     if cfg.normalize_advantage and len(idx) > 1:
-                        b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
-                ev = model.evaluate(b_obs, b_act, want_entropy)
-                if cfg.target_kl is not None:
-                    # KL(pi_old || pi) ~ E[(r - 1) - log r] (Schulman's k3 estimator; SB3 issue #417)
-                    log_ratio = ev.logp - b_old
-                    if float((log_ratio.exp() - 1.0 - log_ratio).mean()) > 1.5 * cfg.target_kl:
-                        stop = True
-                        break
-                pg_loss, vf_loss, loss, d_logp, d_values = clipped_surrogate(
-                    ev.logp, ev.values, b_old, b_adv, b_ret, b_val, clip,
-                    clip_vf if cfg.clip_range_vf is not None else None, cfg.vf_coef)
-                if want_entropy:
-                    loss = loss - cfg.ent_coef * ev.entropy.mean()                 # - c2 S[pi](s_t)
-                # The gradient of the loss with respect to log pi, V and H; the model backpropagates it.
-                self.gradient_step(ev, d_logp, d_values, -cfg.ent_coef / len(d_logp))
+                        adv = b["advantages"]
+                        b["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
+                step = self.update(b, clip, clip_vf)
+                if step is None:  # the policy moved too far from pi_old: stop this rollout's epochs
+                    stop = True
+                    break
+                out = step
             if stop:
                 break
 
         # Statistics of the last minibatch (one .item() each, once per iteration).
         with torch.no_grad():
-            ent = ev.entropy if ev.entropy is not None else model.log_prob_entropy(model(b_obs)[0], b_act)[1]
-            log_ratio = ev.logp - b_old
-            ratio = log_ratio.exp()
+            ent = out["entropy"]
+            if ent is None:
+                ent = model.log_prob_entropy(model(b["obs"])[0], b["actions"])[1]
+            ratio = (out["logp"] - b["log_probs"]).exp()
             clip_frac = ((ratio - 1.0).abs() > clip).float().mean()
-            approx_kl = ((ratio - 1.0) - log_ratio).mean()
-        stats = {"loss": loss.item(), "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                 "entropy": ent.mean().item(), "approx_kl": approx_kl.item(), "clip_fraction": clip_frac.item(),
+        stats = {"loss": out["loss"].item(), "policy_loss": out["policy_loss"].item(),
+                 "value_loss": out["value_loss"].item(), "entropy": ent.mean().item(),
+                 "approx_kl": approx_kl(out["logp"] - b["log_probs"]).item(), "clip_fraction": clip_frac.item(),
                  "lr": self.optimizer.param_groups[0]["lr"], "clip_range": clip}
         if not self.spaces.discrete:
             stats["std"] = model.log_std.exp().mean().item()
         return stats
+
+    def update(self, b: dict[str, torch.Tensor], clip: float,
+               clip_vf: float | None) -> dict[str, torch.Tensor | None] | None:
+        """One gradient step on the minibatch ``b`` (the rollout buffer's fields) with clip range
+        ``clip`` (and ``clip_vf`` for the value, ``None``: no value clipping). Returns the losses, and
+        ``logp`` and ``entropy`` (no graph) for the statistics; ``None``, without a step, once the
+        approximate KL exceeds 1.5 ``target_kl``. The fast path computes the same step
+        (:func:`~archlab.rl.fast.ppo_update`)."""
+        if self.fast is not None:
+            return fast_path.ppo_update(self, b, clip, clip_vf)
+        cfg = self.cfg
+        pi, values = self.model(b["obs"])
+        logp, entropy = self.model.log_prob_entropy(pi, b["actions"])
+        log_ratio = logp - b["log_probs"]                                    # log r_t(theta)
+        if cfg.target_kl is not None and float(approx_kl(log_ratio.detach())) > 1.5 * cfg.target_kl:
+            return None
+        ratio, adv = log_ratio.exp(), b["advantages"]
+        # L^CLIP = E_t[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)]                     (eq. 7)
+        pg_loss = -torch.min(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv).mean()
+        if clip_vf is not None:  # V = V_old + clip(V_theta - V_old, -eps_vf, eps_vf)
+            values = b["values"] + (values - b["values"]).clamp(-clip_vf, clip_vf)
+        vf_loss = F.mse_loss(values, b["returns"])                          # L^VF = E_t[(V(s_t) - R_t)^2]
+        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy.mean()   # eq. 9, signs flipped
+        self.optimize(loss)
+        return {"loss": loss.detach(), "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(),
+                "logp": logp.detach(), "entropy": entropy.detach()}

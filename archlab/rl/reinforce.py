@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from . import fast as fast_path
 from .policies import ActorCriticAgent, ActorCriticConfig, env_actions
 
 
@@ -81,7 +83,7 @@ class REINFORCE(ActorCriticAgent):
     def collect(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Step the envs until ``n_episodes`` episodes end; returns their (obs, actions, returns)."""
         model, gamma = self.model, self.cfg.gamma
-        forward = model.frozen_forward()
+        forward = self.rollout_forward()
         episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         obs = self.start()
         while len(episodes) < self.cfg.n_episodes:
@@ -103,7 +105,6 @@ class REINFORCE(ActorCriticAgent):
         return episodes
 
     def iteration(self) -> dict[str, Any]:
-        cfg, model = self.cfg, self.model
         episodes = self.collect()
         self.set_lr(self.optimizer, self.current_lr())
         obs = self.tensor(np.concatenate([e[0] for e in episodes]))
@@ -111,28 +112,31 @@ class REINFORCE(ActorCriticAgent):
         returns = self.tensor(np.concatenate([e[2] for e in episodes]))
         if self.spaces.discrete:
             actions = actions.long()
+        out = self.update(obs, actions, returns)
+        return {k: v.item() for k, v in out.items()} | {"batch_steps": len(returns),
+                                                        "lr": self.optimizer.param_groups[0]["lr"]}
 
-        ev = model.evaluate(obs, actions, cfg.ent_coef != 0.0)
-        n = len(returns)
-        adv = returns - ev.values if cfg.baseline else returns                # A_t = G_t - V(s_t)
-        if cfg.normalize_advantage and n > 1:
+    def update(self, obs: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One gradient step on the finished episodes' (s_t, a_t, G_t); returns the losses (no graph).
+        The fast path computes the same step (:func:`~archlab.rl.fast.reinforce_update`)."""
+        if self.fast is not None:
+            return fast_path.reinforce_update(self, obs, actions, returns)
+        cfg = self.cfg
+        pi, values = self.model(obs)
+        logp, entropy = self.model.log_prob_entropy(pi, actions)
+        adv = returns - values.detach() if cfg.baseline else returns         # A_t = G_t - V(s_t), a constant
+        if cfg.normalize_advantage and len(adv) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg_loss = -(adv * ev.logp).mean()                                     # -E[A_t log pi(a_t|s_t)]
-        loss = pg_loss
-        stats: dict[str, Any] = {"policy_loss": pg_loss.item()}
-        d_values = None
+        pg_loss = -(adv * logp).mean()                                       # -E[A_t log pi(a_t|s_t)]
+        entropy = entropy.mean()
+        loss = pg_loss - cfg.ent_coef * entropy
+        out = {"policy_loss": pg_loss.detach(), "entropy": entropy.detach()}
         if cfg.baseline:
-            err = ev.values - returns
-            vf_loss = err.square().mean()                                     # E[(V(s_t) - G_t)^2]
+            vf_loss = F.mse_loss(values, returns)                            # E[(V(s_t) - G_t)^2]
             loss = loss + cfg.vf_coef * vf_loss
-            stats["value_loss"] = vf_loss.item()
-            d_values = err * (2.0 * cfg.vf_coef / n)
-        if ev.entropy is not None:
-            loss = loss - cfg.ent_coef * ev.entropy.mean()
-            stats["entropy"] = ev.entropy.mean().item()
-        # The loss's gradient with respect to log pi, V and H (A_t is a constant); the model backpropagates it.
-        self.gradient_step(ev, adv * (-1.0 / n), d_values, -cfg.ent_coef / n)
-        return {"loss": loss.item(), **stats, "batch_steps": len(returns), "lr": self.optimizer.param_groups[0]["lr"]}
+            out["value_loss"] = vf_loss.detach()
+        self.optimize(loss)
+        return {"loss": loss.detach(), **out}
 
     # -- checkpoints: the unfinished episodes are part of the state ----------------------------------
     def train_state(self) -> dict[str, Any]:

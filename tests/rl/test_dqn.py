@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from archlab.errors import ArchlabError
 from archlab.rl.buffers import ReplayBuffer
 from archlab.rl.dqn import DQN, QNetwork
-from archlab.rl.policies import FlatParams
+from archlab.rl.fast import FlatParams
 
 FAST = dict(net_arch=[32], learning_rate=3e-3, learning_starts=100, batch_size=32, train_freq=10, gradient_steps=5,
             target_update_interval=100, exploration_fraction=0.3, exploration_final_eps=0.02, gamma=0.5)
