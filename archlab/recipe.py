@@ -444,10 +444,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         if not path.is_file():
             raise ArchlabError(f"recipe file not found: {path}")
         text = path.read_text()
+    except UnicodeDecodeError:  # a ValueError too: must come first
+        raise ArchlabError(f"{path}: not a text file") from None
     except (OSError, ValueError) as exc:  # over-long names, NUL bytes in the path
         raise ArchlabError(f"cannot read recipe {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    except UnicodeDecodeError:
-        raise ArchlabError(f"{path}: not a text file") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -16,10 +16,10 @@ import tomli_w
 
 from archlab import recipe as recipe_mod
 from archlab.data import dataset_names
+from archlab.engine.loop import LOOPS as LOOP_REGISTRY
 from archlab.errors import ArchlabError
 from archlab.recipe import Recipe, apply_overrides, from_dict, parse_override
 from archlab.registry import entries
-from archlab.train import loop_names
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.toml"))
 
@@ -58,8 +58,8 @@ source = "test"
 
 MODELS = ", ".join(sorted(e.name for e in entries()))
 DATASETS = ", ".join(dataset_names())
-LOOPS = ", ".join(loop_names())
-TRAIN_KEYS = "accumulate, checkpoint_every, compile, deterministic, device"
+LOOPS = ", ".join(LOOP_REGISTRY.names())
+TRAIN_KEYS = "accumulate, checkpoint_every, checkpoint_minutes, compile, deterministic, device"
 
 
 def _drop_table(name: str) -> str:
@@ -72,10 +72,11 @@ def _drop_table(name: str) -> str:
 # (id, recipe text or None for BASE_TOML, --set overrides, fragments the one-line message must contain).
 # "{path}" in a fragment stands for the recipe file.
 BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
+    # The allowed tables are the loop's own: a supervised recipe has no [algo] or [env], but a [loop] table.
     ("unknown-table", BASE_TOML + "\n[trian]\nsteps = 3\n", [],
-     ["unknown key trian", "allowed keys: algo, data, description, env, expect, model, name, optim, seed, train"]),
+     ["unknown key trian", "allowed keys: data, description, expect, loop, model, name, optim, seed, train"]),
     ("unknown-table-set", None, ["trian.steps=3"],
-     ["unknown key trian", "allowed keys: algo, data, description, env, expect, model, name, optim, seed, train"]),
+     ["unknown key trian", "allowed keys: data, description, expect, loop, model, name, optim, seed, train"]),
     ("unknown-train-key", None, ["train.step=5"], ["unknown key train.step in train", TRAIN_KEYS, "steps"]),
     ("wrong-type-int", None, ["train.steps=many"], ["train.steps: expected int, got 'many'"]),
     ("wrong-type-fraction", None, ["train.steps=2.5"], ["train.steps: expected int, got 2.5"]),
@@ -84,7 +85,7 @@ BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("wrong-type-item", None, ["optim.milestones=[1, \"x\"]"], ["optim.milestones[1]: expected int, got 'x'"]),
     ("not-a-table", None, ["data=3"], ["data: expected a table, got 3"]),
     ("unknown-model", None, ["model.name=transformer9"],
-     ["model.name", "unknown model 'transformer9'", "registered models: " + MODELS]),
+     ["model.name", "unknown model 'transformer9'", "registered: " + MODELS]),
     ("unknown-model-key", None, ["model.hidden=3"],
      ["unknown key model.hidden in model", "allowed keys: in_features, init, num_classes"]),
     ("model-config-check", None, ["model.in_features=0"], ["model:", "in_features must be >= 1"]),
@@ -105,7 +106,7 @@ BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("malformed-empty-part", None, ["a..b=1"], ["malformed --set 'a..b=1'", "KEY=VALUE"]),
     ("malformed-value", None, ["optim.betas=[0.9, 0.99"], ["malformed --set", "is not a TOML value"]),
     ("set-through-scalar", None, ["train.steps.x=3"], ["--set 'train.steps.x=3'", "steps is not a table"]),
-    ("missing-model", _drop_table("model"), [], ["no [model] table", "required tables: model, data, train"]),
+    ("missing-model", _drop_table("model"), [], ["no [model] table", "loop 'supervised' needs [model]"]),
     ("missing-train", _drop_table("train"), [], ["no [train] table", "required tables: model, data, train"]),
     ("missing-model-name", None, ["model.name=3"], ["model.name: required string", "archlab list"]),
     ("expect-compare", None, ["expect.compare=about"],
@@ -113,16 +114,26 @@ BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("expect-missing-source", BASE_TOML.replace('source = "test"\n', ""), [], ["expect:", "source"]),
     ("expect-no-seeds", None, ["expect.seeds=[]"], ["expect:", "seeds must list at least one seed"]),
     ("no-budget", None, ["train.steps=0"], ["train:", "train.steps or train.epochs"]),
-    ("infinite-epochs", None, ["train.steps=0", "train.epochs=inf"], ["train:", "epochs must be finite"]),
-    ("log-every-zero", None, ["train.log_every=0"], ["train:", "log_every must be >= 1"]),
-    ("negative-threads", None, ["train.threads=-1"], ["train:", "threads must be >= 0"]),
-    ("label-smoothing", None, ["train.label_smoothing=2"], ["train:", "label_smoothing must be in [0, 1)"]),
+    ("infinite-epochs", None, ["train.steps=0", "train.epochs=inf"], ["train:", "epochs <= 1e6", "inf"]),
+    ("log-every-zero", None, ["train.log_every=0"], ["train:", "log_every must be in [1, "]),
+    ("negative-threads", None, ["train.threads=-1"], ["train:", "threads must be in [0, 1024]"]),
+    ("label-smoothing", None, ["loop.label_smoothing=2"], ["loop:", "label_smoothing must be in [0, 1)"]),
+    ("moved-label-smoothing", None, ["train.label_smoothing=0.1"],
+     ["train.label_smoothing has moved to loop.label_smoothing"]),
+    ("moved-eval-iters", None, ["train.eval_iters=3"], ["train.eval_iters has moved to loop.eval_iters"]),
+    ("moved-fold", None, ["data.fold=1"], ["data.fold has moved to loop.fold"]),
+    ("unknown-loop-key", None, ["loop.seq_len=3"], ["unknown key loop.seq_len in loop", "label_smoothing"]),
+    ("bad-monitor", None, ["train.monitor=val_auc"], ["train.monitor", "does not report 'val_auc'", "val_acc"]),
+    ("expect-unreported", None, ["expect.metric=test_auc"],
+     ["expect.metric", "does not report 'test_auc'", "test_acc"]),
+    ("negative-checkpoint-minutes", None, ["train.checkpoint_minutes=-1"],
+     ["train:", "checkpoint_minutes must be in [0, 1e6]"]),
     ("one-beta", None, ["optim.betas=[0.9]"], ["optim:", "betas must be two numbers in [0, 1)"]),
-    ("nan-lr", None, ["optim.lr=nan"], ["optim:", "lr must be a finite number >= 0"]),
+    ("nan-lr", None, ["optim.lr=nan"], ["optim:", "lr must be a number in [0, 100]"]),
     ("step-size-zero", None, ["optim.schedule=step", "optim.step_size=0"], ["optim:", "step_size must be >= 1"]),
-    ("batch-size-zero", None, ["data.batch_size=0"], ["data:", "batch sizes must be >= 1"]),
+    ("batch-size-zero", None, ["data.batch_size=0"], ["data:", "batch sizes must be in [1, "]),
     ("val-fraction", None, ["data.val_fraction=1"], ["data:", "val_fraction must be in [0, 1)"]),
-    ("path-in-name", None, ["name=../escape"], ["name '../escape'", "plain file name"]),
+    ("path-in-name", None, ["name=../escape"], ["name '../escape'", "plain, printable file name"]),
     ("invalid-toml", "name = \"tiny\"\n[model\n", [], ["{path}: not valid TOML"]),
     ("not-text", b"\xff\xfe[model]", [], ["{path}: not a text file"]),
 ]
@@ -162,7 +173,8 @@ def test_every_recipe_loads_validates_and_round_trips(path: Path) -> None:
     else:
         assert rec.expect.source and rec.expect.seeds
         assert rec.expect.metric in {"test_acc", "val_acc", "test_loss", "val_loss", "test_auc", "test_ap",
-                                  "test_exact_match", "eval_return_mean"}
+                                  "test_exact_match", "eval_return_mean", "test_modes"}
+        assert rec.expect.metric in rec.loop_class.metrics  # a metric the recipe's loop reports
     assert rec.train.steps > 0 or rec.train.epochs > 0
     assert from_dict(tomllib.loads(rec.to_toml())) == rec
 
@@ -220,7 +232,7 @@ def test_overrides_reach_the_validated_recipe(tmp_path: Path) -> None:
     rec = recipe_mod.load(path, ["train.steps=7", "optim.lr=1", "data.augment=[\"shift:1\"]",
                                  "data.options.num_samples=1000", "model.init=default", "expect.tolerance=0"])
     assert rec.train.steps == 7
-    assert rec.optim.lr == 1.0 and isinstance(rec.optim.lr, float)  # int -> float, like in the file
+    assert rec.optim["model"].lr == 1.0 and isinstance(rec.optim["model"].lr, float)  # int -> float, like in the file
     assert rec.data.augment == ["shift:1"]
     assert rec.data.options == {"num_samples": 1000}
     assert rec.model_config == {"num_classes": 10, "in_features": 40, "init": "default"}
@@ -284,7 +296,7 @@ def test_defaults_and_file_stem_name(tmp_path: Path) -> None:
     rec = recipe_mod.load(write_recipe(tmp_path, tomli_w.dumps(raw), "stem_name.toml"))
     assert rec.name == "stem_name"
     assert rec.expect is None and rec.seed == 0
-    assert rec.optim.name == "adamw" and rec.train.precision == "fp32" and rec.data.batch_size == 100
+    assert rec.optim["model"].name == "adamw" and rec.train.precision == "fp32" and rec.data.batch_size == 100
 
 
 def test_to_toml_round_trips_through_from_dict(tmp_path: Path) -> None:
