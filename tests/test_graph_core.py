@@ -295,10 +295,12 @@ def test_node_loop_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.M
 def test_graph_and_array_datasets_are_not_mixed_up():
     with pytest.raises(archlab.ArchlabError, match="needs kind 'graph'"):
         from_dict({**_node_recipe(), "data": {"name": "digits"}})
+    raw = _node_recipe()
+    raw["train"] = {**raw["train"], "loop": "supervised"}
+    with pytest.raises(archlab.ArchlabError, match="'gcn' is a graph model and loop 'supervised' cannot train it"):
+        from_dict(raw)  # the model is checked against the loop before the dataset
     with pytest.raises(archlab.ArchlabError, match="needs kind 'arrays'"):
-        raw = _node_recipe()
-        raw["train"] = {**raw["train"], "loop": "supervised"}
-        from_dict(raw)
+        from_dict({**raw, "model": {"name": "mlp"}})
     with pytest.raises(archlab.ArchlabError, match="graph dataset"):
         archlab.data.load_dataset("sbm")
     with pytest.raises(archlab.ArchlabError, match="not a graph dataset"):
@@ -390,7 +392,8 @@ def test_sparse_linear_gradient_equals_dense_also_after_dropout():
 def test_sampled_minibatch_training_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     raw = _node_recipe(epochs=6)
     raw["model"] = {"name": "sage", "hidden_channels": 16}
-    raw["data"] = {**raw["data"], "fanouts": [5, 5], "batch_size": 16}  # 60 training nodes: 4 steps per epoch
+    raw["data"] = {**raw["data"], "batch_size": 16}  # 60 training nodes: 4 steps per epoch
+    raw["loop"] = {"fanouts": [5, 5]}
     full = _run(raw, tmp_path / "full")
     assert full["steps"] == 24 and full["metrics"]["test_acc"] > 0.7
     _interrupt_then_resume(raw, tmp_path / "cut", monkeypatch, at_step=13)

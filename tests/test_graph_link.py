@@ -179,8 +179,9 @@ def test_vgae_samples_in_training_and_returns_the_mean_in_eval():
 
 def link_recipe(model: str = "gae", **train_cfg: Any) -> dict[str, Any]:
     return {"name": "link", "seed": 1, "model": {"name": model},
-            "data": {"name": "sbm", "val_fraction": 0.05, "test_fraction": 0.1,
+            "data": {"name": "sbm", "val_fraction": 0.05,
                      "options": {"num_nodes": 240, "p_in": 0.08, "p_out": 0.004}},
+            "loop": {"test_fraction": 0.1},
             "optim": {"name": "adam", "lr": 0.01},
             "train": {"loop": "link", "epochs": 60, "eval_every": 20, "log_every": 10, "device": "cpu",
                       "threads": 1, **train_cfg}}
@@ -189,10 +190,13 @@ def link_recipe(model: str = "gae", **train_cfg: Any) -> dict[str, Any]:
 def test_gae_learns_links_on_an_sbm(tmp_path):
     summary = run(link_recipe("gae"), tmp_path / "run")
     m = summary["metrics"]
-    assert set(m) == {"val_auc", "val_ap", "test_auc", "test_ap"}
+    # The loop's metrics plus the driver's best evaluation on the default monitor, val_auc.
+    assert set(m) == {"val_auc", "val_ap", "test_auc", "test_ap", "best_val_auc", "best_step"}
     assert m["test_auc"] > 0.75 and m["test_ap"] > 0.7, m
     vals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "val"]
     assert [r["step"] for r in vals] == [20, 40, 60] and "val_auc" in vals[0]
+    best = max(vals, key=lambda r: r["val_auc"])
+    assert (m["best_val_auc"], m["best_step"]) == (best["val_auc"], best["step"])
 
 
 def test_vgae_link_loop_resumes_bit_identically(tmp_path):
@@ -284,8 +288,9 @@ def tgn_recipe(**model_cfg: Any) -> dict[str, Any]:
     return {"name": "tgn", "seed": 0,
             "model": {"name": "tgn", "memory_dim": 16, "time_dim": 16, "embedding_dim": 16, "num_neighbors": 5,
                       **model_cfg},
-            "data": {"name": "synthetic_events", "batch_size": 50, "val_fraction": 0.15, "test_fraction": 0.15,
+            "data": {"name": "synthetic_events", "batch_size": 50, "val_fraction": 0.15,
                      "options": {"num_nodes": 40, "num_events": 1000, "num_communities": 4, "period": 200.0}},
+            "loop": {"test_fraction": 0.15},
             "optim": {"name": "adam", "lr": 0.01},
             "train": {"loop": "temporal", "epochs": 3, "log_every": 5, "monitor": "val_ap", "device": "cpu",
                       "threads": 1}}

@@ -14,15 +14,16 @@ import torch
 from archlab.data.graphs import load_graph_dataset
 from archlab.recipe import from_dict
 from archlab.runner import train
-from archlab.train import Context
+from archlab.engine.loop import Context
 from archlab.train.graph_level import GraphClassification, stratified_folds
 
 
-def _recipe(**data_keys: Any) -> dict[str, Any]:
+def _recipe(loop: dict[str, Any] | None = None, **data_keys: Any) -> dict[str, Any]:
     return {"name": "gin-sbm", "seed": 0,
             "model": {"name": "gin", "hidden_channels": 16, "num_layers": 3},
-            "data": {"name": "graph_sbm", "batch_size": 16, "folds": 4, "val_fraction": 0.0,
+            "data": {"name": "graph_sbm", "batch_size": 16, "val_fraction": 0.0,
                      "options": {"num_graphs": 80}, **data_keys},
+            "loop": {"folds": 4, **(loop or {})},
             "optim": {"name": "adam", "lr": 0.01},
             "train": {"loop": "graph", "epochs": 12, "checkpoint_every": 10, "log_every": 1, "threads": 1,
                       "device": "cpu"}}
@@ -84,7 +85,7 @@ def test_bad_graph_recipes_fail_with_one_line(tmp_path: Path):
     import archlab
 
     with pytest.raises(archlab.ArchlabError, match="fold"):
-        from_dict(_recipe(fold=4))
+        from_dict(_recipe(loop={"fold": 4}))
     with pytest.raises(archlab.ArchlabError, match="node-level"):
         _run({**_recipe(), "data": {"name": "sbm"}}, tmp_path / "r")
     with pytest.raises(archlab.ArchlabError, match="batch_size"):

@@ -137,9 +137,12 @@ def test_bad_seq2seq_recipes_fail_with_one_line(tmp_path: Path):
         from_dict({**raw, "data": {"name": "digits"}})
     with pytest.raises(archlab.ArchlabError, match="kind 'seq2seq' but loop 'supervised'"):
         from_dict({**raw, "train": {**raw["train"], "loop": "supervised"}})
-    with pytest.raises(archlab.ArchlabError, match="not an encoder-decoder"):
+    with pytest.raises(archlab.ArchlabError, match="'mlp' is a classic model and loop 'seq2seq' cannot train it"):
         _run({**raw, "model": {"name": "mlp", "in_features": 4}}, tmp_path / "r")
-    with pytest.raises(archlab.ArchlabError, match="train.monitor: 'val_acc' is not reported"):
+    with pytest.raises(archlab.ArchlabError, match="not an encoder-decoder"):
+        _run({**raw, "model": {"name": "bert", "hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                               "intermediate_size": 16}}, tmp_path / "r")
+    with pytest.raises(archlab.ArchlabError, match="train.monitor: loop 'seq2seq' does not report 'val_acc'"):
         _run(_recipe(monitor="val_acc"), tmp_path / "r2")
     with pytest.raises(archlab.ArchlabError, match="model.eos_token_id: the digits_reverse data uses 1, got 5"):
         _run({**raw, "model": {**raw["model"], "eos_token_id": 5}}, tmp_path / "r3")
