@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from archlab.data.graphs import load_graph_dataset
+from archlab.engine.loop import Context
 from archlab.recipe import from_dict
 from archlab.runner import train
-from archlab.engine.loop import Context
 from archlab.train.graph_level import GraphClassification, stratified_folds
 
 
