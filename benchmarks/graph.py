@@ -20,7 +20,7 @@ from archlab import recipe
 from archlab.data.graphs import GraphDataset, load_graph_dataset
 from archlab.engine.device import Precision
 from archlab.engine.distributed import DistInfo
-from archlab.train import Context
+from archlab.engine.loop import Context
 from archlab.train.node import NodeClassification
 
 # Architectures as in the papers' Cora setups (and PyG's examples): name -> (archlab config, optimizer).

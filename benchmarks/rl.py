@@ -60,9 +60,10 @@ def _sb3_model(rec: Any, seed: int) -> tuple[Any, Any]:
     from stable_baselines3.common.vec_env import VecNormalize
 
     hp = dict(rec.model_config)
-    algo = rec.algo["name"]
+    algo = rec.model_name
     cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN, "sac": sb3.SAC, "td3": sb3.TD3}[algo]
-    env = make_vec_env(rec.env.id, n_envs=hp.get("n_envs", 1), seed=seed, env_kwargs=rec.env.options or None)
+    env_cfg = rec.tables["env"]
+    env = make_vec_env(env_cfg.id, n_envs=hp.get("n_envs", 1), seed=seed, env_kwargs=env_cfg.options or None)
     if hp.get("normalize_obs") or hp.get("normalize_reward"):
         env = VecNormalize(env, norm_obs=hp.get("normalize_obs", False), norm_reward=hp.get("normalize_reward", False),
                            gamma=hp.get("gamma", 0.99))
@@ -146,11 +147,11 @@ def run(params: dict[str, Any], log: Any) -> tuple[dict[str, Any], str]:
                 if side == "sb3":
                     res = run_sb3(rec, seed, target)
                 else:
-                    res = run_ours(dataclasses.replace(rec, algo={**rec.algo, **variants[side]}), seed, target)
+                    res = run_ours(dataclasses.replace(rec, model={**rec.model, **variants[side]}), seed, target)
                 runs[side].append(res)
                 log(f"{name} seed {seed} {side}: {res['steps_per_s']:.0f} steps/s, {res['wall_s']:.1f} s, "
                     f"eval return {res['eval_return']:.1f}, time to target {res['time_to_target_s']}")
-        rows.append({"case": name, "algo": rec.algo["name"], "env": rec.env.id, "steps": rec.train.steps,
+        rows.append({"case": name, "algo": rec.model_name, "env": rec.tables["env"].id, "steps": rec.train.steps,
                      "target": target, "runs": runs})
     return {"params": params, "rows": rows}, _markdown(rows)
 
