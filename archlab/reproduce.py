@@ -213,7 +213,7 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     if len(rows) > 1 and len({r["metric"] for r in rows}) == 1:  # a comparison: metric vs cost
         plot_tradeoff(rows, out / "tradeoff.png", title=title)
     for p in paths:
-        if recipes[p].is_rl:  # learning curves: mean ± std over seeds
+        if recipes[p].train.loop == "rl":  # learning curves: mean ± std over seeds
             from .plots import plot_returns
             from .train.rl import read_episodes
 

@@ -233,15 +233,16 @@ def test_cosine_schedule_is_nanogpts_after_warmup() -> None:
     assert lr_factor(0, 2000, cfg) == pytest.approx(0.01)
 
 
-def _recipe(**train: Any) -> dict[str, Any]:
+def _recipe(eval_iters: int = 4, **train: Any) -> dict[str, Any]:
     return {
         "name": "toy_lm",
         "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.1},
         "data": {"name": "text_toy", "batch_size": 8},
         "optim": {"lr": 3e-3, "betas": [0.9, 0.99], "weight_decay": 0.1, "schedule": "cosine", "warmup_steps": 5,
                   "min_lr_ratio": 0.1},
-        "train": {"loop": "lm", "steps": 40, "eval_every": 10, "eval_iters": 4, "log_every": 5, "grad_clip": 1.0,
+        "train": {"loop": "lm", "steps": 40, "eval_every": 10, "log_every": 5, "grad_clip": 1.0,
                   "checkpoint_every": 20, **train},
+        "loop": {"eval_iters": eval_iters},
     }
 
 
@@ -299,6 +300,8 @@ def test_lm_recipes_check_the_data_kind(tmp_path: Path) -> None:
              tmp_path / "r")
     with pytest.raises(ArchlabError, match="eval_iters"):
         from_dict(_recipe(eval_iters=0))
+    with pytest.raises(ArchlabError, match="train.eval_iters has moved to loop.eval_iters"):
+        from_dict({**_recipe(), "train": {**_recipe()["train"], "eval_iters": 4}})
     assert not (tmp_path / "r").exists()
 
 
