@@ -39,15 +39,15 @@ from archlab.engine.checkpoint import CheckpointError, CheckpointManager, load_s
 from archlab.engine.device import Precision
 from archlab.engine.distributed import DistInfo
 from archlab.engine.driver import Driver, DriverConfig, Interrupted
+from archlab.engine.loop import Context, Loop
 from archlab.engine.metrics import read_metrics
-from archlab.engine.optim import build_optimizer, lr_factor, param_groups
+from archlab.engine.optim import OptimConfig, build_optimizer, lr_factor, param_groups
 from archlab.engine.seed import MAX_SEED, check_seed, rng_state, seed_everything, set_rng_state
 from archlab.engine.stopping import EarlyStopping
 from archlab.errors import ArchlabError, NonFiniteLoss
-from archlab.recipe import OptimConfig, from_dict
+from archlab.recipe import from_dict
 from archlab.registry import create
 from archlab.runner import train
-from archlab.train import Context
 from archlab.train.supervised import Supervised
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,13 +272,12 @@ def test_ctrl_c_in_process_checkpoints_last_completed_step_and_resumes(
     assert_bit_identical(reference[0], out)
 
 
-class Counter:
-    """A minimal Paradigm: step k adds 1 to ``w``."""
-
-    total_steps = 6
-    eval_every = 0
+class Counter(Loop):
+    """A minimal loop: step k adds 1 to ``w`` (no recipe; every hook not defined here is Loop's default)."""
 
     def __init__(self, on_step: Callable[[int], None] = lambda step: None) -> None:
+        self.total_steps = 6
+        self.eval_every = 0
         self.w = torch.zeros(())
         self.done: list[int] = []
         self.on_step = on_step
@@ -487,7 +486,9 @@ def test_resume_without_any_checkpoint_starts_over_cleanly(tmp_path: Path, monke
     monkeypatch.undo()
     assert checkpoint_steps(out) == [] and read_metrics(out / "metrics.jsonl")
 
-    run(raw, out, resume=True)
+    logs: list[str] = []
+    run(raw, out, resume=True, log=logs.append)
+    assert any("has no valid checkpoint; starting from step 0" in m for m in logs), logs
     fresh = tmp_path / "fresh"
     run(raw, fresh)
     assert_bit_identical(fresh, out)
@@ -515,7 +516,9 @@ def test_nan_guard_names_the_step_and_keeps_last_good_checkpoint(tmp_path: Path,
 
 
 def test_nan_guard_on_real_divergence_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = recipe_raw(model={"dropout": 0.0}, optim={"name": "sgd", "lr": 1e6, "weight_decay": 0.0},
+    # lr is bounded by 100 (OptimConfig): a deeper residual MLP still blows up at that rate.
+    raw = recipe_raw(model={"dropout": 0.0, "hidden": [32, 32, 32, 32], "residual": True},
+                     optim={"name": "sgd", "lr": 100.0, "weight_decay": 0.0},
                      train={"steps": 40, "checkpoint_every": 1, "keep_checkpoints": 2, "grad_clip": 0.0})
     recipe = write_recipe(raw, tmp_path / "diverge.toml")
     out = tmp_path / "run"
@@ -652,7 +655,7 @@ def test_lr_factor_values(cfg: OptimConfig, total: int, expected: dict[int, floa
 
 
 def test_logged_lr_follows_the_schedule_across_resumes(reference: tuple[Path, dict]) -> None:
-    cfg = from_dict(recipe_raw()).optim
+    cfg = from_dict(recipe_raw()).optim["model"]
     train_records = [r for r in read_metrics(reference[0] / "metrics.jsonl") if r["split"] == "train"]
     assert [r["step"] for r in train_records] == list(range(1, TOTAL + 1))
     for r in train_records:  # the record of step s was logged after optimizer step s - 1 (0-based)
