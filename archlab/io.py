@@ -1,4 +1,4 @@
-"""Writing files so that a crash never leaves half a file under the real name.
+"""Writing files so that a crash never leaves half a file under the real name; matplotlib without a screen.
 
 Every file archlab writes (checkpoints, final weights, ``config.json``, ``summary.json``, plots'
 data, downloads) goes through :func:`atomic_write_bytes`: a temp file in the same folder, fsync,
@@ -69,3 +69,13 @@ def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLik
         elif ptr:
             seen.add(ptr)
     atomic_write_bytes(path, _st_save(tensors, metadata=metadata))
+
+
+def pyplot():  # noqa: ANN201 -- the matplotlib.pyplot module
+    """``matplotlib.pyplot`` on the Agg backend (files only, no screen), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -7,15 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine.metrics import read_metrics
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .io import pyplot as _pyplot
 
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:

@@ -114,9 +114,10 @@ class TrainConfig:
             raise ValueError(f"accumulate must be in [1, 4096], got {self.accumulate}")
         if not 1 <= self.log_every <= MAX_STEPS:
             raise ValueError(f"log_every must be in [1, {MAX_STEPS}], got {self.log_every}")
-        for key in ("eval_every", "checkpoint_every", "early_stopping"):
-            if not 0 <= getattr(self, key) <= MAX_STEPS:
-                raise ValueError(f"{key} must be in [0, {MAX_STEPS}], got {getattr(self, key)}")
+        for key, value in (("eval_every", self.eval_every), ("checkpoint_every", self.checkpoint_every),
+                           ("early_stopping", self.early_stopping)):
+            if not 0 <= value <= MAX_STEPS:
+                raise ValueError(f"{key} must be in [0, {MAX_STEPS}], got {value}")
         if not 0 <= self.threads <= 1024:
             raise ValueError(f"threads must be in [0, 1024], got {self.threads}")
         if not 1 <= self.keep_checkpoints <= 1000:
@@ -202,9 +203,10 @@ class Recipe:
         if self.data is not None:
             return self.data.name
         for table in self.tables.values():
+            values = _config.to_dict(table)
             for key in ("id", "name"):
-                if isinstance(getattr(table, key, None), str):
-                    return getattr(table, key)
+                if isinstance(values.get(key), str):
+                    return values[key]
         return ""
 
     def monitor(self) -> tuple[str, str]:

@@ -379,7 +379,7 @@ def plot_attention_rollout(model: ViT, images: torch.Tensor, labels: torch.Tenso
     Shapes:
         images: ``[B, C, H, W]``; labels: ``[B]`` or None
     """
-    from ...plots import _pyplot  # noqa: PLC0415 -- matplotlib only when a plot is asked for
+    from ...io import pyplot  # noqa: PLC0415 -- matplotlib only when a plot is asked for
 
     if model.head is None:
         raise ValueError("plot_attention_rollout needs a classifier (head='linear')")
@@ -397,7 +397,7 @@ def plot_attention_rollout(model: ViT, images: torch.Tensor, labels: torch.Tenso
     imgs = images.detach().float().cpu()
     lo, hi = imgs.flatten(1).amin(1), imgs.flatten(1).amax(1)
     imgs = (imgs - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-12)[:, None, None, None]
-    plt = _pyplot()
+    plt = pyplot()
     n = imgs.shape[0]
     fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.8), squeeze=False)
     for i in range(n):

@@ -1,0 +1,3 @@
+"""Generative models. Importing this package registers them."""
+
+from . import toy_gan  # noqa: F401
