@@ -14,8 +14,8 @@ from archlab.data import load_dataset
 from archlab.engine.device import Precision
 from archlab.engine.distributed import DistInfo
 from archlab.engine.driver import Driver, DriverConfig
+from archlab.engine.loop import Context
 from archlab.engine.metrics import MetricsLogger
-from archlab.train import Context
 from archlab.train.supervised import Supervised
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "classic" / "mnist1d_mlp.toml"
