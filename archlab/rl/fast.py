@@ -366,7 +366,7 @@ def clipped_surrogate(logp: torch.Tensor, values: torch.Tensor, old_logp: torch.
 
 
 def ppo_update(agent: PPO, b: dict[str, torch.Tensor], clip: float,
-               clip_vf: float | None) -> dict[str, torch.Tensor | None] | None:
+               clip_vf: float | None) -> dict[str, torch.Tensor] | None:
     """:meth:`PPO.update <archlab.rl.ppo.PPO.update>` with the gradient of :func:`clipped_surrogate`."""
     cfg = agent.cfg
     want_entropy = cfg.ent_coef != 0.0
@@ -380,7 +380,7 @@ def ppo_update(agent: PPO, b: dict[str, torch.Tensor], clip: float,
     if want_entropy:
         loss = loss - cfg.ent_coef * ev.entropy.mean()                         # - c2 S[pi](s_t)
     gradient_step(agent, ev, d_logp, d_values, -cfg.ent_coef / len(d_logp))
-    return {"loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss, "logp": ev.logp, "entropy": ev.entropy}
+    return {"loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss, "logp": ev.logp}
 
 
 def a2c_update(agent: A2C, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor,

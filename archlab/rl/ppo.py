@@ -105,7 +105,8 @@ class PPO(ActorCriticAgent):
             adv = data["advantages"]
             data["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
         keys = ("obs", "actions", "log_probs", "advantages", "returns", "values")
-        out, stop = None, False
+        out: dict[str, torch.Tensor] = {}
+        stop = False
         for _ in range(cfg.n_epochs):
             # One minibatch holding the whole rollout needs no shuffling: the mean is order-free.
             perm = None if full_batch else torch.randperm(n, generator=self.gen).to(self.device)
@@ -122,30 +123,27 @@ class PPO(ActorCriticAgent):
                 if step is None:  # the policy moved too far from pi_old: stop this rollout's epochs
                     stop = True
                     break
-                out = step
+                out, last = step, b
             if stop:
                 break
 
-        # Statistics of the last minibatch (one .item() each, once per iteration).
+        # Statistics of the last minibatch stepped on (one .item() each, once per iteration).
         with torch.no_grad():
-            ent = out["entropy"]
-            if ent is None:
-                ent = model.log_prob_entropy(model(b["obs"])[0], b["actions"])[1]
-            ratio = (out["logp"] - b["log_probs"]).exp()
-            clip_frac = ((ratio - 1.0).abs() > clip).float().mean()
+            ent = model.log_prob_entropy(model(last["obs"])[0], last["actions"])[1]  # under the new policy
+            log_ratio = out["logp"] - last["log_probs"]
+            clip_frac = ((log_ratio.exp() - 1.0).abs() > clip).float().mean()
         stats = {"loss": out["loss"].item(), "policy_loss": out["policy_loss"].item(),
                  "value_loss": out["value_loss"].item(), "entropy": ent.mean().item(),
-                 "approx_kl": approx_kl(out["logp"] - b["log_probs"]).item(), "clip_fraction": clip_frac.item(),
+                 "approx_kl": approx_kl(log_ratio).item(), "clip_fraction": clip_frac.item(),
                  "lr": self.optimizer.param_groups[0]["lr"], "clip_range": clip}
         if not self.spaces.discrete:
             stats["std"] = model.log_std.exp().mean().item()
         return stats
 
-    def update(self, b: dict[str, torch.Tensor], clip: float,
-               clip_vf: float | None) -> dict[str, torch.Tensor | None] | None:
+    def update(self, b: dict[str, torch.Tensor], clip: float, clip_vf: float | None) -> dict[str, torch.Tensor] | None:
         """One gradient step on the minibatch ``b`` (the rollout buffer's fields) with clip range
-        ``clip`` (and ``clip_vf`` for the value, ``None``: no value clipping). Returns the losses, and
-        ``logp`` and ``entropy`` (no graph) for the statistics; ``None``, without a step, once the
+        ``clip`` (and ``clip_vf`` for the value, ``None``: no value clipping). Returns the losses and
+        ``logp`` (no graph) for the statistics; ``None``, without a step, once the
         approximate KL exceeds 1.5 ``target_kl``. The fast path computes the same step
         (:func:`~archlab.rl.fast.ppo_update`)."""
         if self.fast is not None:
@@ -165,4 +163,4 @@ class PPO(ActorCriticAgent):
         loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy.mean()   # eq. 9, signs flipped
         self.optimize(loss)
         return {"loss": loss.detach(), "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(),
-                "logp": logp.detach(), "entropy": entropy.detach()}
+                "logp": logp.detach()}

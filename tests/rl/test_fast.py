@@ -23,6 +23,8 @@ CASES = {
     "ppo_minibatches": (PPO, "CartPole-v1", dict(n_envs=2, n_steps=32, batch_size=16, n_epochs=3, net_arch=[16, 16],
                                                  ent_coef=0.01, clip_range_vf=0.2, lr_schedule="linear",
                                                  clip_schedule="linear", target_kl=0.02, learning_rate=3e-3)),
+    "ppo_kl_stop": (PPO, "CartPole-v1", dict(n_envs=2, n_steps=64, batch_size=16, n_epochs=10, net_arch=[16],
+                                             learning_rate=0.05, target_kl=1e-3)),
     "ppo_full_batch_relu": (PPO, "CartPole-v1", dict(n_envs=2, n_steps=32, batch_size=64, n_epochs=4,
                                                      net_arch=[16, 16], activation="relu")),
     "ppo_box": (PPO, "Pendulum-v1", dict(n_envs=2, n_steps=32, batch_size=32, n_epochs=2, net_arch=[16, 16],
