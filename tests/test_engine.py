@@ -318,6 +318,26 @@ def test_driver_signal_handler_stops_after_the_step_and_resume_continues(tmp_pat
     assert outcome.steps == 6 and outcome.status == "completed"
 
 
+def test_driver_checkpoints_by_wall_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.checkpoint_minutes: a checkpoint once that much wall time passed since the last one."""
+    import types
+
+    import archlab.engine.driver as driver_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(driver_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def forty_seconds(step: int) -> None:
+        clock[0] += 40.0
+
+    ckpt = CheckpointManager(tmp_path / "ck", keep=10)
+    Driver(Counter(forty_seconds), DriverConfig(progress=False, checkpoint_minutes=1.0), ckpt, None).run()
+    assert ckpt.steps() == [2, 4, 6]  # 80 s and 160 s after the last save, then the final checkpoint
+    off = CheckpointManager(tmp_path / "off", keep=10)
+    Driver(Counter(forty_seconds), DriverConfig(progress=False, checkpoint_minutes=0.0), off, None).run()
+    assert off.steps() == [6]  # 0: only the final checkpoint
+
+
 def test_second_ctrl_c_gives_up_immediately() -> None:
     def press_twice(step: int) -> None:
         handler = signal.getsignal(signal.SIGINT)
@@ -553,6 +573,15 @@ def test_keep_last_k_and_step_naming(tmp_path: Path, reference: tuple[Path, dict
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         f"step-{s:08d}.safetensors" for s in (TOTAL - 2 * EVERY, TOTAL - EVERY, TOTAL)]
     assert summary["status"] == "completed" and summary["steps"] == TOTAL
+
+
+def test_final_metrics_add_the_best_evaluation(reference: tuple[Path, dict]) -> None:
+    """The driver adds best_<monitor> and best_step (1-based, the step logged with that evaluation)."""
+    run_dir, summary = reference
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "val"]
+    assert [r["step"] for r in evals] == [10, 20, 30, 40, 45]
+    best = max(evals, key=lambda r: r["val_acc"])  # the first of equal scores, as the driver keeps it
+    assert summary["metrics"]["best_val_acc"] == best["val_acc"] and summary["metrics"]["best_step"] == best["step"]
 
 
 def assert_same_tree(a: Any, b: Any, path: str = "root") -> None:

@@ -105,6 +105,15 @@ def test_save_load_round_trip(name, tmp_path):
         assert torch.equal(_output(_call(model, x)), _output(_call(loaded, x)))
 
 
+def test_save_hf_only_on_models_with_an_hf_counterpart():
+    from archlab.models.transformers.hf import HFModel
+
+    hf = {n for n in NAMES if issubclass(archlab.registry.get(n).cls, HFModel)}
+    assert {"gpt", "bert", "vit", "t5", "bart"} <= hf
+    for name in NAMES:
+        assert hasattr(archlab.registry.get(name).cls, "save_hf") == (name in hf), name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_seed_determinism(name):
     def state(seed):
