@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import archlab
+from archlab.engine.loop import get_loop
 from archlab.engine.metrics import read_metrics
 from archlab.recipe import from_dict
-from archlab.engine.loop import get_loop
 from archlab.runner import train
 from archlab.train.mlm import SpecialTokens, masking
 

@@ -107,11 +107,11 @@ def test_rollout_writes_a_gif(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("edit, fragment", [
     (("CartPole-v1", "CartPol-v1"), "env.id 'CartPol-v1'"),
-    (('name = "ppo"', 'name = "ppoo"'), "algo.name: unknown algorithm 'ppoo'"),
+    (('name = "ppo"', 'name = "ppoo"'), "algo.name: unknown model 'ppoo'"),
     (("n_epochs = 2", "n_epochs = 0"), "algo"),
     (("n_epochs = 2", "n_epoch = 2"), "unknown key algo.n_epoch"),
-    (("[env]", "[data]\nname = 'digits'\n[env]"), "[data] is not used by reinforcement learning recipes"),
-    (("eval_episodes = 3", "eval_episodes = 0"), "eval_episodes must be >= 1"),
+    (("[env]", "[data]\nname = 'digits'\n[env]"), "unknown key data in recipe for loop 'rl'"),
+    (("eval_episodes = 3", "eval_episodes = 0"), "eval_episodes must be in [1, 10000]"),
 ])
 def test_bad_rl_recipes_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            edit: tuple[str, str], fragment: str) -> None:
@@ -126,7 +126,8 @@ def test_bad_rl_recipes_fail_with_one_line(tmp_path: Path, capsys: pytest.Captur
 def test_rl_recipe_round_trips_through_toml(tmp_path: Path) -> None:
     rec = recipe_mod.load(write(tmp_path))
     again = recipe_mod.from_dict(__import__("tomllib").loads(rec.to_toml()))
-    assert again.algo == rec.algo and again.env == rec.env and again.model is None and again.data is None
+    assert again.model == rec.model and again.model_name == "ppo"  # [algo] is the trained object's table
+    assert again.tables["env"] == rec.tables["env"] and again.data is None
     with pytest.raises(ArchlabError, match="no \\[env\\] table"):
         recipe_mod.from_dict({"algo": {"name": "ppo"}, "train": {"loop": "rl", "steps": 10}})
 
