@@ -8,6 +8,7 @@ allowed values, so that a typo in a recipe fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -81,12 +82,17 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        # 2**53: the largest integers JSON and float64 hold exactly; anything bigger is a typo.
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > 2**53:
+                raise ArchlabError(f"{path}: {value} is too large (at most 2**53 in absolute value)")
+            return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ArchlabError(f"{path}: expected a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -371,10 +371,13 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     if not isinstance(model.get("name"), str):
         raise ArchlabError(f"{cls.model_table}.name: required string naming a registered "
                            f"{'algorithm' if cls.model_table == 'algo' else 'model'} (see `archlab list`)")
-    try:
-        entry = MODELS.get(model["name"])
-    except ArchlabError as exc:
-        raise ArchlabError(f"{cls.model_table}.name: {exc}") from None
+    if model["name"] not in MODELS:
+        kinds = [e.name for e in MODELS.entries() if (e.family in cls.model_families if cls.model_families
+                                                      else e.family != "rl")]
+        what = "algorithm" if cls.model_table == "algo" else "model"
+        raise ArchlabError(f"{cls.model_table}.name: unknown {what} {model['name']!r}; loop {loop_name!r} trains: "
+                           f"{', '.join(kinds)}")
+    entry = MODELS.get(model["name"])
     families = cls.model_families
     if (families is None and entry.family == "rl") or (families is not None and entry.family not in families):
         fitting = [e.name for e in MODELS.entries() if (e.family in families if families else e.family != "rl")]
@@ -406,7 +409,7 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     expect_raw = _table(raw, "expect", False)
     expect = _config.build(ExpectConfig, expect_raw, "expect") if expect_raw is not None else None
     extra = {k: raw[k] for k in ("name", "description", "seed") if k in raw}
-    recipe = _config.build(_Header, {"name": default_name, **extra})
+    recipe = _config.build(_Header, {"name": default_name, **extra}, "recipe")
     out = Recipe(train=train, model=dict(model), data=data, optim=optim, loop=loop_cfg, tables=tables,
                  expect=expect, name=recipe.name, description=recipe.description, seed=recipe.seed)
     metric, _ = out.monitor()

@@ -212,13 +212,10 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     plot_reproduction(rows, out / "report.png", title=title)
     if len(rows) > 1 and len({r["metric"] for r in rows}) == 1:  # a comparison: metric vs cost
         plot_tradeoff(rows, out / "tradeoff.png", title=title)
-    for p in paths:
-        if recipes[p].train.loop == "rl":  # learning curves: mean ± std over seeds
-            from .plots import plot_returns
-            from .train.rl import read_episodes
-
-            dirs = [out / "runs" / f"{p.stem}-s{s}" for q, s in tasks if q == p and "summary" in results[(q, s)]]
-            plot_returns([read_episodes(d) for d in dirs], out / f"{p.stem}_returns.png", title=p.stem)
+    for p in paths:  # the loop's own pictures over seeds (RL: learning curves, mean ± std)
+        dirs = [out / "runs" / f"{p.stem}-s{s}" for q, s in tasks if q == p and "summary" in results[(q, s)]]
+        if dirs:
+            recipes[p].loop_class.write_seed_artifacts(dirs, out, p.stem)
     log("")
     log(report)
     log(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")

@@ -57,6 +57,7 @@ source = "test"
 """
 
 MODELS = ", ".join(sorted(e.name for e in entries()))
+SUPERVISED_MODELS = ", ".join(e.name for e in entries() if e.family in ("classic", "transformers"))
 DATASETS = ", ".join(dataset_names())
 LOOPS = ", ".join(LOOP_REGISTRY.names())
 TRAIN_KEYS = "accumulate, checkpoint_every, checkpoint_minutes, compile, deterministic, device"
@@ -85,7 +86,7 @@ BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     ("wrong-type-item", None, ["optim.milestones=[1, \"x\"]"], ["optim.milestones[1]: expected int, got 'x'"]),
     ("not-a-table", None, ["data=3"], ["data: expected a table, got 3"]),
     ("unknown-model", None, ["model.name=transformer9"],
-     ["model.name", "unknown model 'transformer9'", "registered: " + MODELS]),
+     ["model.name", "unknown model 'transformer9'; loop 'supervised' trains: " + SUPERVISED_MODELS]),
     ("unknown-model-key", None, ["model.hidden=3"],
      ["unknown key model.hidden in model", "allowed keys: in_features, init, num_classes"]),
     ("model-config-check", None, ["model.in_features=0"], ["model:", "in_features must be >= 1"]),

@@ -188,7 +188,7 @@ def load_seq2seq_dataset(name: str, options: dict | None = None, split_seed: int
     if entry.kind != "seq2seq":
         from .registry import DATASETS
 
-        names = ", ".join((e.name for e in DATASETS.entries("seq2seq")))
+        names = ", ".join(e.name for e in DATASETS.entries("seq2seq"))
         raise ArchlabError(f"dataset {name!r} is not a sequence-to-sequence dataset (kind {entry.kind!r}); "
                            f"seq2seq datasets: {names}")
     cfg = _config.build(entry.config_class, options or {}, "data.options")

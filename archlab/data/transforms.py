@@ -133,6 +133,9 @@ class Transform:
             specs = [specs]
         self.specs = list(specs)
         self._steps = [_parse(s) for s in self.specs]
+        self.max_offset = max((int(s.split(":")[1]) for s in self.specs if s.strip().split(":")[0]
+                               in ("shift", "crop")), default=0)
+        """The largest shift or crop padding: it must be smaller than the examples it moves."""
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         for step in self._steps:

@@ -24,6 +24,7 @@ import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -248,6 +249,10 @@ class Loop:
 
     def close(self) -> None:
         """Release what the loop holds open (environments, worker processes)."""
+
+    @classmethod
+    def write_seed_artifacts(cls, run_dirs: list[Path], out: Path, name: str) -> None:
+        """``archlab reproduce``: pictures over the finished runs of one recipe's seeds, into ``out``."""
 
     @classmethod
     def evaluate_run(cls, run_dir: str | os.PathLike, recipe: Recipe, ctx: Context) -> dict[str, float]:

@@ -36,7 +36,6 @@ from ..registry import CONFIG_FILE, WEIGHTS_FILE, read_saved
 from .env import Normalizer, VecEnv
 
 
-
 @dataclasses.dataclass
 class AgentConfig:
     """Hyperparameters every algorithm has. Algorithms extend this dataclass."""

@@ -61,8 +61,10 @@ class PPOConfig(ActorCriticConfig):
                              f"{self.n_steps}, {self.batch_size}, {self.n_epochs}")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        if not self.clip_range > 0:
-            raise ValueError(f"clip_range must be > 0, got {self.clip_range}")
+        if not 0 < self.clip_range <= 1e3:
+            raise ValueError(f"clip_range must be in (0, 1000], got {self.clip_range}")
+        if not 0 <= self.ent_coef <= 1e3 or not 0 <= self.vf_coef <= 1e3:
+            raise ValueError(f"ent_coef and vf_coef must be in [0, 1000], got {self.ent_coef}, {self.vf_coef}")
         if self.clip_schedule not in ("constant", "linear"):
             raise ValueError(f"clip_schedule must be 'constant' or 'linear', got {self.clip_schedule!r}")
         if self.clip_range_vf is not None and not self.clip_range_vf > 0:

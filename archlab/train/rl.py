@@ -176,6 +176,13 @@ class ReinforcementLearning(Loop):
                      evals=_eval_points(run_dir))
 
     @classmethod
+    def write_seed_artifacts(cls, run_dirs: list[Path], out: Path, name: str) -> None:
+        """Learning curves of all seeds, mean ± std: ``{name}_returns.png``."""
+        from ..plots import plot_returns
+
+        plot_returns([read_episodes(d) for d in run_dirs], out / f"{name}_returns.png", title=name)
+
+    @classmethod
     def evaluate_run(cls, run_dir: str | os.PathLike, recipe: Recipe, ctx: Context) -> dict[str, float]:
         """``archlab eval RUN``: the final metrics of a finished RL run, recomputed (the training
         episodes come from its ``episodes.csv``)."""

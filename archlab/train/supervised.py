@@ -94,6 +94,10 @@ class Supervised(Loop):
     def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
         """One forward pass on two training examples: the output must be (2, classes) logits."""
         x = data.train.x[:2]
+        shortest = min(x.shape[2:] or x.shape[1:])  # signals (N, L) / (N, C, L); images (N, C, H, W)
+        if recipe.data.augment and make_transform(recipe.data.augment).max_offset >= shortest:
+            raise ArchlabError(f"data.augment: shifts and crops must be smaller than the examples of "
+                               f"{recipe.data.name!r} ({shortest} long), got {list(recipe.data.augment)}")
         try:
             with torch.no_grad():
                 out = model.eval()(x)

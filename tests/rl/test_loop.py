@@ -107,7 +107,7 @@ def test_rollout_writes_a_gif(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("edit, fragment", [
     (("CartPole-v1", "CartPol-v1"), "env.id 'CartPol-v1'"),
-    (('name = "ppo"', 'name = "ppoo"'), "algo.name: unknown model 'ppoo'"),
+    (('name = "ppo"', 'name = "ppoo"'), "algo.name: unknown algorithm 'ppoo'; loop 'rl' trains: a2c, a3c, dqn"),
     (("n_epochs = 2", "n_epochs = 0"), "algo"),
     (("n_epochs = 2", "n_epoch = 2"), "unknown key algo.n_epoch"),
     (("[env]", "[data]\nname = 'digits'\n[env]"), "unknown key data in recipe for loop 'rl'"),

@@ -80,8 +80,9 @@ class GINConfig:
     """``fast``: cached CSR adjacency, one sparse matmul; ``generic``: message passing."""
 
     def __post_init__(self) -> None:
-        if self.num_layers < 1:
-            raise ValueError("num_layers must be >= 1")
+        if self.num_layers < 1 or self.hidden_channels < 1:
+            raise ValueError(f"num_layers and hidden_channels must be >= 1, got {self.num_layers}, "
+                             f"{self.hidden_channels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
