@@ -28,6 +28,16 @@ def archlab_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
 
 
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny tensors (more only add synchronisation that stalls
+    whenever another process holds a core). Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def assert_resume_exact(tmp_path: Path) -> Callable[[dict[str, Any]], None]:
     """``check(raw_recipe)``: train the recipe to the end; train it again, cut that run back to its first

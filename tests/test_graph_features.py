@@ -13,13 +13,7 @@ import archlab
 from archlab.graph import sparse_features
 from archlab.models.graph.base import random_graph
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _bag_of_words(n: int = 40, f: int = 60, seed: int = 0) -> torch.Tensor:

@@ -33,10 +33,10 @@ from torch import Tensor
 from ..data.graphs import GraphDataset, load_graph_dataset
 from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
-from ..graph import remove_self_loops
+from ..graph import remove_self_loops, sparse_features
 from ..graph.metrics import average_precision, roc_auc
 from ..models.base import ArchModel
-from .node import SPARSE_DENSITY, check_graph_model, data_defaults
+from .node import check_graph_model, data_defaults
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -182,9 +182,8 @@ class LinkPrediction(Loop):
         g = data.graph
         self.num_nodes = g.num_nodes
         x = g.x.to(ctx.device)
-        density = float((x != 0).float().mean()) if x.numel() else 1.0
-        if getattr(model, "accepts_sparse", False) and density < SPARSE_DENSITY:
-            x = x.to_sparse_csr()
+        if getattr(model, "accepts_sparse", False):  # bag-of-words features: CSR once, not every step
+            x = sparse_features(x)
         self.x = x
         self._use_split(split_edges(g.edge_index, g.num_nodes, dc.val_fraction, self.cfg.test_fraction,
                                     dc.split_seed))

@@ -27,14 +27,13 @@ import torch.nn.functional as F
 from ..data.graphs import GraphDataset, load_graph_dataset
 from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
+from ..graph import sparse_features
 from ..models.base import ArchModel
 from ..registry import get
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
 
-#: Bag-of-words features below this density go to sparse-capable models as a CSR tensor.
-SPARSE_DENSITY = 0.25
 
 
 def data_defaults(recipe: Recipe, data: Any) -> dict[str, Any]:
@@ -98,9 +97,8 @@ class NodeClassification(Loop):
         g = data.graph.to(ctx.device)
         self.graph = g
         x = g.x
-        density = float((x != 0).float().mean()) if x.numel() else 1.0
-        if getattr(model, "accepts_sparse", False) and density < SPARSE_DENSITY:
-            x = x.to_sparse_csr()
+        if getattr(model, "accepts_sparse", False):  # bag-of-words features: CSR once, not every step
+            x = sparse_features(x)
         self.x = x
         self.masks = {"train": g.train_mask, "val": g.val_mask, "test": g.test_mask}
         tc = recipe.train

@@ -149,9 +149,6 @@ class ReinforcementLearning(Loop):
     def final_object(self) -> Any:
         return self.agent
 
-    def best_state(self) -> dict[str, Any]:
-        raise NotImplementedError("RL runs keep the final agent")
-
     def close(self) -> None:
         if hasattr(self.agent, "close"):  # A3C's worker processes
             self.agent.close()
