@@ -150,7 +150,7 @@ LAYERS = [
     {"models"},
     {"data"},
     {"engine", "plots"},
-    {"rl"},  # algorithms use engine services (progress); the registry finds them by name, not by import
+    {"rl", "federated", "privacy"},  # algorithms use engine services (progress); the registry finds them by name, not by import
     {"train"},
     {"recipe"},
     {"runner"},
