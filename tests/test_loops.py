@@ -150,7 +150,8 @@ LAYERS = [
     {"models"},
     {"data"},
     {"engine", "plots"},
-    {"rl", "federated", "privacy"},  # algorithms use engine services (progress); the registry finds them by name, not by import
+    # algorithms use engine services (progress); the registry finds them by name, not by import
+    {"rl", "federated", "privacy"},
     {"train"},
     {"recipe"},
     {"runner"},
