@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,14 @@ def is_run_dir(path: Path) -> bool:
 
 
 def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None = None, device: str | None = None,
-          resume: bool = False, progress: bool = True, log: Any = print) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, log: Any = print,
+          on_eval: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
     """Train ``recipe`` into a run directory; return the summary (also written as summary.json).
 
     ``resume`` continues from the newest valid checkpoint of ``out``. User mistakes raise ArchlabError
-    before anything is written; a fresh run directory is removed again if setup fails.
+    before anything is written; a fresh run directory is removed again if setup fails. ``on_eval(step,
+    scores)`` is called after every validation evaluation; returning True ends the run there (status
+    ``stopped``), e.g. a tuner's pruner.
     """
     seed = recipe.seed if seed is None else check_seed(seed)
     recipe.seed = seed
@@ -114,7 +118,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
                                        keep_checkpoints=tc.keep_checkpoints, early_stopping=tc.early_stopping,
                                        monitor=monitor, monitor_mode=mode, keep_best=loop_cls.keep_best,
                                        tie_break=loop_cls.tie_break, progress=progress, desc=recipe.name),
-                    ckpt, metrics, dist, dev)
+                    ckpt, metrics, dist, dev, on_eval=on_eval)
     start = 0
     if resume:
         start = driver.restore(warn=lambda m: log(f"archlab: {m}"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,7 @@ class Outcome:
     steps: int
     """Steps completed."""
     status: str
-    """completed | early_stopped."""
+    """completed | early_stopped | stopped (by the ``on_eval`` callback)."""
     best: float | None = None
     best_step: int | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
@@ -104,8 +105,12 @@ def _scalar(v: Any) -> Any:
 class Driver:
     def __init__(self, paradigm: Loop, cfg: DriverConfig, checkpoints: CheckpointManager | None,
                  metrics: MetricsLogger | None, dist: DistInfo | None = None,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None,
+                 on_eval: Callable[[int, dict[str, float]], bool] | None = None) -> None:
         self.p = paradigm
+        # Called after every validation evaluation with (step, scores); True ends the run there with
+        # status "stopped" (a hyperparameter search's pruner uses it; the run still finishes normally).
+        self.on_eval = on_eval
         self.cfg = cfg
         self.ckpt = checkpoints
         self.metrics = metrics
@@ -196,6 +201,10 @@ class Driver:
                             self.metrics.log(step, "val", **last_eval)
                         progress.update(step, force=not progress.tty, **last_eval)
                         self._track(step, last_eval)
+                        if self.on_eval is not None and self.on_eval(step, last_eval):
+                            status = "stopped"
+                            progress.message(f"stopped at step {step} by the evaluation callback")
+                            break
                 if step < total and self._checkpoint_due(step):
                     self.save(step)
                 if broadcast_flag(self._stop_requested, self.dist, self.device):
