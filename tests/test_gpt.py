@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import archlab
+from archlab.models.transformers import gpt_decode
 from archlab.models.transformers.gpt import GPT, GPTConfig, filter_logits
 
 TINY = dict(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)
@@ -217,22 +218,34 @@ def test_cached_greedy_generation_equals_recomputation(name):
 
 @pytest.mark.parametrize("name", ["dot", "eager", "gqa", "mqa", "rotary", "untied_nobias", "relu"])
 def test_one_token_decode_step_equals_cached_forward(name):
-    # generate() feeds each new token through _decode_step (transposed weight copies, fewer calls)
+    # generate() feeds each new token through gpt_decode.decode_step (transposed weight copies, fewer calls)
     model = _tiny(**({"activation": "relu", "n_inner": 48} if name == "relu" else VARIANTS[name]))
     ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(6))
     slow, fast = model.new_caches(3, 12), model.new_caches(3, 12)
-    weights = model._decode_weights()
-    assert model._fast_decode_ok()
+    weights = gpt_decode.decode_weights(model)
+    assert gpt_decode.supported(model)
     with torch.no_grad():
         model.hidden_states(ids[:, :5], caches=slow)
         model.hidden_states(ids[:, :5], caches=fast)
         for i in range(5, 12):
             want = model.hidden_states(ids[:, i:i + 1], caches=slow)[:, -1]
-            got = model._decode_step(ids[:, i], fast, weights)
+            got = gpt_decode.decode_step(model, ids[:, i], fast, weights)
             assert (got - want).abs().max() <= 1e-5
     assert fast[0].length == slow[0].length == 12
     for f, s in zip(fast, slow, strict=True):
         assert torch.allclose(f.k, s.k, atol=1e-6) and torch.allclose(f.v, s.v, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dot", "gqa", "rotary", "untied_nobias"])
+def test_generate_fast_path_equals_reference(name):
+    # generate(fast=False) is the reference (every token through hidden_states); the default fast step must
+    # give the same greedy tokens and, with a seeded generator, the same samples
+    model = _tiny(**VARIANTS[name])
+    ids = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(12))
+    assert torch.equal(model.generate(ids, 20, temperature=0.0, fast=False), model.generate(ids, 20, temperature=0.0))
+    a = model.generate(ids, 20, temperature=1.0, generator=torch.Generator().manual_seed(3), fast=False)
+    b = model.generate(ids, 20, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
 
 
 def test_decode_step_under_bf16_autocast_matches_cached_forward():
@@ -243,7 +256,7 @@ def test_decode_step_under_bf16_autocast_matches_cached_forward():
         model.hidden_states(ids[:, :8], caches=slow)
         model.hidden_states(ids[:, :8], caches=fast)
         want = model.hidden_states(ids[:, 8:], caches=slow)[:, -1]
-        got = model._decode_step(ids[:, 8], fast, model._decode_weights())
+        got = gpt_decode.decode_step(model, ids[:, 8], fast, gpt_decode.decode_weights(model))
         out = model.generate(ids, 6, temperature=0.0)
     assert got.dtype == want.dtype and (got - want).float().abs().max() <= 2e-2
     assert out.shape == (2, 15) and torch.equal(out[:, :9], ids)
@@ -264,13 +277,13 @@ def test_compiled_decode_step_equals_eager_step_and_generate_uses_it(monkeypatch
     model = _tiny(**VARIANTS["untied_nobias"])
     ids = torch.randint(0, 97, (3, 14), generator=torch.Generator().manual_seed(8))
     eager, comp = model.new_caches(3, 14), model.new_caches(3, 14)
-    weights, graph = model._decode_weights(), model._compiled_step()
+    weights, graph = gpt_decode.decode_weights(model), gpt_decode.compiled_step(model)
     with torch.no_grad():
         model.hidden_states(ids[:, :5], caches=eager)
         model.hidden_states(ids[:, :5], caches=comp)
         for i in range(5, 14):
-            want = model._head(model._decode_step(ids[:, i], eager, weights))
-            got = model._graph_decode(graph, ids[:, i], comp)
+            want = model._head(gpt_decode.decode_step(model, ids[:, i], eager, weights))
+            got = gpt_decode.graph_decode(model, graph, ids[:, i], comp)
             assert got.shape == want.shape == (3, 97) and (got - want).abs().max() <= 1e-5
     assert comp[0].length == eager[0].length == 14
     for c, e in zip(comp, eager, strict=True):
@@ -279,8 +292,8 @@ def test_compiled_decode_step_equals_eager_step_and_generate_uses_it(monkeypatch
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)  # wide logit margins: no near-ties for rounding to flip
     calls = []
-    original = GPT._graph_decode
-    monkeypatch.setattr(GPT, "_graph_decode", lambda self, *a: calls.append(1) or original(self, *a))
+    original = gpt_decode.graph_decode
+    monkeypatch.setattr(gpt_decode, "graph_decode", lambda *a: calls.append(1) or original(*a))
     out = model.generate(ids[:, :5], 20, temperature=0.0, compile=True)
     assert len(calls) == 19  # every token after the first (which comes from the prompt pass)
     assert torch.equal(out, model.generate(ids[:, :5], 20, temperature=0.0))

@@ -19,10 +19,10 @@ instead of learned ones, and local, sparse or linear attention (``attn_kind``, s
 :mod:`archlab.nn.attention`).
 
 Generation (:meth:`GPT.generate`) keeps one :class:`~archlab.nn.attention.KVCache` per layer, allocated
-once, so each new token costs one position's worth of compute instead of the whole prefix. Single-token
-steps run through :meth:`GPT._decode_step`, which reads transposed copies of the block weights (made
-once per ``generate`` call): on CPU a one-row matmul reads the ``[in, out]`` layout about twice as fast.
-``generate(compile=True)`` instead runs each step as one ``torch.compile`` graph (:meth:`GPT._graph_step`).
+once, so each new token costs one position's worth of compute instead of the whole prefix. The method
+reads as the reference (each new token through ``hidden_states``); the faster one-token step it uses by
+default (``fast=True``; ``compile=True`` for one ``torch.compile`` graph) is in
+:mod:`archlab.models.transformers.gpt_decode`, tested equal.
 
 Hugging Face format: ``model_type = "gpt2"`` (``GPT2LMHeadModel``). GPT-2 stores its projections as
 ``Conv1D`` with weights ``[in, out]``, the transpose of ``nn.Linear``; its fused ``c_attn`` has the
@@ -45,6 +45,7 @@ from ...nn.attention import AttentionKind, AttentionOptions, Backend, KVCache, c
 from ...nn.positional import LearnedPositionalEmbedding, RotaryEmbedding
 from ...nn.transformer import TransformerLayer
 from ...registry import register
+from . import gpt_decode
 from .hf import ACT_FROM_HF, ACT_TO_HF, HFModel
 
 Positional = Literal["learned", "rotary"]
@@ -275,7 +276,7 @@ class GPT(HFModel):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                 eos_token_id: int | None = None, compile: bool = False) -> torch.Tensor:
+                 eos_token_id: int | None = None, fast: bool = True, compile: bool = False) -> torch.Tensor:
         """Continue each prompt by ``max_new_tokens`` tokens, sampled one at a time from
         ``softmax(logits / temperature)`` after :func:`filter_logits` (``temperature == 0``: argmax).
 
@@ -286,10 +287,12 @@ class GPT(HFModel):
         attention have no cache and always recompute. Once every row has produced ``eos_token_id``
         generation stops (finished rows are filled with it). Call ``eval()`` first to turn off dropout.
 
-        ``compile=True`` runs each one-token step as one graph built by ``torch.compile`` (see
-        :meth:`_compiled_step`; needs a C++ compiler on CPU): the first call compiles for a few seconds
-        per new batch size and cache length, later steps are faster. It covers learned positions and
-        multi-head attention; other configurations run the ordinary step.
+        This method is the reference. ``fast=True`` (the default) runs each one-token step through
+        :class:`~archlab.models.transformers.gpt_decode.FastDecoder` instead (transposed weight copies, fewer
+        calls; tested equal); ``compile=True`` makes that step one graph built by ``torch.compile`` (needs a
+        C++ compiler on CPU): the first call compiles for a few seconds per new batch size and cache length,
+        later steps are faster. It covers learned positions and multi-head attention; other configurations
+        run the eager fast step.
 
         Shapes: input_ids ``[B, T]`` -> ``[B, T + n]`` with ``n <= max_new_tokens``
         """
@@ -309,21 +312,15 @@ class GPT(HFModel):
             dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
             caches = self.new_caches(b, min(t0 + max_new_tokens, c.block_size), dtype=dtype, device=dev)
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device) if eos_token_id is not None else None
-        weights = None
-        fast = caches is not None and self._fast_decode_ok()
-        graph = None
-        if (compile and fast and c.positional == "learned" and c.n_kv_head in (None, c.n_head)
-                and not torch.is_autocast_enabled(input_ids.device.type)):
-            graph = self._compiled_step()
+        decoder = None
+        if (fast or compile) and caches is not None and gpt_decode.supported(self):
+            decoder = gpt_decode.FastDecoder(self, compile=compile)
         n = t0
         while n < t0 + max_new_tokens:
             if caches is not None and n <= c.block_size:
                 done = caches[0].length
-                if graph is not None and done == n - 1:
-                    logits = self._graph_decode(graph, out[:, n - 1], caches)
-                elif fast and done == n - 1:
-                    weights = weights or self._decode_weights()
-                    logits = self._head(self._decode_step(out[:, n - 1], caches, weights))
+                if decoder is not None and done == n - 1:
+                    logits = decoder.logits(out[:, n - 1], caches)
                 else:
                     logits = self._head(self.hidden_states(out[:, done:n], caches=caches)[:, -1])
             else:
@@ -342,125 +339,6 @@ class GPT(HFModel):
             if finished is not None and bool(finished.all()):
                 break
         return out[:, :n]
-
-    # One-token decoding. A matrix-vector product ``x W^T`` with ``W`` stored [out, in] (nn.Linear) runs at
-    # about half the speed of ``x W'`` with ``W' = W^T`` stored [in, out] on CPU (the BLAS kernel for a single
-    # row streams the second layout; measured 262 vs 139 us for 1152 x 384 weights read from memory), and
-    # token-by-token decoding is bound by reading the weights. So generation makes a transposed copy of
-    # every block's matrices once per call (memory: one more copy of the block weights while it runs)
-    # and runs each step as a short sequence of plain tensor calls.
-    def _fast_decode_ok(self) -> bool:
-        c = self.config
-        return (not self.training and c.attn_kind == "dot" and all(
-            layer.norm_first and layer.cross_attn is None and layer.ffn.gate is None for layer in self.layers))
-
-    def _decode_weights(self) -> list[tuple[torch.Tensor | None, ...]]:
-        """Per layer: (W_qkv', b_qkv, W_out', b_out, W_1', b_1, W_2', b_2) with each W' = W^T ([in, out])."""
-        def t(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-            w = lin.weight.detach().t()
-            return (w.contiguous() if w.device.type == "cpu" else w), lin.bias
-
-        return [(*t(layer.attn.qkv), *t(layer.attn.out), *t(layer.ffn.fc1), *t(layer.ffn.fc2))
-                for layer in self.layers]
-
-    # Compiled one-token decoding. Token-by-token decoding reads every weight matrix once per token;
-    # on CPU the BLAS matrix-vector product streams weights from memory at about a third of the speed
-    # of a plain read (measured 12-14 GB/s against 39 GB/s for the L6/E384 model's 42.5 MB), while a
-    # row-wise multiply-and-sum over the [out, in] weight that inductor compiles into one loop reaches
-    # ~27 GB/s, and compiling the whole step removes the per-operation dispatch besides.
-    def _compiled_step(self) -> Any:
-        """The compiled form of :meth:`_graph_step` (made once per model; torch recompiles it for
-        each new batch size and cache length)."""
-        step = self.__dict__.get("_compiled_graph_step")
-        if step is None:
-            step = torch.compile(self._graph_step, fullgraph=True)
-            self.__dict__["_compiled_graph_step"] = step
-        return step
-
-    def _graph_decode(self, graph: Any, token: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
-        """One decoding step through the compiled graph: logits ``[B, vocab]`` for ``token [B]`` at the
-        next cached position; the new keys and values are written into ``caches`` afterwards."""
-        pos = caches[0].length
-        if pos + 1 > self.config.block_size:
-            raise ValueError(f"{pos + 1} positions exceed block_size ({self.config.block_size})")
-        pos_t = torch.tensor(pos, device=token.device)
-        logits, ks, vs = graph(token, pos_t, [c.k for c in caches], [c.v for c in caches])
-        for cache, k, v in zip(caches, ks, vs, strict=True):
-            cache.append(k.unsqueeze(2), v.unsqueeze(2))
-        return logits
-
-    def _graph_step(self, token: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
-                    vs: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """The traced body of a compiled decoding step (learned positions, multi-head attention):
-        the token at position ``pos`` (a 0-d tensor, so one graph serves every position) attends to
-        the cached positions ``< pos`` (read only; the full buffers are read and the unfilled tail
-        masked) and to itself. Returns the logits and each layer's new key and value rows.
-
-        Shapes: token ``[B]``; ks, vs ``[B, H, L, D]`` per layer -> ``[B, vocab]``, ``[B, H, D]`` per layer"""
-        # x W^T as a multiply-and-sum over rows of the [out, in] weight: inductor makes it one streaming
-        # loop on CPU, which reads the weight once per row of x -- faster than BLAS up to 4 rows (measured
-        # 1.4-1.8x at 1-4 rows, slower from 8); for larger batches and on other devices the ordinary
-        # product is the fast one
-        rowwise = token.device.type == "cpu" and token.shape[0] <= 4
-
-        def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-            y = (x[:, None, :] * weight).sum(-1) if rowwise else F.linear(x, weight)
-            return y if bias is None else y + bias
-
-        b = token.shape[0]
-        x = F.embedding(token, self.wte.weight) + F.embedding(pos.view(1), self.wpe.weight)
-        new_k, new_v = [], []
-        for layer, kc, vc in zip(self.layers, ks, vs, strict=True):
-            attn = layer.attn
-            h, d = attn.n_head, attn.head_dim
-            scale = d ** -0.5 if attn.scale is None else attn.scale
-            q, k, v = linear(layer.norm1(x), attn.qkv.weight, attn.qkv.bias).view(b, 3, h, d).unbind(1)
-            past = torch.einsum("bhd,bhld->bhl", q, kc) * scale
-            past = past.masked_fill(torch.arange(kc.shape[2], device=kc.device) >= pos, float("-inf"))
-            probs = torch.softmax(torch.cat((past, (q * k).sum(-1, keepdim=True) * scale), -1), -1)
-            a = torch.einsum("bhl,bhld->bhd", probs[..., :-1], vc) + probs[..., -1:] * v
-            x = x + linear(a.reshape(b, h * d), attn.out.weight, attn.out.bias)
-            x = x + linear(layer.ffn.act(linear(layer.norm2(x), layer.ffn.fc1.weight, layer.ffn.fc1.bias)),
-                           layer.ffn.fc2.weight, layer.ffn.fc2.bias)
-            new_k.append(k)
-            new_v.append(v)
-        x = self.ln_f(x)
-        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        return linear(x, head), new_k, new_v
-
-    def _decode_step(self, token: torch.Tensor, caches: list[KVCache],
-                     weights: list[tuple[torch.Tensor | None, ...]]) -> torch.Tensor:
-        """Hidden state after feeding one token per row at the next cached position (what
-        ``hidden_states(token[:, None], caches=caches)[:, -1]`` returns, with fewer steps).
-
-        Shapes: token ``[B]`` -> ``[B, n_embd]``"""
-        def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-            return x @ w if bias is None else torch.addmm(bias, x, w)
-
-        pos = caches[0].length
-        if pos + 1 > self.config.block_size:
-            raise ValueError(f"{pos + 1} positions exceed block_size ({self.config.block_size})")
-        x = self.wte(token)
-        if self.wpe is not None:
-            x = x + self.wpe.weight[pos]
-        b = x.shape[0]
-        for layer, cache, weight in zip(self.layers, caches, weights, strict=True):
-            w_qkv, b_qkv, w_o, b_o, w_1, b_1, w_2, b_2 = weight
-            attn = layer.attn
-            hq, hkv, d = attn.n_head, attn.n_kv_head, attn.head_dim
-            q, k, v = linear(layer.norm1(x), w_qkv, b_qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
-            q, k, v = q.view(b, hq, 1, d), k.view(b, hkv, 1, d), v.view(b, hkv, 1, d)
-            if attn.rotary is not None:
-                q, k = attn.rotary(q, k, pos)
-            # KVCache.append without its checks (the length was checked above)
-            cache.k[:, :, pos:pos + 1] = k
-            cache.v[:, :, pos:pos + 1] = v
-            cache.length = pos + 1
-            a = F.scaled_dot_product_attention(q, cache.k[:, :, :pos + 1], cache.v[:, :, :pos + 1], scale=attn.scale,
-                                               enable_gqa=hkv != hq)
-            x = x + linear(a.view(b, hq * d), w_o, b_o)
-            x = x + linear(layer.ffn.act(linear(layer.norm2(x), w_1, b_1)), w_2, b_2)
-        return self.ln_f(x)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW parameter groups as in nanoGPT: decay on matrices (linear weights, embeddings), none on
