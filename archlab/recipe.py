@@ -358,7 +358,9 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
         table, sub = key.split(".")
         if isinstance(raw.get(table), dict) and sub in raw[table]:
             raise ArchlabError(f"{key} has moved to {new}")
-    allowed = {"name", "description", "seed", "train", "optim", "expect", "loop", cls.model_table, *cls.tables}
+    # [tune] is the recipe's own search space for `archlab tune` (archlab/search/tune.py); training ignores it.
+    allowed = {"name", "description", "seed", "train", "optim", "expect", "loop", "tune", cls.model_table,
+               *cls.tables}
     if cls.uses_data:
         allowed.add("data")
     unknown = sorted(set(raw) - allowed)
