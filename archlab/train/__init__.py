@@ -2,4 +2,4 @@
 (``train.loop`` in a recipe). Importing this package registers them all; the engine's
 :class:`~archlab.engine.driver.Driver` runs them."""
 
-from . import gan, graph_level, link, lm, mlm, node, rl, seq2seq, supervised, temporal  # noqa: F401
+from . import elbo, gan, graph_level, link, lm, mlm, node, rl, seq2seq, supervised, temporal  # noqa: F401

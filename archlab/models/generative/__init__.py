@@ -1,3 +1,3 @@
 """Generative models. Importing this package registers them."""
 
-from . import toy_gan  # noqa: F401
+from . import autoencoder, toy_gan, vae  # noqa: F401

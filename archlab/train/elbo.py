@@ -1,0 +1,195 @@
+"""Likelihood training of latent-variable image models: VAEs (the negative ELBO) and autoencoders
+(reconstruction error), with one optimizer.
+
+One step:
+
+    x ~ data, scaled to [0, 1];  x ~ Bernoulli(x) when loop.binarize = "dynamic"   (fresh every batch,
+                                                                                   Burda et al. 2016 Sec. 5)
+    loss = mean over the batch of model.terms(x)["loss"]          VAE: -log p(x|z) + beta KL; AE: -log p(x|x_hat)
+    theta <- optimizer(theta, grad loss)
+
+Images are scaled affinely onto [0, 1] by the training split's smallest and largest value (MNIST's
+normalised pixels map back to pixel / 255 exactly); the validation and test images are binarized
+once, with a fixed seed, so every evaluation scores the same binary images.
+
+Evaluation (nats per image, mean over the split): ``{split}_loss`` (the training objective: -ELBO for a
+VAE with beta = 1), ``{split}_rec``, ``{split}_kl``; at the end, ``test_nll`` = -L_k, the
+importance-weighted bound of Burda et al. (eq. 8) with ``loop.nll_k`` samples, for models that have a
+likelihood (``iwae_bound``). The run directory gets ``samples.png`` (models with a prior) and
+``interpolation.png`` / ``interpolation.gif``: codes of test images walked linearly and spherically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from ..data import Dataset
+from ..engine.loop import Context, Loop, register_loop
+from ..errors import ArchlabError
+from ..models.base import ArchModel
+from ..models.generative.images import lerp, save_gif, save_grid, slerp
+from .supervised import BatchStream
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
+
+
+@dataclass
+class ELBOConfig:
+    """``[loop]`` of the elbo loop."""
+
+    binarize: Literal["dynamic", "none"] = "dynamic"
+    """``dynamic``: every training batch is resampled as Bernoulli(pixel) (Burda et al.); ``none``: grey levels."""
+    eval_batch: int = 1000
+    """Examples per forward pass in evaluations."""
+    nll_k: int = 0
+    """Importance samples of the final test NLL bound (5000 for reported numbers); 0: no test_nll."""
+    nll_examples: int = 0
+    """Test examples the NLL bound averages over (the first ones); 0: the whole test split."""
+    samples: int = 64
+    """Images in ``samples.png``."""
+
+    def __post_init__(self) -> None:
+        if self.binarize not in ("dynamic", "none"):
+            raise ValueError(f"binarize must be 'dynamic' or 'none', got {self.binarize!r}")
+        if not 1 <= self.eval_batch <= 10**6 or not 0 <= self.nll_k <= 10**6 or not 0 <= self.nll_examples <= 10**8:
+            raise ValueError("need 1 <= eval_batch <= 1e6, 0 <= nll_k <= 1e6 and 0 <= nll_examples <= 1e8")
+        if not 1 <= self.samples <= 1024:
+            raise ValueError(f"samples must be in [1, 1024], got {self.samples}")
+
+
+@register_loop("elbo")
+class ELBO(Loop):
+    """VAEs and autoencoders on images: minimise the per-image negative ELBO or reconstruction error."""
+
+    Config = ELBOConfig
+    model_families = ("generative",)
+    metrics = ("val_loss", "val_rec", "val_kl", "test_loss", "test_rec", "test_kl", "test_nll")
+    monitor = ("val_loss", "min")
+    progress_keys = ("loss", "kl")
+
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: Dataset) -> dict[str, Any]:
+        shape = list(data.input_shape)
+        return {"input_dim": int(torch.tensor(shape).prod()), "image_shape": shape}
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
+        terms = getattr(model, "terms", None)
+        if terms is None:
+            raise ArchlabError(f"model {recipe.model_name!r} has no per-image loss terms; the elbo loop trains "
+                               "vae and autoencoder models")
+        if list(data.input_shape) != list(model.config.image_shape):
+            raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
+                               f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
+                               f"shape {tuple(data.input_shape)}")
+
+    def __init__(self, recipe: Recipe, model: ArchModel, data: Dataset, ctx: Context) -> None:
+        if ctx.dist.enabled:
+            raise ArchlabError("the elbo loop runs in one process; drop --nproc")
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
+        tc, dc = recipe.train, recipe.data
+        lo, hi = float(data.train.x.min()), float(data.train.x.max())
+        if hi <= lo:
+            raise ArchlabError(f"data {dc.name!r}: the training images are constant; nothing to model")
+        self.scale = (lo, hi)
+        self.train_x = self._unit(data.train.x).to(ctx.device)
+        fixed = torch.Generator().manual_seed(12345)
+        self.eval_x = {split: self._binarize(self._unit(getattr(data, split).x), fixed).to(ctx.device)
+                       for split in ("val", "test")}
+        self.stream = BatchStream(len(data.train), dc.batch_size, seed=ctx.seed)
+        self.bin_gen = torch.Generator().manual_seed(ctx.seed + 1)
+        per_epoch = max(1, len(data.train) // dc.batch_size)
+        self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
+        self.eval_every = (tc.eval_every or per_epoch) if len(data.val) else 0
+        self.opt = self.trainable("model", self.model)
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.scale
+        return ((x - lo) / (hi - lo)).clamp(0, 1)
+
+    def _binarize(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return torch.bernoulli(x, generator=gen) if self.cfg.binarize == "dynamic" else x
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        self.model.train()
+        x = self._binarize(self.train_x[self.stream.next().to(self.ctx.device)].cpu(), self.bin_gen)
+        self.opt.zero_grad()
+        with self.ctx.precision.autocast():
+            terms = self.model.terms(x.to(self.ctx.device))
+        loss = terms["loss"].float().mean()
+        self.opt.backward(loss)
+        out = {"loss": loss.detach(), "lr": self.opt.step()}
+        if "kl" in terms:
+            out["kl"] = terms["kl"].detach().float().mean()
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        x = self.eval_x.get(split)
+        if x is None or not len(x):
+            return {}
+        self.model.eval()
+        sums: dict[str, float] = {}
+        # One fixed noise stream per split: evaluations are comparable and leave training's RNG alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed({"val": 0, "test": 1}[split])
+            for i in range(0, len(x), self.cfg.eval_batch):
+                for key, value in self.model.terms(x[i:i + self.cfg.eval_batch]).items():
+                    if key in ("loss", "rec", "kl"):
+                        sums[key] = sums.get(key, 0.0) + float(value.double().sum())
+        return {f"{split}_{k}": v / len(x) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def test_nll(self) -> dict[str, float]:
+        """-L_k on the first ``nll_examples`` test images (models with a likelihood; k = ``nll_k``)."""
+        bound = getattr(self.model, "iwae_bound", None)
+        if not self.cfg.nll_k or bound is None:
+            return {}
+        self.model.eval()
+        x = self.eval_x["test"]
+        x = x[:self.cfg.nll_examples] if self.cfg.nll_examples else x
+        total = 0.0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(2)
+            for i in range(0, len(x), 100):
+                total += float(bound(x[i:i + 100], self.cfg.nll_k).double().sum())
+        return {"test_nll": -total / len(x)}
+
+    def final_metrics(self) -> dict[str, float]:
+        return {**self.evaluate("val"), **self.evaluate("test"), **self.test_nll()}
+
+    @torch.no_grad()
+    def write_artifacts(self, run_dir: str | os.PathLike) -> None:
+        run_dir = Path(run_dir)
+        self.model.eval()
+        name = self.recipe.name
+        if getattr(self.model, "can_sample", False):
+            gen = torch.Generator().manual_seed(0)
+            save_grid(self.model.sample(self.cfg.samples, gen), run_dir / "samples.png",
+                      title=f"{name}: samples (Bernoulli means)")
+        x = self.eval_x["test"][:8]
+        if len(x) < 2:
+            return
+        z = self.model.latent(x)
+        s = torch.linspace(0, 1, 10, device=z.device)
+        rows = []
+        for i in range(0, len(z) - 1, 2):
+            rows.append(self.model.decode_images(lerp(z[i], z[i + 1], s)))
+            rows.append(self.model.decode_images(slerp(z[i], z[i + 1], s)))
+        save_grid(torch.cat(rows), run_dir / "interpolation.png", nrow=10,
+                  title=f"{name}: test image codes, rows alternate linear / spherical")
+        save_gif(rows[1], run_dir / "interpolation.gif")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.opt.state_dict(), "stream": self.stream.state_dict(), "bin_gen": self.bin_gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["model"])
+        self.stream.load_state_dict(state["stream"])
+        self.bin_gen.set_state(state["bin_gen"])
