@@ -146,7 +146,7 @@ def test_load_and_eval_work_on_an_rl_run(tmp_path):
 LAYERS = [
     # __version__ is set at the top of archlab/__init__.py, before it imports anything.
     {"errors", "config", "io", "registry", "debug", "__version__"},
-    {"nn", "graph"},
+    {"nn", "graph", "quantum"},  # the quantum simulator needs only torch
     {"models"},
     {"data"},
     {"engine", "plots"},
