@@ -115,7 +115,7 @@ class Registry(Generic[T]):
 
 
 # Models and RL algorithms (what a run trains). RL algorithms need gymnasium: without it they are absent.
-MODELS: Registry[type] = Registry("model", ("archlab.models", "archlab.rl.algorithms"))
+MODELS: Registry[type] = Registry("model", ("archlab.models", "archlab.rl.algorithms", "archlab.meta"))
 
 
 def register(name: str, family: str, description: str | None = None) -> Callable[[type], type]:

@@ -185,8 +185,12 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def evaluate(run_dir: str | os.PathLike, device: str = "auto") -> dict[str, float]:
-    """Re-evaluate the final model (or agent) of a finished run, as its loop defines it."""
+def evaluate(run_dir: str | os.PathLike, device: str = "auto", overrides: list[str] | None = None) -> dict[str, float]:
+    """Re-evaluate the final model (or agent) of a finished run, as its loop defines it.
+
+    ``overrides`` (``KEY=VALUE``, as ``--set``) change the run's recipe for this evaluation only, e.g.
+    ``data.name=omniglot_runs`` to score a few-shot learner on another dataset; the metrics are then
+    also appended to ``evaluations`` in the run's summary.json (with the overrides that produced them)."""
     from . import recipe as recipe_mod
 
     run_dir = Path(run_dir)
@@ -194,8 +198,13 @@ def evaluate(run_dir: str | os.PathLike, device: str = "auto") -> dict[str, floa
         raise ArchlabError(f"{run_dir} is not a run directory (no {RECIPE}); pass the folder `archlab train` wrote")
     if not (run_dir / CONFIG_FILE).is_file():
         raise ArchlabError(f"{run_dir} has no final model ({CONFIG_FILE}): the run did not finish")
-    recipe = recipe_mod.load(run_dir / RECIPE)
+    recipe = recipe_mod.load(run_dir / RECIPE, overrides)
     recipe.train.compile = False
     dev = resolve_device(device)
     ctx = Context(device=dev, precision=Precision(recipe.train.precision, dev), dist=DistInfo(), seed=recipe.seed)
-    return recipe.loop_class.evaluate_run(run_dir, recipe, ctx)
+    metrics = recipe.loop_class.evaluate_run(run_dir, recipe, ctx)
+    if overrides and (run_dir / SUMMARY).is_file():
+        summary = read_summary(run_dir)
+        summary.setdefault("evaluations", []).append({"overrides": list(overrides), "metrics": metrics})
+        _write_json(run_dir / SUMMARY, summary)
+    return metrics

@@ -151,11 +151,11 @@ LAYERS = [
     {"data"},
     {"engine", "plots"},
     # algorithms use engine services (progress); the registry finds them by name, not by import
-    {"rl", "federated", "privacy"},
+    {"rl", "federated", "privacy", "meta", "continual"},
     {"train"},
     {"recipe"},
     {"runner"},
-    {"reproduce", "bench"},
+    {"reproduce", "bench", "search"},
     {"cli", "__init__", "__main__"},
 ]
 

@@ -1,0 +1,8 @@
+"""Meta-learning and few-shot classification: learners trained on episodes (``train.loop = "episodic"``).
+
+One method per file: Prototypical Networks (``protonet``), Matching Networks (``matching_net``),
+MAML / first-order MAML (``maml``) and Reptile (``reptile``), all on the 4-block convolutional
+network of :mod:`archlab.meta.conv4`. Importing this package registers them (family ``meta``).
+"""
+
+from . import maml, matching, protonet, reptile  # noqa: F401
