@@ -1,0 +1,260 @@
+"""Federated rounds: one step = one round of a client algorithm and a server optimizer (``train.loop = "federated"``).
+
+The training split is partitioned once among ``loop.clients`` clients (:mod:`archlab.federated.partition`,
+a plot of the client x class counts goes into ``RUN/plots/partition.png``). Round ``t`` (0-based):
+
+    S_t   <- sorted sample of m = max(1, round(C * K)) clients, without replacement   (seed, t)
+    for k in S_t:                                                                   (in process, in order)
+        w_k <- x_t;  local epochs of minibatches of data.batch_size from client k's examples (seed, t, k)
+        (FedAvg / FedProx / SCAFFOLD local rule, client optimizer [optim] at lr(t))
+        delta_k <- w_k - x_t
+    delta <- sum_k p_k delta_k     p_k = n_k / sum n  (loop.weighting = "samples")  or 1 / m  ("uniform")
+    x_{t+1} <- server_optimizer(x_t, delta)                      (fedavg / fedavgm / fedadagrad / fedyogi / fedadam)
+
+Every random choice of round ``t`` comes from generators seeded by ``(seed, t)`` and ``(seed, t, k)``,
+so the client sampler needs no state; the checkpoint holds the global model, the server optimizer's
+moments and the algorithm's per-client state (SCAFFOLD's control variates), and a resumed run is
+bit-identical to an uninterrupted one. Client optimizers start fresh every round (as in the papers).
+
+Evaluation: every ``train.eval_every`` rounds (default 1) the global model is scored on the validation
+split (when there is one) *and* on the test split: McMahan et al. 2017 report test accuracy per round
+and "rounds to reach a target", which this loop reports as ``rounds_to_target`` (the first evaluated
+round with test accuracy >= ``loop.target_acc``; ``inf`` when the run never reached it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import Dataset, Split
+from ..engine.loop import Context, Loop, register_loop
+from ..engine.optim import build_optimizer, lr_factor
+from ..errors import ArchlabError
+from ..federated import FedAvg, FedProx, Scaffold, ServerOptConfig, ServerOptimizer, class_counts, partition
+from ..federated.partition import Scheme, plot_counts
+from ..federated.server import ServerName
+from ..io import atomic_write_bytes
+from ..models.base import ArchModel
+from .supervised import Supervised
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
+
+
+@dataclass
+class FederatedConfig:
+    """``[loop]`` of the federated loop. The local batch size B is ``data.batch_size``."""
+
+    clients: int = 100
+    """K, the number of clients the training split is partitioned among."""
+    fraction: float = 0.1
+    """C, the share of clients sampled each round (at least one client)."""
+    local_epochs: int = 1
+    """E, passes over its own examples each sampled client makes per round."""
+    full_batch: bool = False
+    """B = infinity: one full-batch step per local epoch (with local_epochs = 1: FedSGD)."""
+    partition: Scheme = "iid"
+    """How the training split is dealt: iid, pathological (sorted shards), dirichlet (label skew), quantity."""
+    alpha: float = 0.5
+    """Dirichlet concentration of the dirichlet and quantity partitions (small: more skew)."""
+    shards_per_client: int = 2
+    """Shards per client of the pathological partition (McMahan et al. 2017: 2)."""
+    min_size: int = 1
+    """Dirichlet partitions are redrawn until every client holds at least this many examples."""
+    weighting: Literal["samples", "uniform"] = "samples"
+    """Weights of the client updates: n_k / n (FedAvg) or 1 / m (SCAFFOLD's mean)."""
+    algorithm: Literal["fedavg", "fedprox", "scaffold"] = "fedavg"
+    """Client algorithm (archlab/federated/): FedAvg/FedSGD, FedProx, SCAFFOLD."""
+    mu: float = 0.01
+    """FedProx's proximal strength (0: FedAvg)."""
+    server: ServerName = "fedavg"
+    """Server optimizer (Reddi et al. 2021): fedavg, fedavgm, fedadagrad, fedyogi, fedadam."""
+    server_lr: float = 1.0
+    """eta of the server step (1 with fedavg: the plain weighted average)."""
+    server_momentum: float = 0.9
+    """beta of fedavgm."""
+    server_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    """beta1, beta2 of fedadagrad / fedyogi / fedadam."""
+    tau: float = 1e-3
+    """Adaptivity tau of fedadagrad / fedyogi / fedadam."""
+    target_acc: float = 0.0
+    """Report rounds_to_target: the first round whose test accuracy reaches this (0: not reported)."""
+    backend: Literal["inprocess"] = "inprocess"
+    """Where clients run: in this process, one after another (Flower backends are not implemented yet)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.clients <= 10**6 or not 0 < self.fraction <= 1 or not 1 <= self.local_epochs <= 1000:
+            raise ValueError("need 1 <= clients <= 1e6, 0 < fraction <= 1 and 1 <= local_epochs <= 1000")
+        if not 1e-3 <= self.alpha <= 1e6 or not 1 <= self.shards_per_client <= 1000 or not 1 <= self.min_size <= 10**6:
+            raise ValueError("need 1e-3 <= alpha <= 1e6, 1 <= shards_per_client <= 1000 and 1 <= min_size <= 1e6")
+        if not 0 <= self.mu <= 1e3 or not 0 < self.server_lr <= 100 or not 0 <= self.server_momentum < 1:
+            raise ValueError("need 0 <= mu <= 1000, 0 < server_lr <= 100 and 0 <= server_momentum < 1")
+        if len(self.server_betas) != 2 or not all(0 <= b < 1 for b in self.server_betas):
+            raise ValueError(f"server_betas must be two numbers in [0, 1), got {self.server_betas}")
+        if not 0 < self.tau <= 10 or not 0 <= self.target_acc <= 1:
+            raise ValueError("need 0 < tau <= 10 and 0 <= target_acc <= 1")
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from a tuple of integers (independent streams per round and client)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@register_loop("federated")
+class Federated(Loop):
+    """Federated averaging family on an in-memory dataset: one step is one round."""
+
+    Config = FederatedConfig
+    model_families = ("classic", "transformers")
+    trainables = ("client",)
+    metrics = ("val_acc", "val_loss", "test_acc", "test_loss", "rounds_to_target")
+    progress_keys = ("loss", "test_acc")
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
+        if recipe.train.steps < 1:
+            raise ArchlabError("train.steps: the federated loop counts rounds in train.steps; set it (>= 1)")
+        if recipe.train.accumulate != 1 or recipe.train.l1 or recipe.data.augment:
+            raise ArchlabError("train.accumulate, train.l1 and data.augment are not used by the federated loop; "
+                               "leave them at their defaults")
+        cfg: FederatedConfig = recipe.loop
+        if cfg.clients > len(data.train):
+            raise ArchlabError(f"loop.clients: {cfg.clients} clients but only {len(data.train)} training examples")
+        Supervised.check_fit(recipe, data, model)
+
+    def __init__(self, recipe: Recipe, model: ArchModel, data: Dataset, ctx: Context) -> None:
+        if ctx.dist.enabled:
+            raise ArchlabError("the federated loop simulates its clients in one process; drop --nproc")
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
+        cfg: FederatedConfig = self.cfg
+        self.total_steps = recipe.train.steps
+        self.eval_every = recipe.train.eval_every or 1
+        self.train_x, self.train_y = data.train.x.to(ctx.device), data.train.y.to(ctx.device)
+        self.parts = partition(data.train.y.numpy(), cfg.clients, cfg.partition, seed=ctx.seed, alpha=cfg.alpha,
+                               shards_per_client=cfg.shards_per_client, min_size=cfg.min_size)
+        self.per_round = max(1, round(cfg.fraction * cfg.clients))
+        self.client_optim = recipe.optim["client"]
+        self.local = copy.deepcopy(self.model)  # the working copy every client trains
+        if cfg.algorithm == "scaffold":
+            self.algo: FedAvg = Scaffold(self.model)
+        elif cfg.algorithm == "fedprox":
+            self.algo = FedProx(cfg.mu)
+        else:
+            self.algo = FedAvg()
+        b1, b2 = cfg.server_betas
+        self.server = ServerOptimizer(ServerOptConfig(cfg.server, cfg.server_lr, cfg.server_momentum, b1, b2, cfg.tau),
+                                      self._float_state(self.model))
+        self.reached: int | None = None  # first round whose test accuracy reached target_acc
+        self.round = 0
+
+    @staticmethod
+    def _float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Parameters and floating buffers (what is averaged); integer buffers (BatchNorm's counter) are copied."""
+        return {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    def sample_clients(self, rnd: int) -> list[int]:
+        """The clients of round ``rnd``: a sorted sample without replacement, a function of (seed, rnd)."""
+        rng = np.random.default_rng(_seed(self.ctx.seed, rnd))
+        return sorted(int(k) for k in rng.choice(self.cfg.clients, self.per_round, replace=False))
+
+    def client_batches(self, rnd: int, client: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Client ``client``'s minibatches of round ``rnd``: ``local_epochs`` seeded shuffles of its examples,
+        cut into batches of ``data.batch_size`` (the last one of an epoch may be smaller)."""
+        idx = torch.from_numpy(self.parts[client]).to(self.ctx.device)
+        gen = torch.Generator().manual_seed(_seed(self.ctx.seed, rnd, client))
+        b = len(idx) if self.cfg.full_batch else self.recipe.data.batch_size
+        out = []
+        for _ in range(self.cfg.local_epochs):
+            order = idx[torch.randperm(len(idx), generator=gen).to(self.ctx.device)]
+            out += [(self.train_x[order[i:i + b]], self.train_y[order[i:i + b]]) for i in range(0, len(order), b)]
+        return out
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        clients = self.sample_clients(step)
+        lr = self.client_optim.lr * lr_factor(step, self.total_steps, self.client_optim)
+        global_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        global_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        sizes = [len(self.parts[k]) for k in clients]
+        weights = [n / sum(sizes) for n in sizes] if cfg.weighting == "samples" else [1 / len(clients)] * len(clients)
+        delta = {k: torch.zeros_like(v) for k, v in self._float_state(self.model).items()}
+        steps = loss_sum = 0.0
+        for k, w in zip(clients, weights, strict=True):
+            self.local.load_state_dict(global_state)
+            opt = build_optimizer(self.local, self.client_optim)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            n_steps, k_loss = self.algo.local_train(self.local, opt, self.client_batches(step, k), global_params, k)
+            self.algo.end_client(k, self.local, global_params, n_steps, lr)
+            steps, loss_sum = steps + n_steps, loss_sum + k_loss
+            with torch.no_grad():
+                for name, v in self._float_state(self.local).items():
+                    delta[name].add_(v - global_state[name], alpha=w)
+        # Integer buffers (BatchNorm's num_batches_tracked) cannot be averaged: keep the last client's.
+        with torch.no_grad():
+            for name, v in self.local.state_dict().items():
+                if not v.is_floating_point():
+                    self.model.state_dict()[name].copy_(v)
+        self.server.step(self._float_state(self.model), delta)
+        self.algo.end_round(clients, cfg.clients)
+        self.round = step + 1
+        sent = sum(v.numel() * v.element_size() for v in delta.values()) * len(clients)
+        return {"loss": loss_sum / max(steps, 1), "lr": lr, "local_steps": steps, "bytes_up": sent}
+
+    @torch.no_grad()
+    def _score(self, part: Split, split: str) -> dict[str, float]:
+        self.model.eval()
+        correct, loss_sum = 0, 0.0
+        bs = self.recipe.data.eval_batch_size
+        for i in range(0, len(part), bs):
+            x, y = part.x[i:i + bs].to(self.ctx.device), part.y[i:i + bs].to(self.ctx.device)
+            logits = self.model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+        return {f"{split}_acc": correct / len(part), f"{split}_loss": loss_sum / len(part)}
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        if split != "val":
+            return self._score(getattr(self.data, split), split)
+        out = self._score(self.data.val, "val") if len(self.data.val) else {}
+        test = self._score(self.data.test, "test")  # the per-round curve the papers plot
+        if self.cfg.target_acc and self.reached is None and test["test_acc"] >= self.cfg.target_acc:
+            self.reached = self.round
+        return {**out, **test}
+
+    def final_metrics(self) -> dict[str, float]:
+        out = {**(self._score(self.data.val, "val") if len(self.data.val) else {}), **self.evaluate("test")}
+        if self.cfg.target_acc:
+            out["rounds_to_target"] = math.inf if self.reached is None else float(self.reached)
+        return out
+
+    def write_artifacts(self, run_dir: str | os.PathLike) -> None:
+        """``plots/partition.png`` (client x class counts) and ``partition.json`` (the counts)."""
+        counts = class_counts(self.data.train.y.numpy(), self.parts, self.data.num_classes)
+        c = self.cfg
+        plot_counts(counts, Path(run_dir) / "plots" / "partition.png",
+                    f"{c.partition} partition of {self.recipe.data.name}: {c.clients} clients")
+        atomic_write_bytes(Path(run_dir) / "partition.json",
+                           (json.dumps({"scheme": c.partition, "counts": counts.tolist()}) + "\n").encode())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"global": self.model.state_dict(), "server": self.server.state_dict(),
+                "algorithm": self.algo.state_dict(), "round": self.round,
+                "reached": -1 if self.reached is None else self.reached}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["global"])
+        self.server.load_state_dict(state["server"])
+        self.algo.load_state_dict(state["algorithm"])
+        self.round = state["round"]
+        self.reached = None if state["reached"] < 0 else state["reached"]
