@@ -4,4 +4,3 @@
 
 from . import elbo, gan, graph_level, link, lm, mlm, node, rl, rounds, seq2seq, supervised, temporal  # noqa: F401
 from . import episodic  # noqa: F401  (meta-learning; archlab.meta)
-from . import ssl  # noqa: F401  (self-supervised pretraining; archlab.models.ssl)
