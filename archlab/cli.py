@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    from .train import probe
+
+    probe.add_parser(sub)
+
     s = sub.add_parser("generate", help="continue a prompt with the language model of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
@@ -82,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int)
     s.add_argument("--out", help="results folder (default reports/bench/<spec>)")
     s.add_argument("--update-results", action="store_true", help="also overwrite the committed benchmarks/results/")
+
+    from .search import tune
+
+    tune.add_parser(sub)
     return p
 
 
@@ -272,6 +280,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .train import probe
+
+    return probe.run(args)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .train.lm import generate_from_run
 
@@ -309,11 +323,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .search import tune
+
+    return tune.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
+               "probe": cmd_probe,
                "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
-               "rollout": cmd_rollout}[args.command]
+               "rollout": cmd_rollout, "tune": cmd_tune}[args.command]
     try:
         return handler(args)
     except ArchlabError as exc:
