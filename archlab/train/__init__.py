@@ -2,5 +2,5 @@
 (``train.loop`` in a recipe). Importing this package registers them all; the engine's
 :class:`~archlab.engine.driver.Driver` runs them."""
 
-from . import elbo, gan, graph_level, link, lm, mlm, node, rl, rounds, seq2seq, supervised, temporal  # noqa: F401
+from . import diffusion, elbo, gan, graph_level, link, lm, mlm, node, rl, rounds, seq2seq, supervised, temporal  # noqa: F401
 from . import episodic  # noqa: F401  (meta-learning; archlab.meta)

@@ -1,3 +1,3 @@
 """Generative models. Importing this package registers them."""
 
-from . import autoencoder, toy_gan, vae  # noqa: F401
+from . import autoencoder, ddpm, toy_gan, vae  # noqa: F401

@@ -1,0 +1,166 @@
+"""Diffusion training (Ho et al. 2020, Algorithm 1) with an exponential moving average of the weights.
+
+One step:
+
+    x_0 ~ data, scaled to [-1, 1];  t ~ U{0 .. T-1};  eps ~ N(0, I)       (the loop's own seeded generator)
+    loss = || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2     (model.loss)
+    theta <- optimizer(theta, grad loss)
+    theta_ema <- d theta_ema + (1 - d) theta                                 (loop.ema_decay; Ho et al. use 0.9999)
+
+Images are scaled affinely onto [-1, 1] by the training split's smallest and largest value. The run
+saves the EMA weights (what samples are drawn from; 0 disables the EMA and saves the trained weights);
+checkpoints hold both, so resume is exact.
+
+Evaluation: ``{split}_loss``, the same noise-prediction error on the split's images with a fixed draw of
+t and eps (comparable between evaluations), computed with the EMA weights. At the end the run directory
+gets ``samples.png``: ``loop.samples`` images from ``loop.sample_steps`` DDIM steps (eta = ``loop.eta``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..data import Dataset
+from ..engine.loop import Context, Loop, register_loop
+from ..errors import ArchlabError
+from ..models.base import ArchModel
+from ..models.generative.images import save_grid
+from .supervised import BatchStream
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
+
+
+@dataclass
+class DiffusionConfig:
+    """``[loop]`` of the diffusion loop."""
+
+    ema_decay: float = 0.999
+    """Decay d of the weights' moving average; 0: no EMA (the trained weights are saved)."""
+    eval_examples: int = 1000
+    """Images of a split scored by each evaluation (the first ones)."""
+    eval_batch: int = 250
+    """Images per forward pass in evaluations."""
+    samples: int = 64
+    """Images in ``samples.png``."""
+    sample_steps: int = 50
+    """DDIM steps for ``samples.png``."""
+    eta: float = 0.0
+    """DDIM eta for ``samples.png`` (0: deterministic; 1: DDPM's variance)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 1 <= self.eval_examples <= 10**7 or not 1 <= self.eval_batch <= 10**5:
+            raise ValueError("need 1 <= eval_examples <= 1e7 and 1 <= eval_batch <= 1e5")
+        if not 1 <= self.samples <= 1024 or not 1 <= self.sample_steps <= 100_000 or not 0 <= self.eta <= 1:
+            raise ValueError("need 1 <= samples <= 1024, 1 <= sample_steps <= 100000 and 0 <= eta <= 1")
+
+
+@register_loop("diffusion")
+class Diffusion(Loop):
+    """Denoising diffusion models on images: noise-prediction loss, EMA weights, DDIM sample grid."""
+
+    Config = DiffusionConfig
+    model_families = ("generative",)
+    metrics = ("val_loss", "test_loss")
+    monitor = ("val_loss", "min")
+
+    @classmethod
+    def model_defaults(cls, recipe: Recipe, data: Dataset) -> dict[str, Any]:
+        return {"image_shape": list(data.input_shape)}
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
+        if getattr(model, "schedule", None) is None:
+            raise ArchlabError(f"model {recipe.model_name!r} has no noise schedule; the diffusion loop trains ddpm")
+        if list(data.input_shape) != list(model.config.image_shape):
+            raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
+                               f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
+                               f"shape {tuple(data.input_shape)}")
+        if recipe.loop.sample_steps > model.config.num_steps:
+            raise ArchlabError(f"loop.sample_steps: {recipe.loop.sample_steps} is more than the model's "
+                               f"num_steps={model.config.num_steps}")
+
+    def __init__(self, recipe: Recipe, model: ArchModel, data: Dataset, ctx: Context) -> None:
+        if ctx.dist.enabled:
+            raise ArchlabError("the diffusion loop runs in one process; drop --nproc")
+        super().__init__(recipe, model.to(ctx.device), data, ctx)
+        tc, dc = recipe.train, recipe.data
+        lo, hi = float(data.train.x.min()), float(data.train.x.max())
+        if hi <= lo:
+            raise ArchlabError(f"data {dc.name!r}: the training images are constant; nothing to model")
+        self.scale = (lo, hi)
+        self.train_x = self._signed(data.train.x).to(ctx.device)
+        n = self.cfg.eval_examples
+        self.eval_x = {"val": self._signed(data.val.x[:n]).to(ctx.device),
+                       "test": self._signed(data.test.x[:n]).to(ctx.device)}
+        self.stream = BatchStream(len(data.train), dc.batch_size, seed=ctx.seed)
+        self.noise = torch.Generator().manual_seed(ctx.seed + 1)
+        per_epoch = max(1, len(data.train) // dc.batch_size)
+        self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
+        self.eval_every = (tc.eval_every or per_epoch) if len(data.val) else 0
+        self.opt = self.trainable("model", self.model)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if self.cfg.ema_decay else None
+
+    def _signed(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.scale
+        return ((x - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        self.model.train()
+        x0 = self.train_x[self.stream.next().to(self.ctx.device)]
+        self.opt.zero_grad()
+        with self.ctx.precision.autocast():
+            loss = self.model.loss(x0, self.noise)
+        self.opt.backward(loss)
+        lr = self.opt.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                d = self.cfg.ema_decay
+                for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    e.lerp_(p.detach(), 1 - d)
+        return {"loss": loss.detach(), "lr": lr}
+
+    def final_object(self) -> ArchModel:
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        x = self.eval_x.get(split)
+        if x is None or not len(x):
+            return {}
+        model = self.final_object().eval()
+        gen = torch.Generator().manual_seed({"val": 0, "test": 1}[split])
+        total = 0.0
+        for i in range(0, len(x), self.cfg.eval_batch):
+            chunk = x[i:i + self.cfg.eval_batch]
+            total += float(model.loss(chunk, gen)) * len(chunk)
+        return {f"{split}_loss": total / len(x)}
+
+    @torch.no_grad()
+    def write_artifacts(self, run_dir: str | os.PathLike) -> None:
+        model = self.final_object().eval()
+        gen = torch.Generator().manual_seed(0)
+        images = model.sample(self.cfg.samples, gen, steps=self.cfg.sample_steps, eta=self.cfg.eta)
+        save_grid(images, Path(run_dir) / "samples.png",
+                  title=f"{self.recipe.name}: DDIM {self.cfg.sample_steps} steps, eta {self.cfg.eta:g}")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"model": self.opt.state_dict(), "stream": self.stream.state_dict(), "noise": self.noise.get_state()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["model"])
+        self.stream.load_state_dict(state["stream"])
+        self.noise.set_state(state["noise"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
