@@ -1,0 +1,299 @@
+"""archlab.explain: attribution methods equal to Captum and shap, and the axioms they promise.
+
+Tiny random models with fixed seeds; every comparison with a peer is on the same model and inputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import archlab
+import archlab.explain as E
+from archlab.errors import ArchlabError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def captum_attr():
+    pytest.importorskip("captum", reason="peer `captum` not installed (pip install archlab[test])")
+    warnings.filterwarnings("ignore", module="captum")
+    from captum import attr
+
+    return attr
+
+
+class SmallCNN(nn.Module):
+    """conv-ReLU-pool-conv-ReLU-linear-act-linear on 1x8x8 images, 3 classes; every layer a module."""
+
+    def __init__(self, pool: type[nn.Module] = nn.AvgPool2d, act: type[nn.Module] = nn.ReLU, bias: bool = True):
+        super().__init__()
+        self.conv1, self.r1, self.pool = nn.Conv2d(1, 4, 3, padding=1, bias=bias), nn.ReLU(), pool(2)
+        self.conv2, self.r2 = nn.Conv2d(4, 6, 3, padding=1, bias=bias), nn.ReLU()
+        self.fc, self.r3, self.out = nn.Linear(96, 8, bias=bias), act(), nn.Linear(8, 3, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.r2(self.conv2(self.pool(self.r1(self.conv1(x)))))
+        return self.out(self.r3(self.fc(h.flatten(1))))
+
+
+def cnn(**kw) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = SmallCNN(**kw).eval()
+    return model, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+
+
+def mlp(d: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 3)).double().eval()
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() <= tol
+
+
+def test_methods_listed():
+    assert set(E.methods()) >= {"saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift",
+                                "gradcam", "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime"}
+
+
+# ----------------------------------------------------------------------------- equal to Captum
+def test_gradient_methods_equal_captum():
+    C = captum_attr()
+    model, x, t = cnn()
+    base = 0.1 * torch.randn(1, 1, 8, 8)
+    close(E.attribute(model, x, t, "saliency"), C.Saliency(model).attribute(x, t))
+    close(E.attribute(model, x, t, "saliency", abs=False), C.Saliency(model).attribute(x, t, abs=False))
+    close(E.attribute(model, x, t, "input_x_gradient"), C.InputXGradient(model).attribute(x, t))
+    for rule in ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle"):
+        ours = E.attribute(model, x, t, "integrated_gradients", baselines=base, n_steps=20, rule=rule)
+        close(ours, C.IntegratedGradients(model).attribute(x, base, t, n_steps=20, method=rule))
+    # Captum's trapezoid weights are 1/n with halved ends (they sum to (n-1)/n); ours are 1/(n-1) with
+    # halved ends (they sum to 1), so Captum's result is ours times (n-1)/n.
+    ours = E.attribute(model, x, t, "integrated_gradients", baselines=base, n_steps=20, rule="riemann_trapezoid")
+    theirs = C.IntegratedGradients(model).attribute(x, base, t, n_steps=20, method="riemann_trapezoid")
+    close(ours * 19 / 20, theirs)
+    chunked = E.attribute(model, x, t, "integrated_gradients", n_steps=10, internal_batch_size=7)
+    close(chunked, E.attribute(model, x, t, "integrated_gradients", n_steps=10))
+
+
+def test_deeplift_equal_captum():
+    C = captum_attr()
+    for act in (nn.ReLU, nn.Tanh, nn.Sigmoid):
+        model, x, t = cnn(act=act)
+        base = 0.1 * torch.randn(4, 1, 8, 8)
+        close(E.attribute(model, x, t, "deeplift", baselines=base), C.DeepLift(model).attribute(x, base, t))
+
+
+def test_gradcam_and_guided_gradcam_equal_captum():
+    C = captum_attr()
+    model, x, t = cnn()
+    for relu in (False, True):
+        ours = E.attribute(model, x, t, "gradcam", layer="r2", relu_attributions=relu)
+        close(ours, C.LayerGradCam(model, model.r2).attribute(x, t, relu_attributions=relu))
+    assert E.attribute(model, x, t, "gradcam").shape == (4, 1, 4, 4)  # default layer: the last conv
+    for layer in ("r1", "r2"):
+        ours = E.attribute(model, x, t, "guided_gradcam", layer=layer)
+        close(ours, C.GuidedGradCam(model, getattr(model, layer)).attribute(x, t))
+
+
+def test_occlusion_equal_captum():
+    C = captum_attr()
+    model, x, t = cnn()
+    for window, strides in (((1, 3, 3), (1, 2, 2)), ((1, 2, 2), 2), ((1, 4, 3), (1, 3, 1))):
+        ours = E.attribute(model, x, t, "occlusion", sliding_window_shapes=window, strides=strides, baselines=0.5,
+                           perturbations_per_eval=3)
+        theirs = C.Occlusion(model).attribute(x, sliding_window_shapes=window, strides=strides, baselines=0.5,
+                                              target=t)
+        close(ours, theirs)
+
+
+def test_smoothgrad_equal_captum_noise_tunnel():
+    C = captum_attr()
+    model, x, t = cnn()
+    torch.manual_seed(1)
+    theirs = C.NoiseTunnel(C.Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=7, stdevs=0.3, target=t)
+    torch.manual_seed(1)  # the same draws in the same order: equal, not only statistically
+    close(E.attribute(model, x, t, "smoothgrad", n_samples=7, stdevs=0.3), theirs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lrp_epsilon_equal_captum(bias: bool):
+    C = captum_attr()
+    model, x, t = cnn(pool=nn.MaxPool2d, act=nn.Tanh, bias=bias)
+    close(E.attribute(model, x, t, "lrp"), C.LRP(model).attribute(x, t))
+    close(E.attribute(model, x, t, "lrp", epsilon=0.1), _captum_lrp_eps(C, model, 0.1).attribute(x, t))
+
+
+def _captum_lrp_eps(C, model: nn.Module, eps: float):
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    for m in model.modules():   # max pooling passes relevance to the maximum here: Captum's rule with eps -> 0
+        if isinstance(m, nn.Conv2d | nn.Linear | nn.MaxPool2d):
+            m.rule = EpsilonRule(epsilon=1e-9 if isinstance(m, nn.MaxPool2d) else eps)
+    return C.LRP(model)
+
+
+# ----------------------------------------------------------------------------- axioms
+def test_integrated_gradients_complete():
+    """sum_i IG_i = F(x) - F(x') within 1e-3 at 256 steps (Sundararajan et al. 2017, Proposition 1)."""
+    model, x, t = cnn()
+    base = torch.rand(1, 1, 8, 8)
+    gap = model(x).gather(1, t[:, None])[:, 0] - model(base)[0, t]
+    for rule in ("gausslegendre", "riemann_trapezoid", "riemann_middle"):
+        ig = E.attribute(model, x, t, "integrated_gradients", baselines=base, n_steps=256, rule=rule)
+        assert (ig.sum((1, 2, 3)) - gap).abs().max().item() <= 1e-3, rule
+
+
+def test_deeplift_sums_to_delta():
+    model, x, t = cnn(act=nn.Tanh)
+    base = torch.rand(1, 1, 8, 8)
+    gap = model(x).gather(1, t[:, None])[:, 0] - model(base)[0, t]
+    close(E.attribute(model, x, t, "deeplift", baselines=base).sum((1, 2, 3)), gap.detach(), 1e-5)
+
+
+def test_lrp_conserves_relevance():
+    model, x, t = cnn(pool=nn.MaxPool2d, bias=False)
+    score = model(x).gather(1, t[:, None])[:, 0].detach()
+    close(E.attribute(model, x, t, "lrp", epsilon=1e-9).sum((1, 2, 3)), score, 1e-5)
+    close(E.attribute(model, x, t, "lrp", rule="alpha_beta", alpha=1.0, beta=0.0).sum((1, 2, 3)), score, 1e-5)
+    # alpha=2, beta=1 conserves wherever every unit has contributions of both signs (a Tanh MLP on
+    # Gaussian inputs); the epsilon rule with biases does not, its biases absorb relevance.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 12, bias=False), nn.Tanh(), nn.Linear(12, 3, bias=False)).double().eval()
+    v = torch.randn(5, 10, dtype=torch.double)
+    r = E.attribute(net, v, 2, "lrp", rule="alpha_beta", alpha=2.0, beta=1.0)
+    close(r.sum(1), net(v)[:, 2].detach(), 1e-6)
+    assert not torch.allclose(r, E.attribute(net, v, 2, "lrp", rule="alpha_beta"))
+
+
+def test_shapley_axioms():
+    d = 6
+    torch.manual_seed(0)
+    w = torch.randn(16, d, dtype=torch.double)
+    w[:, 5] = 0.0                           # feature 5 is a dummy
+    w[:, 1] = w[:, 0]                       # features 0 and 1 are interchangeable ...
+    model = nn.Sequential(nn.Linear(d, 16, dtype=torch.double), nn.Tanh(), nn.Linear(16, 3, dtype=torch.double))
+    model[0].weight.data = w
+    x = torch.randn(3, d, dtype=torch.double)
+    x[:, 1] = x[:, 0]                       # ... at equal values, against a zero baseline
+    phi = E.attribute(model, x, 1, "shapley")
+    close(phi.sum(1), (model(x)[:, 1] - model(torch.zeros(1, d, dtype=torch.double))[0, 1]).detach(), 1e-12)
+    close(phi[:, 0], phi[:, 1], 1e-12)
+    close(phi[:, 5], torch.zeros(3, dtype=torch.double), 1e-12)
+
+
+def test_shapley_equal_captum_and_shap_and_kernel_shap_exact():
+    C = captum_attr()
+    shap = pytest.importorskip("shap", reason="peer `shap` not installed (pip install archlab[test])")
+    d = 6
+    model = mlp(d)
+    x, base = torch.randn(3, d, dtype=torch.double), torch.randn(1, d, dtype=torch.double)
+    exact = E.attribute(model, x, 1, "shapley", baselines=base)
+    close(exact, C.ShapleyValues(model).attribute(x, base, target=1), 1e-5)
+    close(E.attribute(model, x, 1, "kernel_shap", baselines=base, n_samples=2**d), exact, 1e-10)
+
+    def f(a: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(a)).detach().numpy()[:, 1]
+
+    theirs = shap.KernelExplainer(f, base.numpy()).shap_values(x.numpy(), nsamples=2**d, silent=True)
+    assert np.abs(theirs - exact.numpy()).max() <= 1e-10
+    # groups through feature_mask (Captum's convention: each feature carries its group's value)
+    mask = torch.tensor([0, 0, 1, 2, 2, 2])
+    grouped = E.attribute(model, x, 1, "shapley", baselines=base, feature_mask=mask)
+    close(grouped, C.ShapleyValues(model).attribute(x, base, target=1, feature_mask=mask[None]), 1e-5)
+
+
+def test_kernel_shap_sampled_agrees_with_exact_like_shap():
+    """With 200 of the 1022 coalitions, KernelSHAP is within a few percent of the exact values, as shap's is."""
+    shap = pytest.importorskip("shap", reason="peer `shap` not installed (pip install archlab[test])")
+    d = 10
+    model = mlp(d, seed=1)
+    x, base = torch.randn(3, d, dtype=torch.double), torch.zeros(1, d, dtype=torch.double)
+    exact = E.attribute(model, x, 1, "shapley")
+    scale = exact.abs().max().item()
+    ours = E.attribute(model, x, 1, "kernel_shap", n_samples=200, generator=torch.Generator().manual_seed(0))
+    close(ours.sum(1), exact.sum(1), 1e-10)            # efficiency holds for every sample
+
+    def f(a: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(a)).detach().numpy()[:, 1]
+
+    np.random.seed(0)
+    theirs = shap.KernelExplainer(f, base.numpy()).shap_values(x.numpy(), nsamples=200, silent=True)
+    ours_err = (ours - exact).abs().max().item() / scale
+    shap_err = np.abs(theirs - exact.numpy()).max() / scale
+    assert ours_err < 0.05 and shap_err < 0.05, (ours_err, shap_err)
+
+
+def test_lime_linear_model_exact_and_agrees_with_captum():
+    C = captum_attr()
+    from captum._utils.models.linear_model import SkLearnLinearRegression
+
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 2).double()
+    x = torch.randn(2, 8, dtype=torch.double)
+    contribution = (lin.weight[0] * x).detach()        # S(x) - S(x without i), baseline 0
+    close(E.attribute(lin, x, 0, "lime", alpha=0.0, n_samples=100), contribution, 1e-10)
+    theirs = C.Lime(lin, interpretable_model=SkLearnLinearRegression()).attribute(x, target=0, n_samples=100)
+    close(theirs, contribution, 1e-5)
+    # a nonlinear model: statistical agreement with Captum's LIME under the same kernel and surrogate
+    model = mlp(8, seed=2)
+
+    def similarity(_x, _p, z, **_kw):
+        kept = z.sum()
+        dist = 1 - kept / (kept.sqrt() * 8**0.5).clamp(min=1e-12)
+        return torch.exp(-dist**2 / 0.25**2)
+
+    ours = E.attribute(model, x, 0, "lime", alpha=0.0, n_samples=4000, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    theirs = C.Lime(model, interpretable_model=SkLearnLinearRegression(), similarity_func=similarity).attribute(
+        x, target=0, n_samples=4000)
+    corr = np.corrcoef(ours.flatten().numpy(), theirs.flatten().numpy())[0, 1]
+    assert corr > 0.95, corr
+
+
+# ----------------------------------------------------------------------------- registered models, errors
+def test_registered_lenet_default_layer_and_every_method_runs():
+    model = archlab.create("lenet5")
+    x = torch.randn(2, 1, 28, 28)
+    for name in E.methods():
+        options = {"sliding_window_shapes": (1, 7, 7), "strides": 7} if name == "occlusion" else {}
+        if name in ("shapley", "kernel_shap", "lime"):
+            options["feature_mask"] = (torch.arange(28)[:, None] // 7 * 4 + torch.arange(28)[None] // 7)[None]
+            options["n_samples"] = 64 if name != "shapley" else None
+            options = {k: v for k, v in options.items() if v is not None}
+        a = E.attribute(model, x, 3, name, **options)
+        expected = (2, 1, 10, 10) if name == "gradcam" else x.shape   # C3's map (C5's is 1x1)
+        assert a.shape == expected and torch.isfinite(a).all(), name
+    assert model.training  # attribute restores the mode it found
+
+
+def test_bad_input_is_one_line_archlab_error():
+    model, x, t = cnn()
+    cases = [
+        lambda: E.attribute(model, x, t, "nope"),
+        lambda: E.attribute(model, x, None, "saliency"),
+        lambda: E.attribute(model, x, 7, "saliency"),
+        lambda: E.attribute(model, x, t[:2], "saliency"),
+        lambda: E.attribute(model, x, t, "integrated_gradients", rule="simpson"),
+        lambda: E.attribute(model, x, t, "integrated_gradients", n_steps=0),
+        lambda: E.attribute(model, x, t, "integrated_gradients", baselines=torch.zeros(3, 3)),
+        lambda: E.attribute(model, x, t, "occlusion", sliding_window_shapes=(1, 9, 9)),
+        lambda: E.attribute(model, x, t, "occlusion", sliding_window_shapes=(3, 3)),
+        lambda: E.attribute(model, x, t, "gradcam", layer="nope"),
+        lambda: E.attribute(model, x, t, "lrp", rule="gamma"),
+        lambda: E.attribute(model, x, t, "lrp", rule="alpha_beta", alpha=2.0, beta=0.5),
+        lambda: E.attribute(model, x, t, "shapley"),          # 64 features: 2^64 coalitions
+        lambda: E.attribute(model, x, t, "lime", feature_mask=torch.full((1, 8, 8), 3)),
+        lambda: E.attribute(model, x, t, "saliency", n_steps=3),
+        lambda: E.attribute(nn.Sequential(nn.Flatten(), nn.GELU(), nn.Linear(64, 3)), x, t, "lrp"),
+    ]
+    for case in cases:
+        with pytest.raises(ArchlabError) as info:
+            case()
+        assert "\n" not in str(info.value)
