@@ -163,8 +163,11 @@ def read_runs(zip_path: Path, size: int = 28) -> list[Episode]:
             if not pairs or any(len(p) != 2 for p in pairs):
                 raise ArchlabError(f"{zip_path}: {label_file}: each line must be 'test_image training_image'")
             pairs.sort(key=lambda p: p[0])
-            classes = sorted({train for _, train in pairs})
-            missing = [p for pair in pairs for p in pair if prefix + p not in names]
+            # Every training image of the run is a class, referenced by the labels or not.
+            classes = sorted(n[len(prefix):] for n in names
+                             if n.startswith(base + "training/") and n.lower().endswith(".png"))
+            missing = [p for pair in pairs for p in pair if prefix + p not in names or p.endswith("/")]
+            missing += [c for _, c in pairs if c not in classes]
             if missing:
                 raise ArchlabError(f"{zip_path}: {label_file} names {missing[0]}, which is not in the zip")
             support = torch.stack([read_image(zf.read(prefix + c), size) for c in classes])

@@ -217,11 +217,11 @@ def draw_episode(ep: Episode, pred: torch.Tensor, path: Path, title: str, max_qu
         ax.axis("off")
     firsts = [int(torch.nonzero(ep.support_y == k)[0]) for k in range(ways)]
     for k, i in enumerate(firsts):
-        axes[0, k].imshow(ep.support_x[i, 0].cpu(), cmap="gray_r")
+        axes[0, k].imshow(ep.support_x[i, 0].cpu().numpy(), cmap="gray_r")
         axes[0, k].set_title(f"class {k}", fontsize=7)
     for n, i in enumerate(shown):
         ax = axes[1 + n // cols, n % cols]
-        ax.imshow(ep.query_x[i, 0].cpu(), cmap="gray_r")
+        ax.imshow(ep.query_x[i, 0].cpu().numpy(), cmap="gray_r")
         ok = int(pred[i]) == int(ep.query_y[i])
         ax.set_title(f"{int(pred[i])} ({int(ep.query_y[i])})", fontsize=7, color="green" if ok else "red")
     fig.suptitle(f"{title}\ntop: support (one per class); below: predicted (true) class", fontsize=8)
