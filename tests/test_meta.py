@@ -131,7 +131,8 @@ def test_episode_sampler_shapes_labels_seed_and_resume():
 # -------------------------------------------------------------------------------------- learners
 def _maml(first_order=False, steps=2):
     torch.manual_seed(0)
-    return archlab.create("maml", hidden=4, image_size=16, ways=3, inner_lr=0.3, inner_steps=steps, first_order=first_order).double()
+    return archlab.create("maml", hidden=4, image_size=16, ways=3, inner_lr=0.3, inner_steps=steps,
+                          first_order=first_order).double()
 
 
 def test_maml_meta_gradient_equals_higher():
@@ -169,7 +170,8 @@ def test_fomaml_is_maml_without_the_second_order_term():
 def test_reptile_with_one_inner_step_is_a_scaled_sgd_step():
     sx, sy, qx, qy = _episode()
     torch.manual_seed(1)
-    model = archlab.create("reptile", hidden=4, image_size=16, ways=3, inner_lr=0.1, inner_steps=1, inner_batch=0).double()
+    model = archlab.create("reptile", hidden=4, image_size=16, ways=3, inner_lr=0.1, inner_steps=1,
+                           inner_batch=0).double()
     theta = [p.detach().clone() for p in model.parameters()]
     surrogate, _ = model.meta_loss(sx, sy, qx, qy)
     grads = torch.autograd.grad(surrogate, list(model.parameters()))
