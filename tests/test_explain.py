@@ -264,9 +264,9 @@ def test_registered_lenet_default_layer_and_every_method_runs():
     for name in E.methods():
         options = {"sliding_window_shapes": (1, 7, 7), "strides": 7} if name == "occlusion" else {}
         if name in ("shapley", "kernel_shap", "lime"):
-            options["feature_mask"] = (torch.arange(28)[:, None] // 7 * 4 + torch.arange(28)[None] // 7)[None]
-            options["n_samples"] = 64 if name != "shapley" else None
-            options = {k: v for k, v in options.items() if v is not None}
+            options["feature_mask"] = (torch.arange(28)[:, None] // 14 * 2 + torch.arange(28)[None] // 14)[None]
+            if name != "shapley":
+                options["n_samples"] = 16
         a = E.attribute(model, x, 3, name, **options)
         expected = (2, 1, 10, 10) if name == "gradcam" else x.shape   # C3's map (C5's is 1x1)
         assert a.shape == expected and torch.isfinite(a).all(), name
