@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    from .train import probe
+
+    probe.add_parser(sub)
+
     s = sub.add_parser("generate", help="continue a prompt with the language model of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
@@ -276,6 +280,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .train import probe
+
+    return probe.run(args)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .train.lm import generate_from_run
 
@@ -322,6 +332,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
+               "probe": cmd_probe,
                "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
                "rollout": cmd_rollout, "tune": cmd_tune}[args.command]
     try:
