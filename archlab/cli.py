@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     from .search import tune
 
     tune.add_parser(sub)
+
+    from .explain import command as explain_command
+
+    explain_command.add_parser(sub)
     return p
 
 
@@ -323,6 +327,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import command as explain_command
+
+    return explain_command.run(args)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from .search import tune
 
@@ -334,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
                "probe": cmd_probe,
                "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
-               "rollout": cmd_rollout, "tune": cmd_tune}[args.command]
+               "rollout": cmd_rollout, "tune": cmd_tune, "explain": cmd_explain}[args.command]
     try:
         return handler(args)
     except ArchlabError as exc:

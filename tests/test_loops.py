@@ -155,7 +155,7 @@ LAYERS = [
     {"train"},
     {"recipe"},
     {"runner"},
-    {"reproduce", "bench", "search"},
+    {"reproduce", "bench", "search", "explain"},  # explain: attribution methods need only torch; its command reads runs
     {"cli", "__init__", "__main__"},
 ]
 

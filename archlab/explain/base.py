@@ -121,7 +121,8 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None, inputs: torch.Te
 
     The default is the last convolution whose output still has more than one spatial position for
     ``inputs`` (Selvaraju et al. 2017, Sec. 3: the last feature map with a spatial layout; LeNet-5's C5
-    is 1x1, so its C3 convolution is chosen). A registered model may name its own with a
+    is 1x1, so its C3 is chosen) -- or, when that convolution opens a ``Sequential`` block (conv, norm,
+    activation), the block's rectified output. A registered model may name its own with a
     ``default_explain_layer`` attribute.
     """
     if isinstance(layer, nn.Module):
@@ -144,6 +145,10 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None, inputs: torch.Te
                 model(inputs[:1])
             spatial = [n for n in convs.values() if sizes.get(n, 0) > 1]
             layer = spatial[-1] if spatial else layer
+        # A conv block (Sequential(conv, norm, activation)): its rectified output, as the paper uses.
+        parent = layer.rpartition(".")[0]
+        if parent and isinstance(modules[parent], nn.Sequential) and modules[parent][0] is modules[layer]:
+            layer = parent
     if layer not in modules:
         raise ArchlabError(f"model has no layer {layer!r}; layers: {', '.join(n for n in modules if n)}")
     return modules[layer]

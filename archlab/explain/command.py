@@ -1,0 +1,237 @@
+"""``archlab explain RUN_DIR``: attribution maps of a trained image classifier, and their faithfulness.
+
+    archlab explain runs/mnist_lenet5 --method integrated_gradients --method gradcam --index 0 --index 7
+    archlab explain runs/mnist_lenet5 --method all --faithfulness 200 --out docs/results/explain/lenet5
+
+The first form draws one figure: a column per example (the input, titled with its true and predicted
+label), then a row per method with the attribution map (red: for the target class, blue: against; each
+map scaled to its own largest magnitude). The target is the predicted class unless ``--target true``.
+
+With ``--faithfulness N`` the command instead scores every method (and a random ranking) on the first N
+examples of the split with deletion and insertion curves (:mod:`archlab.explain.faithfulness`) and
+writes ``OUT.json`` (areas: mean and standard error per method), ``OUT.md`` (the table) and ``OUT.png``
+(mean curves).
+
+Image models only (runs whose examples are ``[C, H, W]``). Settings per method suit small images: the
+baseline is the darkest value of the training data ("black" after standardisation), occlusion slides
+a window of a seventh of the image, the Shapley-type methods work on a grid of superpixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ArchlabError
+from . import attribute, methods
+from .faithfulness import area, curve
+from .gradcam import upsample
+
+IMAGE_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift", "gradcam",
+                 "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, SHAP ...) of an image model's run")
+    s.add_argument("run_dir")
+    s.add_argument("--method", action="append", help=f"repeatable; `all` for {', '.join(IMAGE_METHODS)} "
+                   "(default integrated_gradients)")
+    s.add_argument("--index", type=int, action="append", help="example index in the split (repeatable; default 0-5)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--target", default="pred", choices=["pred", "true"], help="explain the predicted or true class")
+    s.add_argument("--steps", type=int, default=64, help="Integrated Gradients steps (default 64)")
+    s.add_argument("--samples", type=int, default=512, help="KernelSHAP / LIME coalitions (default 512)")
+    s.add_argument("--faithfulness", type=int, metavar="N", help="score deletion/insertion on the first N examples")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampling methods and the random ranking")
+    s.add_argument("--out", help="output file (.png) or, with --faithfulness, prefix (default RUN/plots/explain)")
+
+
+def _load(run_dir: str) -> tuple[torch.nn.Module, Any]:
+    from .. import recipe as recipe_mod
+    from ..registry import load
+    from ..runner import RECIPE, is_run_dir
+
+    path = Path(run_dir)
+    if not path.is_dir() or not is_run_dir(path):
+        raise ArchlabError(f"{run_dir} is not a run directory (no {RECIPE}); pass the folder `archlab train` wrote")
+    recipe = recipe_mod.load(path / RECIPE)
+    model = load(path)
+    if not isinstance(model, torch.nn.Module) or not recipe.loop_class.uses_data:
+        raise ArchlabError(f"{run_dir}: archlab explain draws image classifiers; this run trained a "
+                           f"{type(model).__name__}")
+    data = recipe.loop_class.load_data(recipe)
+    shape = getattr(data, "input_shape", ())
+    if len(shape) != 3:
+        raise ArchlabError(f"{run_dir}: archlab explain draws image classifiers ([C, H, W] examples); "
+                           f"{recipe.data.name!r} examples have shape {tuple(shape)}")
+    return model.eval(), data
+
+
+def options(method: str, images: torch.Tensor, background: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Per-method settings for ``[B, C, H, W]`` images (module docstring)."""
+    _, c, h, w = images.shape
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def grid(cells: int) -> torch.Tensor:
+        rows = torch.arange(h) * cells // h
+        cols = torch.arange(w) * cells // w
+        return (rows[:, None] * cells + cols[None])[None]
+
+    return {
+        "integrated_gradients": {"baselines": background, "n_steps": args.steps},
+        "deeplift": {"baselines": background},
+        "smoothgrad": {"stdevs": 0.15 * float(images.max() - images.min()), "n_samples": 16, "generator": gen},
+        "occlusion": {"baselines": background, "sliding_window_shapes": (c, max(1, h // 7), max(1, w // 7)),
+                      "strides": (c, max(1, h // 14), max(1, w // 14))},
+        "shapley": {"baselines": background, "feature_mask": grid(3)},
+        "kernel_shap": {"baselines": background, "feature_mask": grid(7), "n_samples": args.samples,
+                        "generator": gen},
+        "lime": {"baselines": background, "feature_mask": grid(7), "n_samples": args.samples, "generator": gen},
+    }.get(method, {})
+
+
+def maps(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, method: str, background: float,
+         args: argparse.Namespace) -> torch.Tensor:
+    """Attributions of one method at the input resolution ``[B, C or 1, H, W]``."""
+    a = attribute(model, images, target, method, **options(method, images, background, args))
+    return upsample(a, tuple(images.shape[2:]), "bilinear") if a.shape[2:] != images.shape[2:] else a
+
+
+def _methods(args: argparse.Namespace) -> list[str]:
+    names = args.method or ["integrated_gradients"]
+    names = list(IMAGE_METHODS) if names == ["all"] else names
+    for n in names:
+        if n not in methods():
+            raise ArchlabError(f"unknown attribution method {n!r}; methods: all, {', '.join(methods())}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    model, data = _load(args.run_dir)
+    split = getattr(data, args.split)
+    if len(split) == 0:
+        raise ArchlabError(f"the {args.split} split of {args.run_dir} is empty")
+    background = float(data.train.x[:1024].min())
+    names = _methods(args)
+    default_out = Path(args.run_dir) / "plots" / "explain"
+    if args.faithfulness:
+        prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("faithfulness")
+        return faithfulness_report(model, split, names, background, args, prefix)
+    idx = args.index or list(range(min(6, len(split))))
+    if min(idx) < 0 or max(idx) >= len(split):
+        raise ArchlabError(f"--index must be in [0, {len(split) - 1}] for the {args.split} split")
+    images, labels = split.x[idx], split.y[idx]
+    with torch.no_grad():
+        probs = model(images).softmax(-1)
+    pred = probs.argmax(-1)
+    target = labels if args.target == "true" else pred
+    rows = [(n, maps(model, images, target, n, background, args)) for n in names]
+    label = "_".join(names) if len(names) < 3 else "methods"
+    out = Path(args.out) if args.out else default_out.with_name(f"explain_{label}.png")
+    draw(images, labels, pred, probs, rows, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def draw(images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor, probs: torch.Tensor,
+         rows: list[tuple[str, torch.Tensor]], out: Path) -> Path:
+    """Inputs on top, one row of heat maps per method (red for, blue against the class; own scale per map)."""
+    from ..io import pyplot
+
+    plt = pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(len(rows) + 1, n, figsize=(1.6 * n + 1.4, 1.6 * (len(rows) + 1)), squeeze=False)
+    for j in range(n):
+        img = images[j]
+        shown = img[0] if img.shape[0] == 1 else (img - img.min()) / (img.max() - img.min() + 1e-12)
+        shown = shown if img.shape[0] == 1 else shown.permute(1, 2, 0)
+        axes[0, j].imshow(shown.numpy(), cmap="gray")
+        axes[0, j].set_title(f"true {int(labels[j])} / pred {int(pred[j])}\np={float(probs[j, pred[j]]):.2f}",
+                             fontsize=8)
+        for i, (name, a) in enumerate(rows, start=1):
+            m = a[j].sum(0)
+            lim = float(m.abs().max()) or 1.0
+            axes[i, j].imshow(shown.numpy(), cmap="gray", alpha=0.35)
+            axes[i, j].imshow(m.numpy(), cmap="bwr", vmin=-lim, vmax=lim, alpha=0.8)
+            if j == 0:
+                axes[i, j].set_ylabel(name.replace("_", "\n"), fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def faithfulness_report(model: torch.nn.Module, split: Any, names: list[str], background: float,
+                        args: argparse.Namespace, prefix: Path, batch: int = 50, steps: int = 28) -> int:
+    """Deletion / insertion areas of every method and of a random ranking on the first N examples."""
+    n = min(args.faithfulness, len(split))
+    images, labels = split.x[:n], split.y[:n]
+    with torch.no_grad():
+        pred = model(images).softmax(-1).argmax(-1)
+    target = labels if args.target == "true" else pred
+    gen = torch.Generator().manual_seed(args.seed)
+    results: dict[str, dict[str, Any]] = {}
+    for name in ["random", *names]:
+        t0 = time.perf_counter()
+        dels, ins = [], []
+        for s in range(0, n, batch):
+            x, t = images[s:s + batch], target[s:s + batch]
+            a = (torch.rand(x.shape, generator=gen) if name == "random"
+                 else maps(model, x, t, name, background, args))
+            dels.append(curve(model, x, t, a, "deletion", steps, baseline=background))
+            ins.append(curve(model, x, t, a, "insertion", steps))
+        d, i = torch.cat(dels), torch.cat(ins)
+        results[name] = {
+            "deletion_auc": float(area(d).mean()), "deletion_se": float(area(d).std() / math.sqrt(n)),
+            "insertion_auc": float(area(i).mean()), "insertion_se": float(area(i).std() / math.sqrt(n)),
+            "deletion_curve": d.mean(0).tolist(), "insertion_curve": i.mean(0).tolist(),
+            "seconds": round(time.perf_counter() - t0, 2)}
+        r = results[name]
+        print(f"{name:22s} deletion {r['deletion_auc']:.3f} ± {r['deletion_se']:.3f}   "
+              f"insertion {r['insertion_auc']:.3f} ± {r['insertion_se']:.3f}   ({r['seconds']} s)", flush=True)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"examples": n, "split": args.split, "target": args.target, "steps": steps, "seed": args.seed,
+            "baseline": background, "run_dir": str(args.run_dir)}
+    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "methods": results}, indent=1) + "\n")
+    lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) | seconds |",
+             "|---|---|---|---|"]
+    for name, r in sorted(results.items(), key=lambda kv: kv[1]["insertion_auc"] - kv[1]["deletion_auc"],
+                          reverse=True):
+        lines.append(f"| {name} | {r['deletion_auc']:.3f} ± {r['deletion_se']:.3f} | "
+                     f"{r['insertion_auc']:.3f} ± {r['insertion_se']:.3f} | {r['seconds']} |")
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    _plot_curves(results, prefix.with_suffix(".png"), n)
+    print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
+    return 0
+
+
+def _plot_curves(results: dict[str, dict[str, Any]], path: Path, n: int) -> None:
+    from ..io import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("deletion", "insertion"), strict=True):
+        for name, r in results.items():
+            ys = r[f"{key}_curve"]
+            xs = [k / (len(ys) - 1) for k in range(len(ys))]
+            ax.plot(xs, ys, label=f"{name} ({r[f'{key}_auc']:.3f})", lw=2.2 if name == "random" else 1.2,
+                    ls="--" if name == "random" else "-", color="black" if name == "random" else None)
+        ax.set_xlabel(f"fraction of pixels {'removed' if key == 'deletion' else 'inserted'}")
+        ax.set_ylabel("probability of the explained class")
+        ax.set_title(f"{key} ({n} examples; area in the legend)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
