@@ -82,14 +82,19 @@ def test_vae_learns_digits_and_writes_its_pictures(tmp_path):
     from archlab.recipe import from_dict
     from archlab.runner import train
 
+    classifier = tmp_path / "classifier"  # an untrained CNN is enough to check the FID plumbing
+    archlab.create("cnn2d", in_channels=1, image_size=8, num_classes=10, channels=[8], hidden=16).save_pretrained(
+        classifier)
+    raw = _recipe({"name": "vae", "hidden": [32], "latent_dim": 4})
+    raw["loop"].update(fid_classifier=str(classifier), fid_samples=200)
     out = tmp_path / "vae"
-    train(from_dict(_recipe({"name": "vae", "hidden": [32], "latent_dim": 4})), out=out, progress=False,
-          log=lambda _m: None)
+    train(from_dict(raw), out=out, progress=False, log=lambda _m: None)
     vals = [r["val_loss"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "val"]
     assert vals[-1] < vals[0] - 5, vals
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     # -L_k <= -ELBO (a tighter bound), both in nats per 8x8 image (64 pixels: at most 64 log 2).
     assert 0 < metrics["test_nll"] <= metrics["test_loss"] + 1.0 < 64 * math.log(2)
+    assert 0 <= metrics["fid_floor"] and 0 <= metrics["test_fid"] and 1 <= metrics["test_is"] <= 10
     for name in ("samples.png", "interpolation.png", "interpolation.gif"):
         assert (out / name).stat().st_size > 0
     model = archlab.load(out)
@@ -108,6 +113,16 @@ def test_autoencoder_trains_without_samples(tmp_path):
     raw = _recipe({"name": "autoencoder", "hidden": [32], "latent_dim": 4}, steps=40)
     train(from_dict(raw), out=out, progress=False, log=lambda _m: None)
     assert not (out / "samples.png").exists() and (out / "interpolation.png").exists()
+
+
+def test_missing_fid_classifier_is_one_line(tmp_path):
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    raw = _recipe({"name": "vae"}, steps=2)
+    raw["loop"]["fid_classifier"] = str(tmp_path / "nothing")
+    with pytest.raises(archlab.ArchlabError, match="mnist_lenet5"):
+        train(from_dict(raw), out=tmp_path / "bad", progress=False, log=lambda _m: None)
 
 
 def test_model_that_does_not_fit_is_refused(tmp_path):

@@ -13,7 +13,9 @@ checkpoints hold both, so resume is exact.
 
 Evaluation: ``{split}_loss``, the same noise-prediction error on the split's images with a fixed draw of
 t and eps (comparable between evaluations), computed with the EMA weights. At the end the run directory
-gets ``samples.png``: ``loop.samples`` images from ``loop.sample_steps`` DDIM steps (eta = ``loop.eta``).
+gets ``samples.png``: ``loop.samples`` images from ``loop.sample_steps`` DDIM steps (eta = ``loop.eta``);
+with ``loop.fid_classifier`` the final metrics add ``test_fid``, ``test_is`` and the floor ``fid_floor``
+(FID of training vs test images) over ``loop.fid_samples`` images (:mod:`archlab.models.generative.fid`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..data import Dataset
 from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
+from ..models.generative.fid import load_feature_network, sample_quality
 from ..models.generative.images import save_grid
 from .supervised import BatchStream
 
@@ -52,7 +55,11 @@ class DiffusionConfig:
     sample_steps: int = 50
     """DDIM steps for ``samples.png``."""
     eta: float = 0.0
-    """DDIM eta for ``samples.png`` (0: deterministic; 1: DDPM's variance)."""
+    """DDIM eta for ``samples.png`` and the FID samples (0: deterministic; 1: DDPM's variance)."""
+    fid_classifier: str = ""
+    """Run directory of a trained classifier of the same images (features for FID / IS); "": no FID."""
+    fid_samples: int = 1000
+    """Generated images (and test / train images) the final FID compares."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.ema_decay < 1:
@@ -61,6 +68,8 @@ class DiffusionConfig:
             raise ValueError("need 1 <= eval_examples <= 1e7 and 1 <= eval_batch <= 1e5")
         if not 1 <= self.samples <= 1024 or not 1 <= self.sample_steps <= 100_000 or not 0 <= self.eta <= 1:
             raise ValueError("need 1 <= samples <= 1024, 1 <= sample_steps <= 100000 and 0 <= eta <= 1")
+        if not 2 <= self.fid_samples <= 10**6:
+            raise ValueError(f"fid_samples must be in [2, 1e6], got {self.fid_samples}")
 
 
 @register_loop("diffusion")
@@ -69,7 +78,7 @@ class Diffusion(Loop):
 
     Config = DiffusionConfig
     model_families = ("generative",)
-    metrics = ("val_loss", "test_loss")
+    metrics = ("val_loss", "test_loss", "test_fid", "test_is", "fid_floor")
     monitor = ("val_loss", "min")
 
     @classmethod
@@ -84,6 +93,8 @@ class Diffusion(Loop):
             raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
                                f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
                                f"shape {tuple(data.input_shape)}")
+        if recipe.loop.fid_classifier:
+            load_feature_network(recipe.loop.fid_classifier)
         if recipe.loop.sample_steps > model.config.num_steps:
             raise ArchlabError(f"loop.sample_steps: {recipe.loop.sample_steps} is more than the model's "
                                f"num_steps={model.config.num_steps}")
@@ -108,6 +119,7 @@ class Diffusion(Loop):
         self.eval_every = (tc.eval_every or per_epoch) if len(data.val) else 0
         self.opt = self.trainable("model", self.model)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if self.cfg.ema_decay else None
+        self.fid = load_feature_network(self.cfg.fid_classifier) if self.cfg.fid_classifier else None
 
     def _signed(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.scale
@@ -143,6 +155,17 @@ class Diffusion(Loop):
             chunk = x[i:i + self.cfg.eval_batch]
             total += float(model.loss(chunk, gen)) * len(chunk)
         return {f"{split}_loss": total / len(x)}
+
+    @torch.no_grad()
+    def final_metrics(self) -> dict[str, float]:
+        metrics = {**self.evaluate("val"), **self.evaluate("test")}
+        if self.fid is not None:
+            n, (lo, hi) = self.cfg.fid_samples, self.scale
+            fake = self.final_object().eval().sample(n, torch.Generator().manual_seed(1),
+                                                     steps=self.cfg.sample_steps, eta=self.cfg.eta)
+            metrics.update(sample_quality(self.fid, lo + fake.cpu() * (hi - lo), self.data.test.x[:n],
+                                          self.data.train.x[:n]))
+        return metrics
 
     @torch.no_grad()
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:

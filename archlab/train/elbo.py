@@ -15,7 +15,9 @@ once, with a fixed seed, so every evaluation scores the same binary images.
 Evaluation (nats per image, mean over the split): ``{split}_loss`` (the training objective: -ELBO for a
 VAE with beta = 1), ``{split}_rec``, ``{split}_kl``; at the end, ``test_nll`` = -L_k, the
 importance-weighted bound of Burda et al. (eq. 8) with ``loop.nll_k`` samples, for models that have a
-likelihood (``iwae_bound``). The run directory gets ``samples.png`` (models with a prior) and
+likelihood (``iwae_bound``), and with ``loop.fid_classifier`` ``test_fid``, ``test_is`` and the floor
+``fid_floor`` (FID of training vs test images) over ``loop.fid_samples`` samples. The run directory
+gets ``samples.png`` (models with a prior) and
 ``interpolation.png`` / ``interpolation.gif``: codes of test images walked linearly and spherically.
 """
 
@@ -32,6 +34,7 @@ from ..data import Dataset
 from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
+from ..models.generative.fid import load_feature_network, sample_quality
 from ..models.generative.images import lerp, save_gif, save_grid, slerp
 from .supervised import BatchStream
 
@@ -53,6 +56,10 @@ class ELBOConfig:
     """Test examples the NLL bound averages over (the first ones); 0: the whole test split."""
     samples: int = 64
     """Images in ``samples.png``."""
+    fid_classifier: str = ""
+    """Run directory of a trained classifier of the same images (features for FID / IS); "": no FID."""
+    fid_samples: int = 1000
+    """Generated images (and test / train images) the final FID compares (models with a prior)."""
 
     def __post_init__(self) -> None:
         if self.binarize not in ("dynamic", "none"):
@@ -61,6 +68,8 @@ class ELBOConfig:
             raise ValueError("need 1 <= eval_batch <= 1e6, 0 <= nll_k <= 1e6 and 0 <= nll_examples <= 1e8")
         if not 1 <= self.samples <= 1024:
             raise ValueError(f"samples must be in [1, 1024], got {self.samples}")
+        if not 2 <= self.fid_samples <= 10**6:
+            raise ValueError(f"fid_samples must be in [2, 1e6], got {self.fid_samples}")
 
 
 @register_loop("elbo")
@@ -69,7 +78,8 @@ class ELBO(Loop):
 
     Config = ELBOConfig
     model_families = ("generative",)
-    metrics = ("val_loss", "val_rec", "val_kl", "test_loss", "test_rec", "test_kl", "test_nll")
+    metrics = ("val_loss", "val_rec", "val_kl", "test_loss", "test_rec", "test_kl", "test_nll", "test_fid", "test_is",
+               "fid_floor")
     monitor = ("val_loss", "min")
     progress_keys = ("loss", "kl")
 
@@ -88,6 +98,8 @@ class ELBO(Loop):
             raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
                                f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
                                f"shape {tuple(data.input_shape)}")
+        if recipe.loop.fid_classifier:
+            load_feature_network(recipe.loop.fid_classifier)
 
     def __init__(self, recipe: Recipe, model: ArchModel, data: Dataset, ctx: Context) -> None:
         if ctx.dist.enabled:
@@ -108,6 +120,7 @@ class ELBO(Loop):
         self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
         self.eval_every = (tc.eval_every or per_epoch) if len(data.val) else 0
         self.opt = self.trainable("model", self.model)
+        self.fid = load_feature_network(self.cfg.fid_classifier) if self.cfg.fid_classifier else None
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.scale
@@ -161,8 +174,15 @@ class ELBO(Loop):
                 total += float(bound(x[i:i + 100], self.cfg.nll_k).double().sum())
         return {"test_nll": -total / len(x)}
 
+    @torch.no_grad()
     def final_metrics(self) -> dict[str, float]:
-        return {**self.evaluate("val"), **self.evaluate("test"), **self.test_nll()}
+        metrics = {**self.evaluate("val"), **self.evaluate("test"), **self.test_nll()}
+        if self.fid is not None and getattr(self.model, "can_sample", False):
+            n, (lo, hi) = self.cfg.fid_samples, self.scale
+            fake = self.model.eval().sample(n, torch.Generator().manual_seed(1))
+            metrics.update(sample_quality(self.fid, lo + fake.cpu() * (hi - lo), self.data.test.x[:n],
+                                          self.data.train.x[:n]))
+        return metrics
 
     @torch.no_grad()
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:

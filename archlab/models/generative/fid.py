@@ -18,6 +18,7 @@ taken with a forward hook; see :class:`ClassifierFeatures`.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -82,3 +83,29 @@ class ClassifierFeatures:
             logits.append(self.classifier(x[i:i + batch]).float())
             feats.append(self._captured[-1].flatten(1).float())
         return torch.cat(feats), torch.cat(logits)
+
+
+def load_feature_network(directory: str) -> ClassifierFeatures:
+    """The classifier saved in ``directory`` (an ``archlab train`` run of an image classifier, e.g.
+    ``recipes/classic/mnist_lenet5.toml``) as a feature network; a one-line error when it is missing."""
+    from ...errors import ArchlabError
+    from ...registry import load
+
+    path = os.path.expanduser(directory)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ArchlabError(f"loop.fid_classifier: no saved classifier in {directory}; train one with "
+                           f"`archlab train recipes/classic/mnist_lenet5.toml --out {directory}`")
+    return ClassifierFeatures(load(path))
+
+
+@torch.no_grad()
+def sample_quality(features: ClassifierFeatures, fake: torch.Tensor, test: torch.Tensor,
+                   train: torch.Tensor) -> dict[str, float]:
+    """``test_fid`` FID(generated, test), ``test_is`` (generated) and ``fid_floor`` FID(train, test): the
+    value a perfect generator would get with as many samples. All images in the classifier's input scale."""
+    n = min(len(fake), len(test), len(train))
+    fake_f, fake_logits = features(fake[:n])
+    test_f, _ = features(test[:n])
+    train_f, _ = features(train[:n])
+    return {"test_fid": frechet_distance(fake_f, test_f), "test_is": inception_score(fake_logits),
+            "fid_floor": frechet_distance(train_f, test_f)}
