@@ -10,7 +10,7 @@ map scaled to its own largest magnitude). The target is the predicted class unle
 With ``--faithfulness N`` the command instead scores every method (and a random ranking) on the first N
 examples of the split with deletion and insertion curves (:mod:`archlab.explain.faithfulness`) and
 writes ``OUT.json`` (areas: mean and standard error per method), ``OUT.md`` (the table) and ``OUT.png``
-(mean curves).
+(mean curves). Insertion is scored twice: into a blurred copy (Petsiuk et al.) and into black.
 
 Image models only (runs whose examples are ``[C, H, W]``). Settings per method suit small images: the
 baseline is the darkest value of the training data ("black" after standardisation), occlusion slides
@@ -33,15 +33,16 @@ from . import attribute, methods
 from .faithfulness import area, curve
 from .gradcam import upsample
 
+KINDS = ("deletion", "insertion", "insertion_black")
 IMAGE_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift", "gradcam",
-                 "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime")
+                 "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime", "attention_rollout")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, SHAP ...) of an image model's run")
     s.add_argument("run_dir")
-    s.add_argument("--method", action="append", help=f"repeatable; `all` for {', '.join(IMAGE_METHODS)} "
-                   "(default integrated_gradients)")
+    s.add_argument("--method", action="append", help=f"repeatable; `all`: those of {', '.join(IMAGE_METHODS)} "
+                   "that apply to the model (default integrated_gradients)")
     s.add_argument("--index", type=int, action="append", help="example index in the split (repeatable; default 0-5)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--target", default="pred", choices=["pred", "true"], help="explain the predicted or true class")
@@ -103,13 +104,22 @@ def maps(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, met
     return upsample(a, tuple(images.shape[2:]), "bilinear") if a.shape[2:] != images.shape[2:] else a
 
 
-def _methods(args: argparse.Namespace) -> list[str]:
+def _methods(args: argparse.Namespace, model: torch.nn.Module, probe: torch.Tensor, background: float) -> list[str]:
+    """The requested methods; ``all``: every image method that applies to this model (tried on one example)."""
     names = args.method or ["integrated_gradients"]
-    names = list(IMAGE_METHODS) if names == ["all"] else names
     for n in names:
-        if n not in methods():
+        if n not in methods() and n != "all":
             raise ArchlabError(f"unknown attribution method {n!r}; methods: all, {', '.join(methods())}")
-    return names
+    if "all" not in names:
+        return names
+    usable = []
+    for n in IMAGE_METHODS:
+        try:
+            maps(model, probe, torch.zeros(1, dtype=torch.long), n, background, args)
+            usable.append(n)
+        except ArchlabError as exc:
+            print(f"skipping {n}: {exc}")
+    return usable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if len(split) == 0:
         raise ArchlabError(f"the {args.split} split of {args.run_dir} is empty")
     background = float(data.train.x[:1024].min())
-    names = _methods(args)
+    names = _methods(args, model, split.x[:1], background)
     default_out = Path(args.run_dir) / "plots" / "explain"
     if args.faithfulness:
         prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("faithfulness")
@@ -184,32 +194,32 @@ def faithfulness_report(model: torch.nn.Module, split: Any, names: list[str], ba
     results: dict[str, dict[str, Any]] = {}
     for name in ["random", *names]:
         t0 = time.perf_counter()
-        dels, ins = [], []
+        curves: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
         for s in range(0, n, batch):
             x, t = images[s:s + batch], target[s:s + batch]
             a = (torch.rand(x.shape, generator=gen) if name == "random"
                  else maps(model, x, t, name, background, args))
-            dels.append(curve(model, x, t, a, "deletion", steps, baseline=background))
-            ins.append(curve(model, x, t, a, "insertion", steps))
-        d, i = torch.cat(dels), torch.cat(ins)
-        results[name] = {
-            "deletion_auc": float(area(d).mean()), "deletion_se": float(area(d).std() / math.sqrt(n)),
-            "insertion_auc": float(area(i).mean()), "insertion_se": float(area(i).std() / math.sqrt(n)),
-            "deletion_curve": d.mean(0).tolist(), "insertion_curve": i.mean(0).tolist(),
-            "seconds": round(time.perf_counter() - t0, 2)}
+            curves["deletion"].append(curve(model, x, t, a, "deletion", steps, baseline=background))
+            curves["insertion"].append(curve(model, x, t, a, "insertion", steps))
+            curves["insertion_black"].append(curve(model, x, t, a, "insertion", steps, baseline=background,
+                                                   start="baseline"))
+        results[name] = {"seconds": round(time.perf_counter() - t0, 2)}
+        for kind, parts in curves.items():
+            c = torch.cat(parts)
+            results[name] |= {f"{kind}_auc": float(area(c).mean()), f"{kind}_se": float(area(c).std() / math.sqrt(n)),
+                              f"{kind}_curve": c.mean(0).tolist()}
         r = results[name]
-        print(f"{name:22s} deletion {r['deletion_auc']:.3f} ± {r['deletion_se']:.3f}   "
-              f"insertion {r['insertion_auc']:.3f} ± {r['insertion_se']:.3f}   ({r['seconds']} s)", flush=True)
+        print(f"{name:22s} " + "   ".join(f"{k} {r[k + '_auc']:.3f} ± {r[k + '_se']:.3f}" for k in KINDS)
+              + f"   ({r['seconds']} s)", flush=True)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     meta = {"examples": n, "split": args.split, "target": args.target, "steps": steps, "seed": args.seed,
             "baseline": background, "run_dir": str(args.run_dir)}
     prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "methods": results}, indent=1) + "\n")
-    lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) | seconds |",
-             "|---|---|---|---|"]
-    for name, r in sorted(results.items(), key=lambda kv: kv[1]["insertion_auc"] - kv[1]["deletion_auc"],
-                          reverse=True):
-        lines.append(f"| {name} | {r['deletion_auc']:.3f} ± {r['deletion_se']:.3f} | "
-                     f"{r['insertion_auc']:.3f} ± {r['insertion_se']:.3f} | {r['seconds']} |")
+    lines = ["| method | deletion AUC (lower is better) | insertion AUC, from blur (higher is better) | "
+             "insertion AUC, from black (higher is better) | seconds |", "|---|---|---|---|---|"]
+    for name, r in sorted(results.items(), key=lambda kv: kv[1]["deletion_auc"]):
+        lines.append(f"| {name} | " + " | ".join(f"{r[k + '_auc']:.3f} ± {r[k + '_se']:.3f}" for k in KINDS)
+                     + f" | {r['seconds']} |")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
     _plot_curves(results, prefix.with_suffix(".png"), n)
     print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
@@ -220,14 +230,15 @@ def _plot_curves(results: dict[str, dict[str, Any]], path: Path, n: int) -> None
     from ..io import pyplot
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("deletion", "insertion"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, key in zip(axes, KINDS, strict=True):
         for name, r in results.items():
             ys = r[f"{key}_curve"]
             xs = [k / (len(ys) - 1) for k in range(len(ys))]
             ax.plot(xs, ys, label=f"{name} ({r[f'{key}_auc']:.3f})", lw=2.2 if name == "random" else 1.2,
                     ls="--" if name == "random" else "-", color="black" if name == "random" else None)
-        ax.set_xlabel(f"fraction of pixels {'removed' if key == 'deletion' else 'inserted'}")
+        ax.set_xlabel(f"fraction of pixels {'removed' if key == 'deletion' else 'inserted'}"
+                      + {"insertion": " into a blurred copy", "insertion_black": " into black"}.get(key, ""))
         ax.set_ylabel("probability of the explained class")
         ax.set_title(f"{key} ({n} examples; area in the legend)")
         ax.grid(alpha=0.3)
