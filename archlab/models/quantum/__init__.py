@@ -1,0 +1,6 @@
+"""Quantum models: variational circuits built on the simulator in :mod:`archlab.quantum`.
+
+Importing this package registers every model of the ``quantum`` family.
+"""
+
+from . import vqe_h2  # noqa: F401
