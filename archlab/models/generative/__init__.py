@@ -1,3 +1,3 @@
 """Generative models. Importing this package registers them."""
 
-from . import autoencoder, ddpm, toy_gan, vae  # noqa: F401
+from . import autoencoder, dcgan, ddpm, toy_gan, vae  # noqa: F401
