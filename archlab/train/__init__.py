@@ -2,7 +2,8 @@
 (``train.loop`` in a recipe). Importing this package registers them all; the engine's
 :class:`~archlab.engine.driver.Driver` runs them."""
 
-from . import diffusion, elbo, gan, graph_level, image_gan, link, lm, mlm, node, rl, rounds, seq2seq, supervised, temporal  # noqa: F401
+from . import gan, graph_level, link, lm, mlm, node, rl, rounds, seq2seq, supervised, temporal  # noqa: F401
+from . import diffusion, elbo, image_gan  # noqa: F401  (generative models; archlab.models.generative)
 from . import episodic  # noqa: F401  (meta-learning; archlab.meta)
 from . import ssl  # noqa: F401  (self-supervised pretraining; archlab.models.ssl)
 from . import vqe  # noqa: F401  (variational quantum algorithms; archlab.quantum)
