@@ -384,3 +384,28 @@ def test_faithfulness_curves_rank_a_good_map_above_a_bad_one():
         assert ((g < b) if mode == "deletion" else (g > b)).all()
     c = curve(Left(), x, t, good, "deletion", steps=4)
     assert c.shape == (2, 5) and torch.allclose(c[:, -1], torch.full((2,), 0.5))
+
+
+def test_cascading_randomization_separates_model_blind_maps():
+    from archlab.explain.sanity import cascading_randomization, layers_top_down, spearman
+
+    model, x, t = cnn()
+    assert [n for n, _ in layers_top_down(model)] == ["out", "fc", "conv2", "conv1"]
+    blind = cascading_randomization(model, x, t, lambda m, v, tt: v.clone())       # ignores the model: "fails"
+    assert [rho for _, rho in blind] == pytest.approx([1.0] * 5)
+    grad = cascading_randomization(model, x, t, lambda m, v, tt: E.attribute(m, v, tt, "saliency"))
+    assert grad[0] == ("none", 1.0) and grad[-1][1] < 0.5
+    assert model.out.weight.equal(cnn()[0].out.weight)                             # the model itself is untouched
+    close(spearman(torch.tensor([[1.0, 2, 3]]), torch.tensor([[10.0, 20, 30]])), torch.ones(1, dtype=torch.double))
+
+
+def test_explain_command_sanity(digits_run, tmp_path):
+    import json
+
+    from archlab.cli import main
+
+    prefix = tmp_path / "sanity"
+    assert main(["explain", str(digits_run), "--method", "saliency", "--sanity", "8", "--out", str(prefix)]) == 0
+    rows = json.loads(prefix.with_suffix(".json").read_text())["methods"]["saliency"]
+    assert rows[0] == ["none", 1.0] and len(rows) == 5   # conv, conv, linear, linear
+    assert prefix.with_suffix(".png").is_file()

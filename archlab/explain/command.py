@@ -7,6 +7,9 @@ The first form draws one figure: a column per example (the input, titled with it
 label), then a row per method with the attribution map (red: for the target class, blue: against; each
 map scaled to its own largest magnitude). The target is the predicted class unless ``--target true``.
 
+With ``--sanity N`` it runs the cascading model-parameter randomization check (Adebayo et al. 2018,
+:mod:`archlab.explain.sanity`) on the first N examples: ``OUT.json``, ``OUT.md`` and ``OUT.png``.
+
 With ``--faithfulness N`` the command instead scores every method (and a random ranking) on the first N
 examples of the split with deletion and insertion curves (:mod:`archlab.explain.faithfulness`) and
 writes ``OUT.json`` (areas: mean and standard error per method), ``OUT.md`` (the table) and ``OUT.png``
@@ -49,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=64, help="Integrated Gradients steps (default 64)")
     s.add_argument("--samples", type=int, default=512, help="KernelSHAP / LIME coalitions (default 512)")
     s.add_argument("--faithfulness", type=int, metavar="N", help="score deletion/insertion on the first N examples")
+    s.add_argument("--sanity", type=int, metavar="N", help="cascading randomization check on the first N examples")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampling methods and the random ranking")
     s.add_argument("--out", help="output file (.png) or, with --faithfulness, prefix (default RUN/plots/explain)")
 
@@ -131,9 +135,14 @@ def run(args: argparse.Namespace) -> int:
     background = float(data.train.x[:1024].min())
     names = _methods(args, model, split.x[:1], background)
     default_out = Path(args.run_dir) / "plots" / "explain"
+    if args.faithfulness and args.sanity:
+        raise ArchlabError("pass --faithfulness or --sanity, not both")
     if args.faithfulness:
         prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("faithfulness")
         return faithfulness_report(model, split, names, background, args, prefix)
+    if args.sanity:
+        prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("sanity")
+        return sanity_report(model, split, names, background, args, prefix)
     idx = args.index or list(range(min(6, len(split))))
     if min(idx) < 0 or max(idx) >= len(split):
         raise ArchlabError(f"--index must be in [0, {len(split) - 1}] for the {args.split} split")
@@ -246,3 +255,49 @@ def _plot_curves(results: dict[str, dict[str, Any]], path: Path, n: int) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def sanity_report(model: torch.nn.Module, split: Any, names: list[str], background: float,
+                  args: argparse.Namespace, prefix: Path) -> int:
+    """Spearman correlation of each method's maps with the trained model's as layers are randomised."""
+    from .sanity import cascading_randomization
+
+    n = min(args.sanity, len(split))
+    images = split.x[:n]
+    with torch.no_grad():
+        target = model(images).argmax(-1)
+    table: dict[str, list[tuple[str, float]]] = {}
+    for name in names:
+        def explain(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, name: str = name) -> torch.Tensor:
+            return maps(m, x, t, name, background, args)
+
+        table[name] = cascading_randomization(model, images, target, explain, seed=args.seed)
+        print(f"{name:22s} " + "  ".join(f"{layer}:{rho:.2f}" for layer, rho in table[name]), flush=True)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"examples": n, "split": args.split, "seed": args.seed, "run_dir": str(args.run_dir),
+            "similarity": "mean Spearman rank correlation of |map| with the trained model's |map|"}
+    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "methods": table}, indent=1) + "\n")
+    layers = [layer for layer, _ in next(iter(table.values()))]
+    lines = ["| method | " + " | ".join(f"up to {layer}" if layer != "none" else "trained" for layer in layers) + " |",
+             "|---|" + "---|" * len(layers)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{rho:.2f}" for _, rho in row) + " |")
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    from ..io import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, row in table.items():
+        ax.plot(range(len(row)), [rho for _, rho in row], marker="o", label=name)
+    ax.set_xticks(range(len(layers)), ["trained"] + [f"{layer}" for layer in layers[1:]], rotation=30, fontsize=8)
+    ax.set_xlabel("layers re-initialised, cumulatively from the output")
+    ax.set_ylabel("Spearman rank corr. of |map| with trained")
+    ax.set_title(f"cascading randomization (Adebayo et al. 2018), {n} examples")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(prefix.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+    print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
+    return 0
