@@ -6,4 +6,4 @@ from . import gan, graph_level, link, lm, mlm, node, rl, rounds, seq2seq, superv
 from . import diffusion, elbo, image_gan  # noqa: F401  (generative models; archlab.models.generative)
 from . import episodic  # noqa: F401  (meta-learning; archlab.meta)
 from . import ssl  # noqa: F401  (self-supervised pretraining; archlab.models.ssl)
-from . import vqe  # noqa: F401  (variational quantum algorithms; archlab.quantum)
+from . import qaoa, vqe  # noqa: F401  (variational quantum algorithms; archlab.quantum)
