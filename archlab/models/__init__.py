@@ -1,3 +1,3 @@
 """Model families. Importing this package registers every model."""
 
-from . import classic, generative, graph, quantum, ssl, transformers  # noqa: F401
+from . import classic, generative, graph, quantum, search, ssl, transformers  # noqa: F401
