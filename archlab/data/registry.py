@@ -71,7 +71,8 @@ class DatasetEntry:
 
 #: Every dataset by name (family: its kind). The dataset modules register themselves on import.
 DATASETS: Registry[DatasetEntry] = Registry("dataset", tuple(f"archlab.data.{m}" for m in (
-    "digits", "events", "graphs", "mnist", "mnist1d", "omniglot", "planetoid", "ring", "seq2seq", "text", "tu")))
+    "circle", "digits", "events", "graphs", "mnist", "mnist1d", "omniglot", "planetoid", "ring", "seq2seq", "text",
+    "tu")))
 
 
 def register_dataset(name: str, config_class: type, num_classes: int,

@@ -88,7 +88,7 @@ class Supervised(Loop):
     """Classification of in-memory arrays (images, signals): minibatch steps, cross-entropy."""
 
     Config = SupervisedConfig
-    model_families = ("classic", "transformers", "search")  # search: networks derived by NAS (darts_net)
+    model_families = ("classic", "transformers", "search", "quantum")  # search: networks derived by NAS (darts_net)
 
     @classmethod
     def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:

@@ -9,7 +9,8 @@ optimization algorithm: performance, mechanism, and implementation on near-term 
 ``gamma_k = (k + 1/2)/p * ramp``, ``beta_k = (1 - (k + 1/2)/p) * ramp``, plus Gaussian noise of
 ``init_std``.
 
-Shapes: ``forward()`` -> () expected cut; ``forward(gammas_betas)`` with (B, 2p) angles -> (B,) expected cuts.
+Shapes: ``forward()`` -> () expected cut at the trained angles; ``forward(offsets)`` with (B, 2p) offsets
+(gammas first) -> (B,) expected cuts at the trained angles + offsets (the landscape around them).
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ class QAOAMaxCut(ArchModel):
         ramp = torch.stack([frac * c.ramp, (1 - frac) * c.ramp])  # (2, p): gammas, betas
         self.angles = nn.Parameter(ramp + c.init_std * torch.randn(2, c.p, dtype=torch.float64))
 
-    def forward(self, angles: torch.Tensor | None = None) -> torch.Tensor:
-        if angles is None:
+    def forward(self, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        if offsets is None:
             gammas, betas = self.angles
-        else:  # (B, 2p) -> (p, B) each
-            gammas, betas = angles.reshape(-1, 2, self.config.p).permute(1, 2, 0)
+        else:  # (B, 2p) -> (2, p, B)
+            gammas, betas = self.angles[..., None] + offsets.reshape(-1, 2, self.config.p).permute(1, 2, 0)
         return qaoa_circuit(self.config.nodes, self.edges, gammas, betas).expval(self.cost)
 
     @classmethod
     def example_input(cls, config: QAOAMaxCutConfig, batch_size: int = 2) -> torch.Tensor:
-        return torch.rand(batch_size, 2 * config.p, dtype=torch.float64)
+        return 0.1 * torch.randn(batch_size, 2 * config.p, dtype=torch.float64)
