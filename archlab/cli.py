@@ -48,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    from .train import probe
+    from .train import pictures, probe
 
     probe.add_parser(sub)
+    pictures.add_parser(sub)  # sample, interpolate
 
     s = sub.add_parser("generate", help="continue a prompt with the language model of a run directory")
     s.add_argument("run_dir")
@@ -290,6 +291,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return probe.run(args)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .train import pictures
+
+    return pictures.run_sample(args)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .train import pictures
+
+    return pictures.run_interpolate(args)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .train.lm import generate_from_run
 
@@ -342,7 +355,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
-               "probe": cmd_probe,
+               "probe": cmd_probe, "sample": cmd_sample, "interpolate": cmd_interpolate,
                "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
                "rollout": cmd_rollout, "tune": cmd_tune, "explain": cmd_explain}[args.command]
     try:
