@@ -3,4 +3,4 @@
 Importing this package registers every model of the ``quantum`` family.
 """
 
-from . import qaoa_maxcut, vqe_h2  # noqa: F401
+from . import hybrid, qaoa_maxcut, reuploading, vqe_h2  # noqa: F401
