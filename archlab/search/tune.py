@@ -36,6 +36,7 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -512,7 +513,21 @@ def _run_workers(spec: WorkerSpec, remaining: int, jobs: int) -> None:
         if share:
             payload = json.dumps(asdict(WorkerSpec(**{**asdict(spec), "trials": share, "worker": w})))
             procs.append(subprocess.Popen([sys.executable, "-m", "archlab.search.tune", payload]))
-    codes = [p.wait() for p in procs]
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # each worker checkpoints its trial, marks it failed and exits
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failed = [str(c) for c in codes if c]
     if failed:
         raise ArchlabError(f"{len(failed)} of {len(procs)} tuning workers failed (exit codes {', '.join(failed)}); "
