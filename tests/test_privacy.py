@@ -124,3 +124,34 @@ def test_epsilon_properties():
     assert a < eps(sample_rate=0.05, noise_multiplier=1.0, steps=100, delta=1e-5)   # larger batches cost more
     with pytest.raises(ValueError):
         eps(sample_rate=1.5, noise_multiplier=1.0, steps=1, delta=1e-5)
+
+
+DP_RECIPE = {
+    "name": "dpsgd_tiny", "seed": 0,
+    "model": {"name": "mlp", "in_features": 64, "hidden": [16]},
+    "data": {"name": "digits", "val_fraction": 0.1},
+    "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
+    "train": {"loop": "dpsgd", "steps": 30, "eval_every": 10, "log_every": 5, "checkpoint_every": 10},
+    "loop": {"sample_rate": 0.05, "noise_multiplier": 1.0, "max_grad_norm": 1.0},
+}
+
+
+def test_dpsgd_loop_learns_reports_epsilon_and_resumes_exactly(tmp_path, assert_resume_exact):
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    summary = train(from_dict(DP_RECIPE), out=tmp_path / "run", progress=False, log=lambda _m: None)
+    m = summary["metrics"]
+    assert m["epsilon"] == privacy.epsilon(sample_rate=0.05, noise_multiplier=1.0, steps=30, delta=1e-5)
+    assert m["test_acc"] > 0.5  # 10 classes: chance is 0.1
+    assert_resume_exact(DP_RECIPE)
+
+
+def test_dpsgd_loop_refuses_batchnorm(tmp_path):
+    from archlab.errors import ArchlabError
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    raw = {**DP_RECIPE, "model": {"name": "mlp", "in_features": 64, "hidden": [16], "norm": "batch"}}
+    with pytest.raises(ArchlabError, match="has BatchNorm, which mixes the examples"):
+        train(from_dict(raw), out=tmp_path / "bad", progress=False, log=lambda _m: None)

@@ -3,4 +3,4 @@
 Importing this package registers every model of the ``classic`` family.
 """
 
-from . import cnn, lenet, logistic, mlp, resnet, rnn  # noqa: F401
+from . import cnn, dp_cnn, lenet, logistic, mlp, resnet, rnn  # noqa: F401
