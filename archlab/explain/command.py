@@ -15,7 +15,11 @@ examples of the split with deletion and insertion curves (:mod:`archlab.explain.
 writes ``OUT.json`` (areas: mean and standard error per method), ``OUT.md`` (the table) and ``OUT.png``
 (mean curves). Insertion is scored twice: into a blurred copy (Petsiuk et al.) and into black.
 
-Image models only (runs whose examples are ``[C, H, W]``). Settings per method suit small images: the
+For node-classification runs (graph family) the method is GNNExplainer: ``--node I`` draws the
+explanatory subgraph of test node I (:mod:`archlab.explain.graph_command`) and ``--faithfulness N``
+scores fidelity on N test nodes against random edge rankings.
+
+Image models: runs whose examples are ``[C, H, W]``. Settings per method suit small images: the
 baseline is the darkest value of the training data ("black" after standardisation), occlusion slides
 a window of a seventh of the image, the Shapley-type methods work on a grid of superpixels.
 """
@@ -53,11 +57,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--samples", type=int, default=512, help="KernelSHAP / LIME coalitions (default 512)")
     s.add_argument("--faithfulness", type=int, metavar="N", help="score deletion/insertion on the first N examples")
     s.add_argument("--sanity", type=int, metavar="N", help="cascading randomization check on the first N examples")
+    s.add_argument("--node", type=int, action="append", help="graph runs: test node to explain, by position "
+                   "among the test nodes (repeatable; default 0-3)")
+    s.add_argument("--top-k", type=int, default=6, help="graph runs: edges kept in the explanation (default 6)")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampling methods and the random ranking")
     s.add_argument("--out", help="output file (.png) or, with --faithfulness, prefix (default RUN/plots/explain)")
 
 
-def _load(run_dir: str) -> tuple[torch.nn.Module, Any]:
+def _load(run_dir: str) -> tuple[torch.nn.Module, Any, str]:
+    """The run's model (eval mode), its data, and ``"image"`` or ``"graph"``."""
     from .. import recipe as recipe_mod
     from ..registry import load
     from ..runner import RECIPE, is_run_dir
@@ -68,14 +76,16 @@ def _load(run_dir: str) -> tuple[torch.nn.Module, Any]:
     recipe = recipe_mod.load(path / RECIPE)
     model = load(path)
     if not isinstance(model, torch.nn.Module) or not recipe.loop_class.uses_data:
-        raise ArchlabError(f"{run_dir}: archlab explain draws image classifiers; this run trained a "
+        raise ArchlabError(f"{run_dir}: archlab explain explains image and node classifiers; this run trained a "
                            f"{type(model).__name__}")
     data = recipe.loop_class.load_data(recipe)
+    if getattr(data, "task", None) == "node":
+        return model.eval(), data, "graph"
     shape = getattr(data, "input_shape", ())
     if len(shape) != 3:
-        raise ArchlabError(f"{run_dir}: archlab explain draws image classifiers ([C, H, W] examples); "
-                           f"{recipe.data.name!r} examples have shape {tuple(shape)}")
-    return model.eval(), data
+        raise ArchlabError(f"{run_dir}: archlab explain explains image classifiers ([C, H, W] examples) and node "
+                           f"classifiers; {recipe.data.name!r} examples have shape {tuple(shape)}")
+    return model.eval(), data, "image"
 
 
 def options(method: str, images: torch.Tensor, background: float, args: argparse.Namespace) -> dict[str, Any]:
@@ -128,7 +138,11 @@ def _methods(args: argparse.Namespace, model: torch.nn.Module, probe: torch.Tens
 
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    model, data = _load(args.run_dir)
+    model, data, kind = _load(args.run_dir)
+    if kind == "graph":
+        from .graph_command import run_graph
+
+        return run_graph(model, data, args)
     split = getattr(data, args.split)
     if len(split) == 0:
         raise ArchlabError(f"the {args.split} split of {args.run_dir} is empty")
