@@ -180,6 +180,8 @@ class Recipe:
     """Short name (defaults to the file stem); names the run directory."""
     description: str = ""
     seed: int = 0
+    quick: bool = True
+    """False: a long run that `archlab reproduce --suite quick` leaves out although its data is embedded."""
 
     @property
     def loop_class(self) -> type:
@@ -219,7 +221,7 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         cls = self.loop_class
-        out: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed, **({} if self.quick else {"quick": False})}
         if self.description:
             out["description"] = self.description
         out[cls.model_table] = dict(self.model)
@@ -359,7 +361,7 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
         if isinstance(raw.get(table), dict) and sub in raw[table]:
             raise ArchlabError(f"{key} has moved to {new}")
     # [tune] is the recipe's own search space for `archlab tune` (archlab/search/tune.py); training ignores it.
-    allowed = {"name", "description", "seed", "train", "optim", "expect", "loop", "tune", cls.model_table,
+    allowed = {"name", "description", "seed", "quick", "train", "optim", "expect", "loop", "tune", cls.model_table,
                *cls.tables}
     if cls.uses_data:
         allowed.add("data")
@@ -410,10 +412,11 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     optim = _optim(raw.get("optim"), cls.trainables, loop_name)
     expect_raw = _table(raw, "expect", False)
     expect = _config.build(ExpectConfig, expect_raw, "expect") if expect_raw is not None else None
-    extra = {k: raw[k] for k in ("name", "description", "seed") if k in raw}
+    extra = {k: raw[k] for k in ("name", "description", "seed", "quick") if k in raw}
     recipe = _config.build(_Header, {"name": default_name, **extra}, "recipe")
     out = Recipe(train=train, model=dict(model), data=data, optim=optim, loop=loop_cfg, tables=tables,
-                 expect=expect, name=recipe.name, description=recipe.description, seed=recipe.seed)
+                 expect=expect, name=recipe.name, description=recipe.description, seed=recipe.seed,
+                 quick=recipe.quick)
     metric, _ = out.monitor()
     reported = {*cls.metrics, f"best_{metric}", "best_step"}
     if cls.keep_best:
@@ -433,6 +436,7 @@ class _Header:
     name: str = "run"
     description: str = ""
     seed: int = 0
+    quick: bool = True
 
     def __post_init__(self) -> None:
         # The name becomes part of a path (runs/<name>-s<seed>-<time>): a plain, printable file name.
