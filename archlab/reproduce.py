@@ -44,7 +44,7 @@ def select(suite: list[str]) -> list[Path]:
         if item == "full":
             chosen += available
         elif item == "quick":
-            chosen += [p for p in available if recipe_mod.load(p).dataset in EMBEDDED_DATASETS]
+            chosen += [p for p in available if (r := recipe_mod.load(p)).dataset in EMBEDDED_DATASETS and r.quick]
         elif item in families:
             chosen += [p for p in available if p.parent.name == item]
         elif Path(item).is_file():
