@@ -236,3 +236,28 @@ def test_bad_federated_recipes_fail_before_training(tmp_path):
     with pytest.raises(ArchlabError, match="loop"):
         from_dict(recipe(fraction=0.0))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_dp_fedavg_without_clipping_or_noise_is_uniform_fedavg(tmp_path):
+    _, avg = _run(recipe(fraction=1.0, weighting="uniform"), tmp_path / "avg")
+    _, dp = _run(recipe(fraction=1.0, dp_clip=1e6), tmp_path / "dp")  # Poisson with q = 1: every client
+    for k in avg:
+        torch.testing.assert_close(dp[k], avg[k], rtol=1e-5, atol=1e-6)
+
+
+def test_dp_fedavg_clips_updates_reports_epsilon_and_resumes(tmp_path, assert_resume_exact):
+    one = recipe(fraction=1.0, dp_clip=0.01)
+    one["train"]["steps"] = 1
+    _, moved = _run(one, tmp_path / "clip")
+    start = _init(one).state_dict()
+    step = torch.stack([(moved[k] - start[k]).norm() for k in start]).norm()
+    assert 0.005 < step <= 0.01 + 1e-6  # the mean of K updates clipped to norm S has norm <= S
+    noisy = recipe(fraction=0.5, dp_clip=1.0, dp_noise=1.1)
+    summary, _ = _run(noisy, tmp_path / "noisy")
+    from archlab import privacy
+
+    assert summary["metrics"]["epsilon"] == privacy.epsilon(sample_rate=0.5, noise_multiplier=1.1, steps=4,
+                                                            delta=1e-5)
+    assert_resume_exact(noisy)
+    with pytest.raises(ArchlabError, match="dp_noise needs dp_clip > 0"):
+        from_dict(recipe(dp_noise=1.0))

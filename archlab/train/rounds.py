@@ -11,6 +11,9 @@ a plot of the client x class counts goes into ``RUN/plots/partition.png``). Roun
     delta <- sum_k p_k delta_k     p_k = n_k / sum n  (loop.weighting = "samples")  or 1 / m  ("uniform")
     x_{t+1} <- server_optimizer(x_t, delta)                      (fedavg / fedavgm / fedadagrad / fedyogi / fedadam)
 
+With ``loop.dp_clip`` > 0 the round is DP-FedAvg (:mod:`archlab.federated.dp_fedavg`): Poisson client
+sampling, every update clipped to norm S, the sum divided by C K and noised; ``epsilon`` is reported.
+
 Every random choice of round ``t`` comes from generators seeded by ``(seed, t)`` and ``(seed, t, k)``,
 so the client sampler needs no state; the checkpoint holds the global model, the server optimizer's
 moments and the algorithm's per-client state (SCAFFOLD's control variates), and a resumed run is
@@ -41,10 +44,12 @@ from ..engine.loop import Context, Loop, register_loop
 from ..engine.optim import build_optimizer, lr_factor
 from ..errors import ArchlabError
 from ..federated import FedAvg, FedProx, Scaffold, ServerOptConfig, ServerOptimizer, class_counts, partition
+from ..federated.dp_fedavg import clip_update, noisy_mean
 from ..federated.partition import Scheme, plot_counts
 from ..federated.server import ServerName
 from ..io import atomic_write_bytes
 from ..models.base import ArchModel
+from ..privacy import epsilon
 from .supervised import Supervised
 
 if TYPE_CHECKING:
@@ -87,6 +92,13 @@ class FederatedConfig:
     """beta1, beta2 of fedadagrad / fedyogi / fedadam."""
     tau: float = 1e-3
     """Adaptivity tau of fedadagrad / fedyogi / fedadam."""
+    dp_clip: float = 0.0
+    """DP-FedAvg (McMahan et al. 2018): clip each client's update to this L2 norm S, sample clients by Poisson
+    with probability ``fraction``, average with the fixed denominator C K and add noise (0: no DP)."""
+    dp_noise: float = 0.0
+    """DP-FedAvg noise multiplier z: noise std z S / (C K) on the averaged update."""
+    dp_delta: float = 1e-5
+    """delta of the client-level (epsilon, delta) guarantee the run reports as ``epsilon``."""
     target_acc: float = 0.0
     """Report rounds_to_target: the first round whose test accuracy reaches this (0: not reported)."""
     backend: Literal["inprocess"] = "inprocess"
@@ -103,6 +115,10 @@ class FederatedConfig:
             raise ValueError(f"server_betas must be two numbers in [0, 1), got {self.server_betas}")
         if not 0 < self.tau <= 10 or not 0 <= self.target_acc <= 1:
             raise ValueError("need 0 < tau <= 10 and 0 <= target_acc <= 1")
+        if not 0 <= self.dp_clip <= 1e6 or not 0 <= self.dp_noise <= 1e3 or not 0 < self.dp_delta < 1:
+            raise ValueError("need 0 <= dp_clip <= 1e6, 0 <= dp_noise <= 1000 and 0 < dp_delta < 1")
+        if self.dp_noise and not self.dp_clip:
+            raise ValueError("dp_noise needs dp_clip > 0 (the noise is calibrated to the clipping norm)")
 
 
 def _seed(*parts: int) -> int:
@@ -117,7 +133,7 @@ class Federated(Loop):
     Config = FederatedConfig
     model_families = ("classic", "transformers")
     trainables = ("client",)
-    metrics = ("val_acc", "val_loss", "test_acc", "test_loss", "rounds_to_target")
+    metrics = ("val_acc", "val_loss", "test_acc", "test_loss", "rounds_to_target", "epsilon")
     progress_keys = ("loss", "test_acc")
 
     @classmethod
@@ -163,8 +179,11 @@ class Federated(Loop):
         return {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
 
     def sample_clients(self, rnd: int) -> list[int]:
-        """The clients of round ``rnd``: a sorted sample without replacement, a function of (seed, rnd)."""
+        """The clients of round ``rnd``: a sorted sample without replacement, a function of (seed, rnd);
+        with DP-FedAvg every client independently with probability ``fraction`` (possibly none)."""
         rng = np.random.default_rng(_seed(self.ctx.seed, rnd))
+        if self.cfg.dp_clip:
+            return [int(k) for k in np.flatnonzero(rng.random(self.cfg.clients) < self.cfg.fraction)]
         return sorted(int(k) for k in rng.choice(self.cfg.clients, self.per_round, replace=False))
 
     def client_batches(self, rnd: int, client: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -186,7 +205,12 @@ class Federated(Loop):
         global_state = {k: v.clone() for k, v in self.model.state_dict().items()}
         global_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         sizes = [len(self.parts[k]) for k in clients]
-        weights = [n / sum(sizes) for n in sizes] if cfg.weighting == "samples" else [1 / len(clients)] * len(clients)
+        if cfg.dp_clip:  # DP-FedAvg sums clipped updates; the fixed denominator comes after the loop
+            weights = [1.0] * len(clients)
+        elif cfg.weighting == "samples":
+            weights = [n / sum(sizes) for n in sizes]
+        else:
+            weights = [1 / len(clients)] * len(clients)
         delta = {k: torch.zeros_like(v) for k, v in self._float_state(self.model).items()}
         steps = loss_sum = 0.0
         for k, w in zip(clients, weights, strict=True):
@@ -198,18 +222,25 @@ class Federated(Loop):
             self.algo.end_client(k, self.local, global_params, n_steps, lr)
             steps, loss_sum = steps + n_steps, loss_sum + k_loss
             with torch.no_grad():
-                for name, v in self._float_state(self.local).items():
-                    delta[name].add_(v - global_state[name], alpha=w)
+                update = {name: v - global_state[name] for name, v in self._float_state(self.local).items()}
+                if cfg.dp_clip:
+                    update = clip_update(update, cfg.dp_clip)
+                for name, v in update.items():
+                    delta[name].add_(v, alpha=w)
+        if cfg.dp_clip:
+            noise = torch.Generator().manual_seed(_seed(self.ctx.seed, step, 2**32 - 1))  # no client has this index
+            delta = noisy_mean(delta, cfg.fraction, cfg.clients, cfg.dp_clip, cfg.dp_noise, noise)
         # Integer buffers (BatchNorm's num_batches_tracked) cannot be averaged: keep the last client's.
         with torch.no_grad():
             for name, v in self.local.state_dict().items():
-                if not v.is_floating_point():
+                if clients and not v.is_floating_point():
                     self.model.state_dict()[name].copy_(v)
         self.server.step(self._float_state(self.model), delta)
         self.algo.end_round(clients, cfg.clients)
         self.round = step + 1
         sent = sum(v.numel() * v.element_size() for v in delta.values()) * len(clients)
-        return {"loss": loss_sum / max(steps, 1), "lr": lr, "local_steps": steps, "bytes_up": sent}
+        return {"loss": loss_sum / max(steps, 1), "lr": lr, "clients": len(clients), "local_steps": steps,
+                "bytes_up": sent}
 
     @torch.no_grad()
     def _score(self, part: Split, split: str) -> dict[str, float]:
@@ -230,13 +261,22 @@ class Federated(Loop):
         test = self._score(self.data.test, "test")  # the per-round curve the papers plot
         if self.cfg.target_acc and self.reached is None and test["test_acc"] >= self.cfg.target_acc:
             self.reached = self.round
+        if self.cfg.dp_clip:
+            test["epsilon"] = self._epsilon()
         return {**out, **test}
 
     def final_metrics(self) -> dict[str, float]:
         out = {**(self._score(self.data.val, "val") if len(self.data.val) else {}), **self.evaluate("test")}
         if self.cfg.target_acc:
             out["rounds_to_target"] = math.inf if self.reached is None else float(self.reached)
+        if self.cfg.dp_clip:
+            out["epsilon"] = self._epsilon()
         return out
+
+    def _epsilon(self) -> float:
+        """Client-level epsilon of the rounds run so far (DP-FedAvg; inf without noise)."""
+        c = self.cfg
+        return epsilon(sample_rate=c.fraction, noise_multiplier=c.dp_noise, steps=self.round, delta=c.dp_delta)
 
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
         """``plots/partition.png`` (client x class counts) and ``partition.json`` (the counts)."""
