@@ -119,7 +119,7 @@ def test_byol_tau_schedule_runs_from_base_to_one():
 
 def _tiny(name: str, **kw):
     torch.manual_seed(0)
-    return archlab.create(name, feature_dim=8, encoder_config={"length": 16, "channels": [4, 4, 4]}, **kw)
+    return archlab.create(name, encoder_config={"length": 16, "channels": [4, 4, 4]}, **kw)
 
 
 def test_moco_queue_is_fifo_and_keys_carry_no_gradient():
@@ -164,7 +164,7 @@ def test_trained_modules_exclude_the_momentum_copies():
 def test_encoder_must_be_a_classic_or_transformer_model():
     with pytest.raises(ArchlabError, match="encoder must be one of"):
         archlab.create("simclr", encoder="byol")
-    with pytest.raises(ArchlabError, match="feature_dim"):
+    with pytest.raises(ArchlabError, match="classifier is removed"):
         archlab.create("simclr", encoder_config={"num_classes": 3})
 
 
@@ -260,7 +260,7 @@ def test_linear_probe_separates_separable_classes_and_picks_on_val():
 def _recipe(method: str, **model) -> dict:
     return {
         "name": f"{method}_tiny", "seed": 0,
-        "model": {"name": method, "feature_dim": 16, "encoder": "cnn1d",
+        "model": {"name": method, "encoder": "cnn1d",
                   "encoder_config": {"length": 40, "channels": [8, 8, 8]}, **model},
         "data": {"name": "mnist1d", "batch_size": 32, "val_fraction": 0.2, "options": {"num_samples": 400}},
         "optim": {"name": "adam", "lr": 3e-3},
@@ -314,3 +314,59 @@ def test_features_are_the_encoder_output():
     assert torch.equal(model.features(x), model.encoder(x))
     assert torch.equal(model(x), model.predictor(model.projector(model.encoder(x))))
     assert F.cosine_similarity(model.projection(x), model.projector(model.encoder(x))).min() > 0.999
+
+
+# ---------------------------------------------------------------------------------------------- MAE
+
+TINY_VIT = {"image_size": 8, "patch_size": 2, "dim": 16, "depth": 1, "heads": 2, "mlp_dim": 16}
+
+
+def test_mae_masks_exactly_the_ratio_and_restore_inverts_the_shuffle():
+    from archlab.models.ssl.mae import random_masking
+
+    keep, restore, mask = random_masking(5, 16, 0.75, torch.Generator().manual_seed(0))
+    assert keep.shape == (5, 4) and (mask.sum(1) == 12).all()
+    assert all(set(keep[i].tolist()) == set(torch.nonzero(mask[i] == 0).flatten().tolist()) for i in range(5))
+    shuffle = restore.argsort(1)
+    assert torch.equal(shuffle.gather(1, restore), torch.arange(16).expand(5, 16))
+
+
+def test_mae_patchify_round_trip():
+    from archlab.models.ssl.mae import patchify, unpatchify
+
+    x = torch.randn(2, 3, 8, 8)
+    p = patchify(x, 4)
+    assert p.shape == (2, 4, 48) and torch.equal(p[0, 1], x[0, :, :4, 4:].permute(1, 2, 0).flatten())
+    assert torch.equal(unpatchify(p, 4, 3), x)
+
+
+def test_mae_encoder_sees_only_visible_patches_and_the_loss_only_hidden_ones():
+    from archlab.models.ssl.mae import patchify, random_masking, unpatchify
+
+    torch.manual_seed(0)
+    model = archlab.create("mae", decoder_dim=16, mask_ratio=0.5, encoder_config=TINY_VIT)
+    model.eval()
+    x = torch.randn(3, 1, 8, 8)
+    keep, restore, mask = random_masking(3, 16, 0.5, torch.Generator().manual_seed(1))
+    # Changing the pixels of hidden patches changes nothing the model computes.
+    hidden = mask.bool().unsqueeze(-1).expand(-1, -1, 4)
+    x2 = unpatchify(torch.where(hidden, torch.randn(3, 16, 4), patchify(x, 2)), 2, 1)
+    assert not torch.equal(x, x2)
+    with torch.no_grad():
+        assert torch.allclose(model.reconstruct(x, keep, restore), model.reconstruct(x2, keep, restore), atol=1e-6)
+    # The loss has no gradient with respect to the predictions of visible patches.
+    pred = model.reconstruct(x, keep, restore).detach().requires_grad_(True)
+    model.masked_loss(pred, model.targets(x), mask).backward()
+    assert (pred.grad[mask == 0] == 0).all() and (pred.grad[mask == 1] != 0).any()
+
+
+def test_mae_loop_resumes_bit_exactly(assert_resume_exact):
+    assert_resume_exact({
+        "name": "mae_tiny", "seed": 0,
+        "model": {"name": "mae", "decoder_dim": 16, "decoder_depth": 1,
+                  "encoder_config": TINY_VIT},
+        "data": {"name": "digits", "batch_size": 32, "val_fraction": 0.1},
+        "optim": {"name": "adamw", "lr": 1e-3},
+        "train": {"loop": "ssl", "steps": 6, "eval_every": 3, "checkpoint_every": 3},
+        "loop": {"augment": ["translate:1"], "knn_k": 5, "linear_probe": False},
+    })

@@ -10,6 +10,9 @@ parameters. Specs (applied in the order listed):
 ``shift:N``
     Translate by a whole number of steps in ``[-N, N]``, zero-filled (the MNIST-1D SSL notebook's
     augmentation).
+``roll:N``
+    Circular shift by a whole number of steps in ``[-N, N]`` (what leaves the end comes back at the
+    start; MNIST-1D's own translation is circular).
 ``scale:S``
     Multiply the amplitude by a factor uniform in ``[1 - S, 1 + S]``.
 ``stretch:S``
@@ -54,7 +57,7 @@ from torch import Tensor
 from ..errors import ArchlabError
 from .transforms import shift_along
 
-ALLOWED = ("shift:N, scale:S, stretch:S (signals); resized_crop:MIN, translate:N, rotate:DEG, "
+ALLOWED = ("shift:N, roll:N, scale:S, stretch:S (signals); resized_crop:MIN, translate:N, rotate:DEG, "
            "elastic:ALPHA:SIGMA (images); noise:STD; prob:P:SPEC")
 
 View = Callable[[Tensor, torch.Generator], Tensor]
@@ -85,6 +88,17 @@ def shift(n: int) -> View:
         _need(x, (2, 3), f"shift:{n}")
         offsets = torch.randint(-n, n + 1, (len(x),), generator=g).to(x.device)
         return shift_along(x, x.dim() - 1, offsets)
+
+    return view
+
+
+def roll(n: int) -> View:
+    def view(x: Tensor, g: torch.Generator) -> Tensor:
+        _need(x, (2, 3), f"roll:{n}")
+        offsets = torch.randint(-n, n + 1, (len(x),), generator=g).to(x.device)
+        length = x.shape[-1]
+        source = (torch.arange(length, device=x.device) - offsets.view(-1, 1)) % length     # [B, L]
+        return x.gather(-1, source.view([len(x)] + [1] * (x.dim() - 2) + [length]).expand(x.shape))
 
     return view
 
@@ -231,6 +245,8 @@ def _parse(spec: str) -> View:
     one = len(args) == 1
     if name == "shift" and one:
         return shift(int(_number(spec, args[0], integer=True, high=10**4)))
+    if name == "roll" and one:
+        return roll(int(_number(spec, args[0], integer=True, high=10**4)))
     if name == "translate" and one:
         return translate(int(_number(spec, args[0], integer=True, high=10**4)))
     if name == "scale" and one:

@@ -1,10 +1,11 @@
 """Self-supervised pretraining: two augmented views per example, the method's loss, no labels.
 
-One step (the same for every method of the ``ssl`` family -- SimCLR, MoCo v2, BYOL):
+One step (the same for every method of the ``ssl`` family -- SimCLR, MoCo v2, BYOL, MAE):
 
     x      = next batch of the training split          (labels are not read)
     v1, v2 = views(x), views(x)                         (``loop.augment``, independent random draws)
-    L      = model.ssl_loss(v1, v2)                     (NT-Xent / InfoNCE with a queue / BYOL regression)
+    L      = model.ssl_loss(v1, v2)                     (NT-Xent / InfoNCE with a queue / BYOL regression;
+                                                         MAE takes one view and masks it itself)
     theta <- optimizer(theta, grad L)                   (only ``model.trained_modules()``)
     model.after_step(progress)                          (momentum encoders: theta' <- m theta' + (1 - m) theta)
 
@@ -86,7 +87,7 @@ class SelfSupervised(Loop):
         views(x, torch.Generator().manual_seed(0))  # a spec for images on signals (or back) fails here
         try:
             model.check_encoder_output(x)
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        except (RuntimeError, ValueError, IndexError, TypeError, ArchlabError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ArchlabError(f"model.encoder {model.config.encoder!r} does not fit {recipe.data.name!r} "
                                f"(examples of shape {tuple(x.shape[1:])}): {msg[:200]}") from None
@@ -109,10 +110,10 @@ class SelfSupervised(Loop):
     def train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
         x = self.train_x[self.stream.next().to(self.ctx.device)]
-        v1, v2 = self.views(x, self.aug_gen), self.views(x, self.aug_gen)
+        views = [self.views(x, self.aug_gen) for _ in range(self.model.num_views)]
         self.opt.zero_grad()
         with self.ctx.precision.autocast():
-            loss = self.model.ssl_loss(v1, v2)
+            loss = self.model.ssl_loss(*views)
         self.opt.backward(loss)
         lr = self.opt.step()
         extra = self.model.after_step((step + 1) / self.total_steps)
@@ -156,10 +157,12 @@ class SelfSupervised(Loop):
 
     def state_dict(self) -> dict[str, Any]:
         return {"optim": self.opt.state_dict(), "model": self.model.state_dict(),
-                "stream": self.stream.state_dict(), "aug_gen": self.aug_gen.get_state()}
+                "stream": self.stream.state_dict(), "aug_gen": self.aug_gen.get_state(),
+                "model_rng": self.model.rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["optim"])
         self.model.load_state_dict(state["model"])
         self.stream.load_state_dict(state["stream"])
         self.aug_gen.set_state(state["aug_gen"])
+        self.model.load_rng_state(state["model_rng"])

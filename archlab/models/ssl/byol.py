@@ -60,8 +60,8 @@ class BYOL(SSLModel):
 
     def __init__(self, config: BYOLConfig) -> None:
         super().__init__(config)
-        self.encoder = build_encoder(config)
-        self.projector = mlp([config.feature_dim, config.proj_hidden, config.proj_dim], config.batch_norm)
+        self.encoder, self.feature_dim = build_encoder(config)
+        self.projector = mlp([self.feature_dim, config.proj_hidden, config.proj_dim], config.batch_norm)
         self.predictor = mlp([config.proj_dim, config.proj_hidden, config.proj_dim], config.batch_norm)
         self.target_encoder = frozen_copy(self.encoder)
         self.target_projector = frozen_copy(self.projector)

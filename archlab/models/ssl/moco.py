@@ -66,8 +66,8 @@ class MoCo(SSLModel):
 
     def __init__(self, config: MoCoConfig) -> None:
         super().__init__(config)
-        self.encoder = build_encoder(config)
-        self.projector = mlp([config.feature_dim, config.proj_hidden, config.proj_dim], config.proj_batch_norm)
+        self.encoder, self.feature_dim = build_encoder(config)
+        self.projector = mlp([self.feature_dim, config.proj_hidden, config.proj_dim], config.proj_batch_norm)
         self.key_encoder = frozen_copy(self.encoder)
         self.key_projector = frozen_copy(self.projector)
         # Random unit vectors until real keys replace them (the reference code starts the same way).

@@ -52,8 +52,8 @@ class SimCLR(SSLModel):
 
     def __init__(self, config: SimCLRConfig) -> None:
         super().__init__(config)
-        self.encoder = build_encoder(config)
-        self.projector = mlp([config.feature_dim, config.proj_hidden, config.proj_dim], config.proj_batch_norm)
+        self.encoder, self.feature_dim = build_encoder(config)
+        self.projector = mlp([self.feature_dim, config.proj_hidden, config.proj_dim], config.proj_batch_norm)
 
     def ssl_loss(self, view1: Tensor, view2: Tensor) -> Tensor:
         z1, z2 = self.projection(torch.cat([view1, view2])).float().chunk(2)
