@@ -261,3 +261,25 @@ def test_dp_fedavg_clips_updates_reports_epsilon_and_resumes(tmp_path, assert_re
     assert_resume_exact(noisy)
     with pytest.raises(ArchlabError, match="dp_noise needs dp_clip > 0"):
         from_dict(recipe(dp_noise=1.0))
+
+
+@pytest.mark.parametrize("loop", [{}, {"algorithm": "fedprox", "mu": 0.5, "local_epochs": 2}])
+def test_parallel_clients_fast_path_equals_the_reference(tmp_path, loop):
+    raw = recipe(clients=2, fraction=1.0, **loop)  # 1,438 digits: two clients of 719
+    raw["train"]["steps"] = 3
+    ref_summary, ref = _run(raw, tmp_path / "ref")
+    fast_raw = recipe(clients=2, fraction=1.0, parallel_clients=True, **loop)
+    fast_raw["train"]["steps"] = 3
+    fast_summary, fast = _run(fast_raw, tmp_path / "fast")
+    for k in ref:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-4, atol=1e-5)
+    assert fast_summary["metrics"]["test_acc"] == pytest.approx(ref_summary["metrics"]["test_acc"], abs=2e-3)
+
+
+def test_parallel_clients_refuses_what_it_cannot_batch(tmp_path):
+    with pytest.raises(ArchlabError, match="loop.parallel_clients needs .*clients of equal size"):
+        _run(recipe(parallel_clients=True), tmp_path / "a")  # 1,438 digits over 6 clients: 240 and 239
+    raw = recipe(clients=2, parallel_clients=True, algorithm="scaffold")
+    raw["optim"]["momentum"] = 0.9
+    with pytest.raises(ArchlabError, match="fedavg or fedprox without DP; optim.name = 'sgd' with momentum = 0"):
+        _run(raw, tmp_path / "b")

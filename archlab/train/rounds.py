@@ -45,6 +45,7 @@ from ..engine.optim import build_optimizer, lr_factor
 from ..errors import ArchlabError
 from ..federated import FedAvg, FedProx, Scaffold, ServerOptConfig, ServerOptimizer, class_counts, partition
 from ..federated.dp_fedavg import clip_update, noisy_mean
+from ..federated.parallel import local_sgd_together
 from ..federated.partition import Scheme, plot_counts
 from ..federated.server import ServerName
 from ..io import atomic_write_bytes
@@ -101,6 +102,9 @@ class FederatedConfig:
     """delta of the client-level (epsilon, delta) guarantee the run reports as ``epsilon``."""
     target_acc: float = 0.0
     """Report rounds_to_target: the first round whose test accuracy reaches this (0: not reported)."""
+    parallel_clients: bool = False
+    """Fast path: train a round's clients side by side with torch.func (archlab/federated/parallel.py); needs
+    equal client sizes, plain SGD clients, FedAvg or FedProx, no DP, and a model without BatchNorm or dropout."""
     backend: Literal["inprocess"] = "inprocess"
     """Where clients run: in this process, one after another (Flower backends are not implemented yet)."""
 
@@ -170,8 +174,24 @@ class Federated(Loop):
         b1, b2 = cfg.server_betas
         self.server = ServerOptimizer(ServerOptConfig(cfg.server, cfg.server_lr, cfg.server_momentum, b1, b2, cfg.tau),
                                       self._float_state(self.model))
+        if cfg.parallel_clients:
+            self._check_parallel()
         self.reached: int | None = None  # first round whose test accuracy reached target_acc
         self.round = 0
+
+    def _check_parallel(self) -> None:
+        cfg, o = self.cfg, self.client_optim
+        why = []
+        if cfg.algorithm not in ("fedavg", "fedprox") or cfg.dp_clip:
+            why.append("loop.algorithm fedavg or fedprox without DP")
+        if o.name != "sgd" or o.momentum or o.weight_decay:
+            why.append("optim.name = 'sgd' with momentum = 0 and weight_decay = 0")
+        if len({len(p) for p in self.parts}) != 1:
+            why.append(f"clients of equal size (partition {cfg.partition!r} gives unequal ones)")
+        if any(isinstance(m, torch.nn.Dropout) and m.p for m in self.model.modules()) or list(self.model.buffers()):
+            why.append("a model without dropout, BatchNorm or other buffers")
+        if why:
+            raise ArchlabError(f"loop.parallel_clients needs {'; '.join(why)}")
 
     @staticmethod
     def _float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -213,7 +233,17 @@ class Federated(Loop):
             weights = [1 / len(clients)] * len(clients)
         delta = {k: torch.zeros_like(v) for k, v in self._float_state(self.model).items()}
         steps = loss_sum = 0.0
-        for k, w in zip(clients, weights, strict=True):
+        if cfg.parallel_clients and clients:
+            mu = cfg.mu if cfg.algorithm == "fedprox" else 0.0
+            stacked, steps, loss_sum = local_sgd_together(
+                self.local, global_params, [self.client_batches(step, k) for k in clients], lr, mu)
+            w = torch.tensor(weights)
+            for name, v in stacked.items():  # sum_k w_k (W_k - x_t)
+                delta[name] = torch.einsum("k,k...->...", w.to(v), v - global_params[name])
+            clients_to_train: list[tuple[int, float]] = []
+        else:
+            clients_to_train = list(zip(clients, weights, strict=True))
+        for k, w in clients_to_train:
             self.local.load_state_dict(global_state)
             opt = build_optimizer(self.local, self.client_optim)
             for group in opt.param_groups:
