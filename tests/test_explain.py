@@ -397,6 +397,10 @@ def test_cascading_randomization_separates_model_blind_maps():
     assert grad[0] == ("none", 1.0) and grad[-1][1] < 0.5
     assert model.out.weight.equal(cnn()[0].out.weight)                             # the model itself is untouched
     close(spearman(torch.tensor([[1.0, 2, 3]]), torch.tensor([[10.0, 20, 30]])), torch.ones(1, dtype=torch.double))
+    stats = pytest.importorskip("scipy.stats")
+    a, b = torch.randint(0, 4, (3, 30)).float(), torch.randint(0, 4, (3, 30)).float()   # many ties
+    expected = torch.tensor([stats.spearmanr(a[i], b[i]).statistic for i in range(3)], dtype=torch.double)
+    close(spearman(a, b), expected, 1e-9)
 
 
 def test_explain_command_sanity(digits_run, tmp_path):

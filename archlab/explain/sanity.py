@@ -20,14 +20,24 @@ from torch import nn
 from .base import leaf_modules
 
 
+def average_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Ranks ``0 .. n-1`` of each row of ``t`` ``[B, n]``, tied values sharing their average rank."""
+    t = t.contiguous()
+    ordered = t.sort(dim=1).values
+    lo = torch.searchsorted(ordered, t, right=False)
+    hi = torch.searchsorted(ordered, t, right=True)
+    return (lo + hi - 1).double() / 2
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Rank correlation of each row of ``a`` with the same row of ``b`` (``[B, ...]`` -> ``[B]``; ties ordered)."""
-    def ranks(t: torch.Tensor) -> torch.Tensor:
-        r = t.flatten(1).argsort(1).argsort(1).double()
+    """Spearman rank correlation of each row of ``a`` with the same row of ``b`` (``[B, ...]`` -> ``[B]``):
+    the Pearson correlation of their average ranks (ties matter: maps with many exact zeros)."""
+    def centred(t: torch.Tensor) -> torch.Tensor:
+        r = average_ranks(t.flatten(1))
         r = r - r.mean(1, keepdim=True)
         return r / r.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
-    return (ranks(a) * ranks(b)).sum(1)
+    return (centred(a) * centred(b)).sum(1)
 
 
 def layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
