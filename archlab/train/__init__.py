@@ -5,6 +5,6 @@
 from . import gan, graph_level, link, lm, mlm, node, private, rl, rounds, seq2seq, supervised, temporal  # noqa: F401
 from . import diffusion, elbo, image_gan  # noqa: F401  (generative models; archlab.models.generative)
 from . import darts  # noqa: F401  (architecture search; archlab.models.search)
-from . import episodic  # noqa: F401  (meta-learning; archlab.meta)
+from . import episodic, stream  # noqa: F401  (meta-learning: archlab.meta; continual: archlab.continual)
 from . import ssl  # noqa: F401  (self-supervised pretraining; archlab.models.ssl)
 from . import qaoa, vqe  # noqa: F401  (variational quantum algorithms; archlab.quantum)
