@@ -65,13 +65,14 @@ def is_run_dir(path: Path) -> bool:
 
 def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None = None, device: str | None = None,
           resume: bool = False, progress: bool = True, log: Any = print,
-          on_eval: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
+          on_eval: Callable[[int, dict[str, float]], bool] | None = None, data: Any = None) -> dict[str, Any]:
     """Train ``recipe`` into a run directory; return the summary (also written as summary.json).
 
     ``resume`` continues from the newest valid checkpoint of ``out``. User mistakes raise ArchlabError
     before anything is written; a fresh run directory is removed again if setup fails. ``on_eval(step,
     scores)`` is called after every validation evaluation; returning True ends the run there (status
-    ``stopped``), e.g. a tuner's pruner.
+    ``stopped``), e.g. a tuner's pruner. ``data``: a prepared dataset to train on instead of the loop's
+    ``load_data(recipe)`` (e.g. one cross-validation fold).
     """
     seed = recipe.seed if seed is None else check_seed(seed)
     recipe.seed = seed
@@ -95,7 +96,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
         require_tensorboard()
     seed_everything(seed, tc.deterministic)
     loop_cls = recipe.loop_class
-    data = loop_cls.load_data(recipe) if loop_cls.uses_data else None
+    if data is None:
+        data = loop_cls.load_data(recipe) if loop_cls.uses_data else None
     model = loop_cls.build_model(recipe, data, dev)
     loop_cls.check_fit(recipe, data, model)
     ctx = Context(device=dev, precision=precision, dist=dist, seed=seed)
