@@ -459,3 +459,31 @@ def test_explain_command_on_a_gcn_run(tmp_path):
     assert main(["explain", str(run), "--node", "0", "--out", str(png)]) == 0 and png.stat().st_size > 1000
     assert main(["explain", str(run), "--faithfulness", "2", "--out", str(tmp_path / "fid")]) == 0
     assert "gnn_explainer" in (tmp_path / "fid.md").read_text()
+
+
+# ----------------------------------------------------------------------------- TCAV
+def test_tcav_recovers_a_planted_concept_and_its_t_test_matches_scipy():
+    from archlab.explain.tcav import concept_vector, tcav, welch_t_test
+
+    torch.manual_seed(0)
+    hidden = nn.Linear(4, 4)
+    hidden.weight.data, hidden.bias.data = torch.eye(4), torch.zeros(4)
+    head = nn.Linear(4, 2)
+    head.weight.data = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    model = nn.Sequential(hidden, nn.Tanh(), head)        # class 0 rises with the first hidden unit
+    concept = torch.randn(60, 4) + torch.tensor([3.0, 0, 0, 0])
+    randoms = [torch.randn(60, 4) for _ in range(10)]
+    v = concept_vector(concept, randoms[0])
+    assert v[0] > 0.9 and abs(float(v.norm()) - 1) < 1e-5
+    inputs = torch.randn(50, 4)
+    up = tcav(model, "1", inputs, 0, concept, randoms)
+    assert up.scores == [1.0] * 10 and up.significant()
+    down = tcav(model, "1", inputs, 0, -concept, randoms)
+    assert down.scores == [0.0] * 10 and down.significant()
+    stats = pytest.importorskip("scipy.stats")
+    a, b = [0.9, 0.8, 0.85, 0.95, 0.7], [0.5, 0.6, 0.4, 0.55, 0.45, 0.5]
+    t, p = welch_t_test(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert abs(t - ref.statistic) < 1e-9 and abs(p - ref.pvalue) < 1e-6
+    with pytest.raises(ArchlabError, match="random sets"):
+        tcav(model, "1", inputs, 0, concept, randoms[:2])

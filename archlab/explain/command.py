@@ -10,6 +10,10 @@ map scaled to its own largest magnitude). The target is the predicted class unle
 With ``--sanity N`` it runs the cascading model-parameter randomization check (Adebayo et al. 2018,
 :mod:`archlab.explain.sanity`) on the first N examples: ``OUT.json``, ``OUT.md`` and ``OUT.png``.
 
+With ``--tcav N`` it tests drawn concepts (horizontal stroke, vertical stroke, diagonal stroke, closed
+loop; :func:`concept_images`) for every class with TCAV (:mod:`archlab.explain.tcav`) at ``--layer``,
+against 10 sets of random training images: ``OUT.json`` and ``OUT.md``.
+
 With ``--faithfulness N`` the command instead scores every method (and a random ranking) on the first N
 examples of the split with deletion and insertion curves (:mod:`archlab.explain.faithfulness`) and
 writes ``OUT.json`` (areas: mean and standard error per method), ``OUT.md`` (the table) and ``OUT.png``
@@ -57,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--samples", type=int, default=512, help="KernelSHAP / LIME coalitions (default 512)")
     s.add_argument("--faithfulness", type=int, metavar="N", help="score deletion/insertion on the first N examples")
     s.add_argument("--sanity", type=int, metavar="N", help="cascading randomization check on the first N examples")
+    s.add_argument("--tcav", type=int, metavar="N", help="TCAV of drawn stroke/loop concepts for every class, "
+                   "N test inputs per class")
+    s.add_argument("--layer", help="layer for Grad-CAM and TCAV (dotted name; default: the last conv block)")
     s.add_argument("--node", type=int, action="append", help="graph runs: test node to explain, by position "
                    "among the test nodes (repeatable; default 0-3)")
     s.add_argument("--top-k", type=int, default=6, help="graph runs: edges kept in the explanation (default 6)")
@@ -101,6 +108,7 @@ def options(method: str, images: torch.Tensor, background: float, args: argparse
     return {
         "integrated_gradients": {"baselines": background, "n_steps": args.steps},
         "deeplift": {"baselines": background},
+        "gradcam": {"layer": args.layer}, "guided_gradcam": {"layer": args.layer},
         "smoothgrad": {"stdevs": 0.15 * float(images.max() - images.min()), "n_samples": 16, "generator": gen},
         "occlusion": {"baselines": background, "sliding_window_shapes": (c, max(1, h // 7), max(1, w // 7)),
                       "strides": (c, max(1, h // 14), max(1, w // 14))},
@@ -157,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
     if args.sanity:
         prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("sanity")
         return sanity_report(model, split, names, background, args, prefix)
+    if args.tcav:
+        prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("tcav")
+        return tcav_report(model, data, background, args, prefix)
     idx = args.index or list(range(min(6, len(split))))
     if min(idx) < 0 or max(idx) >= len(split):
         raise ArchlabError(f"--index must be in [0, {len(split) - 1}] for the {args.split} split")
@@ -314,4 +325,68 @@ def sanity_report(model: torch.nn.Module, split: Any, names: list[str], backgrou
     fig.savefig(prefix.with_suffix(".png"), dpi=100)
     plt.close(fig)
     print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
+    return 0
+
+
+def concept_images(shape: tuple[int, ...], n: int, low: float, high: float,
+                   gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """``n`` drawn examples of each concept, ``[n, C, H, W]``: a bright stroke (value ``high``, width ~H/10,
+    random length and position, slightly blurred) or a ring on a ``low`` background."""
+    from .faithfulness import gaussian_blur
+
+    c, h, w = shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+
+    def draw(kind: str) -> torch.Tensor:
+        u = torch.rand(6, generator=gen)
+        cy, cx = h * (0.3 + 0.4 * u[0]), w * (0.3 + 0.4 * u[1])
+        half, thick = (0.25 + 0.15 * u[2]) * min(h, w), max(1.0, min(h, w) / 14)
+        if kind == "horizontal stroke":
+            m = ((yy - cy).abs() <= thick) & ((xx - cx).abs() <= half)
+        elif kind == "vertical stroke":
+            m = ((xx - cx).abs() <= thick) & ((yy - cy).abs() <= half)
+        elif kind == "diagonal stroke":
+            d = ((xx - cx) - (yy - cy)) / math.sqrt(2)
+            m = (d.abs() <= thick) & (((xx - cx) + (yy - cy)).abs() / math.sqrt(2) <= half)
+        else:  # closed loop
+            r = (0.15 + 0.15 * u[3]) * min(h, w)
+            m = (((yy - cy) ** 2 + (xx - cx) ** 2).sqrt() - r).abs() <= thick
+        return torch.where(m, high, low).expand(c, h, w)
+
+    names = ("horizontal stroke", "vertical stroke", "diagonal stroke", "closed loop")
+    return {k: gaussian_blur(torch.stack([draw(k) for _ in range(n)]), 0.7) for k in names}
+
+
+def tcav_report(model: torch.nn.Module, data: Any, background: float, args: argparse.Namespace, prefix: Path) -> int:
+    """TCAV scores and significance of the drawn concepts for every class."""
+    from .base import find_layer
+    from .tcav import tcav
+
+    gen = torch.Generator().manual_seed(args.seed)
+    test, train = data.test, data.train
+    layer = find_layer(model, args.layer, test.x[:1])
+    layer_name = next(n for n, m in model.named_modules() if m is layer)
+    concepts = concept_images(tuple(test.x.shape[1:]), 50, background, float(train.x[:1024].max()), gen)
+    randoms = [train.x[torch.randperm(len(train), generator=gen)[:50]] for _ in range(10)]
+    table: dict[str, dict[str, Any]] = {}
+    for k in range(int(test.y.max()) + 1):
+        inputs = test.x[test.y == k][:args.tcav]
+        for name, images in concepts.items():
+            r = tcav(model, layer, inputs, k, images, randoms)
+            table.setdefault(name, {})[str(k)] = {"mean": r.mean, "scores": r.scores, "random": r.random_scores,
+                                                  "t": r.t, "p": r.p_value, "significant": r.significant()}
+        print(f"class {k}: " + "  ".join(f"{c} {table[c][str(k)]['mean']:.2f}"
+                                         f"{'*' if table[c][str(k)]['significant'] else ''}" for c in concepts),
+              flush=True)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"layer": layer_name, "inputs_per_class": args.tcav, "concept_examples": 50, "random_sets": 10,
+            "seed": args.seed, "run_dir": str(args.run_dir)}
+    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "concepts": table}, indent=1) + "\n")
+    classes = sorted(next(iter(table.values())), key=int)
+    lines = ["| concept | " + " | ".join(f"class {k}" for k in classes) + " |", "|---|" + "---|" * len(classes)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]['mean']:.2f}{'*' if row[k]['significant'] else ''}"
+                                                 for k in classes) + " |")
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {prefix.with_suffix('.json')}, .md")
     return 0
