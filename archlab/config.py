@@ -109,6 +109,10 @@ def build(cls: type[T], values: dict[str, Any] | None, path: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{path}." if path else ""
     unknown = sorted(set(values) - set(fields))
+    # A dataclass may name keys that moved elsewhere (``moved_keys = {"old": "new.place"}``, a ClassVar).
+    moved = [k for k in unknown if k in getattr(cls, "moved_keys", {})]
+    if moved:
+        raise ArchlabError(f"{prefix}{moved[0]} has moved to {cls.moved_keys[moved[0]]}")
     if unknown:
         where = path or cls.__name__
         raise ArchlabError(

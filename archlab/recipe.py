@@ -315,9 +315,10 @@ def _table(raw: dict[str, Any], key: str, required: bool, why: str = "") -> dict
     return value
 
 
-def _optim(raw: Any, names: tuple[str, ...], loop: str) -> dict[str, OptimConfig]:
-    """``[optim]`` (shared keys) and ``[optim.NAME]`` (per trainable, over the shared keys) -> one
-    config per trainable the loop declares."""
+def _optim(raw: Any, defaults: dict[str, dict[str, Any]], loop: str) -> dict[str, OptimConfig]:
+    """``[optim]`` (shared keys) and ``[optim.NAME]`` (per trainable, over the shared keys, over the
+    loop's defaults for that trainable) -> one config per trainable the loop declares."""
+    names = tuple(defaults)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -334,8 +335,8 @@ def _optim(raw: Any, names: tuple[str, ...], loop: str) -> dict[str, OptimConfig
         fields = ", ".join(_config.field_names(OptimConfig))
         raise ArchlabError(f"optim.{unknown[0]}: loop {loop!r} has no optimizer {unknown[0]!r}; its optimizers: "
                            f"{', '.join(names)} (optimizer keys: {fields})")
-    return {n: _config.build(OptimConfig, {**shared, **named.get(n, {})}, f"optim.{n}" if n in named else "optim")
-            for n in names}
+    return {n: _config.build(OptimConfig, {**defaults[n], **shared, **named.get(n, {})},
+                             f"optim.{n}" if n in named else "optim") for n in names}
 
 
 def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
@@ -409,7 +410,8 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
     tables = {key: _config.build(tcls, _table(raw, key, True, f"; loop {loop_name!r} needs it"), key)
               for key, tcls in cls.tables.items()}
     loop_cfg = _config.build(cls.Config, _table(raw, "loop", False) or {}, "loop")
-    optim = _optim(raw.get("optim"), cls.trainables, loop_name)
+    optim = _optim(raw.get("optim"), cls.trainables_for(model["name"], {k: v for k, v in model.items() if k != "name"}),
+                   loop_name)
     expect_raw = _table(raw, "expect", False)
     expect = _config.build(ExpectConfig, expect_raw, "expect") if expect_raw is not None else None
     extra = {k: raw[k] for k in ("name", "description", "seed", "quick") if k in raw}

@@ -146,7 +146,8 @@ class Loop:
     data_kind: ClassVar[str] = "arrays"
     """Kind of dataset the loop trains on (``arrays``, ``graph``, ``text`` ...), checked against the data registry."""
     trainables: ClassVar[tuple[str, ...]] = ("model",)
-    """Names of the optimized units: ``[optim]`` configures all of them, ``[optim.NAME]`` one."""
+    """Names of the optimized units: ``[optim]`` configures all of them, ``[optim.NAME]`` one (per
+    model, when :meth:`trainables_for` says so: then these are all the names the loop's models use)."""
     metrics: ClassVar[tuple[str, ...]] = ("val_acc", "val_loss", "test_acc", "test_loss")
     """Final metrics the loop reports (``expect.metric`` and ``train.monitor`` are checked against them)."""
     monitor: ClassVar[tuple[str, str]] = ("val_acc", "max")
@@ -166,6 +167,15 @@ class Loop:
 
         d = recipe.data
         return load_dataset(d.name, d.options, d.val_fraction, d.split_seed)
+
+    @classmethod
+    def trainables_for(cls, model_name: str, model_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The named trainables of a run of this loop on model ``model_name`` (its model-table keys
+        ``model_config``), each with the ``[optim]`` values it defaults to (the recipe's keys win).
+        Default: :attr:`trainables` with :class:`~archlab.engine.optim.OptimConfig`'s defaults; a loop
+        whose models differ in their optimizers (RL: PPO's ``policy``, SAC's ``actor``, ``critic``,
+        ``temperature``) answers per model."""
+        return {name: {} for name in cls.trainables}
 
     @classmethod
     def model_defaults(cls, recipe: Recipe, data: Any) -> dict[str, Any]:

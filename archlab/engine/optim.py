@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,13 +15,16 @@ from torch import nn
 class OptimConfig:
     """Optimizer and learning-rate schedule."""
 
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
     lr: float = 1e-3
     """Peak learning rate."""
     weight_decay: float = 0.0
     """L2 penalty (decoupled for AdamW); never applied to biases and norm weights."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    """Term added to the denominator (Adam, AdamW, RMSprop)."""
+    alpha: float = 0.99
+    """RMSprop: smoothing constant of the running average of squared gradients."""
     momentum: float = 0.9
     """SGD momentum."""
     nesterov: bool = False
@@ -45,6 +48,8 @@ class OptimConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not 0 < self.eps <= 1:
             raise ValueError(f"eps must be in (0, 1], got {self.eps}")
+        if not 0 <= self.alpha < 1:
+            raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
         if not 0 <= self.weight_decay <= 100 or not 0 <= self.momentum < 1 + 1e-9:
             raise ValueError(f"need 0 <= weight_decay <= 100 and 0 <= momentum <= 1, got {self.weight_decay}, "
                              f"{self.momentum}")
@@ -65,13 +70,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module | Sequence[torch.Tensor], cfg: OptimConfig,
+                    fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names over a module's parameters (weight decay on matrices and kernels
+    only, see :func:`param_groups`) or over a list of tensors (one group; weight decay on all of them).
+
+    ``fused``: for a few large tensors (e.g. parameters packed into one flat tensor), Adam's and
+    AdamW's single fused kernel (CPU, CUDA) and RMSprop's plain per-tensor loop instead of the foreach
+    kernels, which pay off over many small tensors."""
+    if isinstance(model, nn.Module):
+        groups = param_groups(model, cfg.weight_decay)
+    else:
+        groups = [{"params": list(model), "weight_decay": cfg.weight_decay}]
     # foreach kernels update all tensors of a group in a few launches instead of one per parameter.
+    impl = {"foreach": True}
+    if fused:
+        device = groups[0]["params"][0].device.type
+        impl = {"fused": True} if cfg.name in ("adam", "adamw") and device in ("cpu", "cuda") else {"foreach": False}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **impl)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, **impl)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
+    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
