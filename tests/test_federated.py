@@ -281,5 +281,52 @@ def test_parallel_clients_refuses_what_it_cannot_batch(tmp_path):
         _run(recipe(parallel_clients=True), tmp_path / "a")  # 1,438 digits over 6 clients: 240 and 239
     raw = recipe(clients=2, parallel_clients=True, algorithm="scaffold")
     raw["optim"]["momentum"] = 0.9
-    with pytest.raises(ArchlabError, match="fedavg or fedprox without DP; optim.name = 'sgd' with momentum = 0"):
+    with pytest.raises(ArchlabError, match="without DP or compression; optim.name = 'sgd' with momentum = 0"):
         _run(raw, tmp_path / "b")
+
+
+def test_topk_keeps_the_largest_entries_and_error_feedback_loses_nothing():
+    from archlab.federated.compression import ErrorFeedback, topk
+
+    update = {"a": torch.tensor([0.1, -3.0, 0.2]), "b": torch.tensor([[2.0, -0.05], [0.0, 1.0]])}
+    sent, size = topk(update, 3 / 7)
+    assert torch.equal(sent["a"], torch.tensor([0.0, -3.0, 0.0]))
+    assert torch.equal(sent["b"], torch.tensor([[2.0, 0.0], [0.0, 1.0]])) and size == 3 * 8
+    ef, gen = ErrorFeedback(), torch.Generator().manual_seed(0)
+    total_sent = {n: torch.zeros_like(v) for n, v in update.items()}
+    total_true = {n: torch.zeros_like(v) for n, v in update.items()}
+    for _ in range(5):
+        u = {n: torch.randn(v.shape, generator=gen) for n, v in update.items()}
+        s, _ = ef.compress(7, u, 0.2)
+        for n in u:
+            total_sent[n] += s[n]
+            total_true[n] += u[n]
+    for n in update:  # what was sent plus what is still owed is exactly what was computed
+        torch.testing.assert_close(total_sent[n] + ef.residual[7][n], total_true[n])
+
+
+def test_int8_quantization_is_unbiased_and_within_one_step():
+    from archlab.federated.compression import quantize8
+
+    v = {"w": torch.linspace(-1, 2, 50)}
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([quantize8(v, gen)[0]["w"] for _ in range(2000)])
+    step = 3 / 255
+    assert (draws - v["w"]).abs().max() < step + 1e-6
+    assert (draws.mean(0) - v["w"]).abs().max() < 0.1 * step  # E[v_hat] = v
+    assert len(torch.unique(draws)) <= 256 and quantize8(v, gen)[1] == 50 + 8
+
+
+@pytest.mark.parametrize("loop", [{"compression": "topk", "topk_fraction": 0.05},
+                                  {"compression": "int8"}])
+def test_compressed_rounds_learn_count_bytes_and_resume(tmp_path, loop, assert_resume_exact):
+    summary, _ = _run(recipe(local_epochs=3, **loop), tmp_path / "run")
+    plain, _ = _run(recipe(local_epochs=3), tmp_path / "plain")
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("run", "plain")}
+    sent = {name: [r["bytes_up"] for r in rows if r["split"] == "train"] for name, rows in logs.items()}
+    ratio = sum(sent["run"]) / sum(sent["plain"])
+    assert ratio == pytest.approx(0.1 if "topk_fraction" in loop else 0.25, rel=0.05)  # 8 of 4 bytes x 5%; 1 of 4
+    assert summary["metrics"]["test_acc"] > 0.3
+    assert (tmp_path / "run" / "plots" / "bytes_vs_accuracy.png").exists()
+    assert_resume_exact(recipe(**loop))

@@ -41,14 +41,16 @@ import torch.nn.functional as F
 
 from ..data import Dataset, Split
 from ..engine.loop import Context, Loop, register_loop
+from ..engine.metrics import read_metrics
 from ..engine.optim import build_optimizer, lr_factor
 from ..errors import ArchlabError
 from ..federated import FedAvg, FedProx, Scaffold, ServerOptConfig, ServerOptimizer, class_counts, partition
+from ..federated.compression import ErrorFeedback, quantize8, topk
 from ..federated.dp_fedavg import clip_update, noisy_mean
 from ..federated.parallel import local_sgd_together
 from ..federated.partition import Scheme, plot_counts
 from ..federated.server import ServerName
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, pyplot
 from ..models.base import ArchModel
 from ..privacy import epsilon
 from .supervised import Supervised
@@ -93,6 +95,13 @@ class FederatedConfig:
     """beta1, beta2 of fedadagrad / fedyogi / fedadam."""
     tau: float = 1e-3
     """Adaptivity tau of fedadagrad / fedyogi / fedadam."""
+    compression: Literal["none", "topk", "int8"] = "none"
+    """How clients compress their updates (archlab/federated/compression.py): top-k sparsification, or
+    8-bit unbiased stochastic quantization; bytes_up counts what is sent."""
+    topk_fraction: float = 0.01
+    """Share of the update's entries top-k sends."""
+    error_feedback: bool = True
+    """Top-k keeps what it did not send in a per-client residual and adds it to the next update."""
     dp_clip: float = 0.0
     """DP-FedAvg (McMahan et al. 2018): clip each client's update to this L2 norm S, sample clients by Poisson
     with probability ``fraction``, average with the fixed denominator C K and add noise (0: no DP)."""
@@ -121,6 +130,10 @@ class FederatedConfig:
             raise ValueError("need 0 < tau <= 10 and 0 <= target_acc <= 1")
         if not 0 <= self.dp_clip <= 1e6 or not 0 <= self.dp_noise <= 1e3 or not 0 < self.dp_delta < 1:
             raise ValueError("need 0 <= dp_clip <= 1e6, 0 <= dp_noise <= 1000 and 0 < dp_delta < 1")
+        if not 0 < self.topk_fraction <= 1:
+            raise ValueError(f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
+        if self.compression != "none" and self.dp_clip:
+            raise ValueError("compression cannot be combined with DP-FedAvg (dp_clip > 0) yet")
         if self.dp_noise and not self.dp_clip:
             raise ValueError("dp_noise needs dp_clip > 0 (the noise is calibrated to the clipping norm)")
 
@@ -176,14 +189,16 @@ class Federated(Loop):
                                       self._float_state(self.model))
         if cfg.parallel_clients:
             self._check_parallel()
+        self.feedback = ErrorFeedback()
+        self.bytes_total = 0  # bytes the clients have sent so far
         self.reached: int | None = None  # first round whose test accuracy reached target_acc
         self.round = 0
 
     def _check_parallel(self) -> None:
         cfg, o = self.cfg, self.client_optim
         why = []
-        if cfg.algorithm not in ("fedavg", "fedprox") or cfg.dp_clip:
-            why.append("loop.algorithm fedavg or fedprox without DP")
+        if cfg.algorithm not in ("fedavg", "fedprox") or cfg.dp_clip or cfg.compression != "none":
+            why.append("loop.algorithm fedavg or fedprox without DP or compression")
         if o.name != "sgd" or o.momentum or o.weight_decay:
             why.append("optim.name = 'sgd' with momentum = 0 and weight_decay = 0")
         if len({len(p) for p in self.parts}) != 1:
@@ -233,6 +248,8 @@ class Federated(Loop):
             weights = [1 / len(clients)] * len(clients)
         delta = {k: torch.zeros_like(v) for k, v in self._float_state(self.model).items()}
         steps = loss_sum = 0.0
+        full_size = sum(v.numel() * v.element_size() for v in delta.values())
+        sent = 0
         if cfg.parallel_clients and clients:
             mu = cfg.mu if cfg.algorithm == "fedprox" else 0.0
             stacked, steps, loss_sum = local_sgd_together(
@@ -241,6 +258,7 @@ class Federated(Loop):
             for name, v in stacked.items():  # sum_k w_k (W_k - x_t)
                 delta[name] = torch.einsum("k,k...->...", w.to(v), v - global_params[name])
             clients_to_train: list[tuple[int, float]] = []
+            sent = full_size * len(clients)
         else:
             clients_to_train = list(zip(clients, weights, strict=True))
         for k, w in clients_to_train:
@@ -255,6 +273,15 @@ class Federated(Loop):
                 update = {name: v - global_state[name] for name, v in self._float_state(self.local).items()}
                 if cfg.dp_clip:
                     update = clip_update(update, cfg.dp_clip)
+                if cfg.compression == "topk" and cfg.error_feedback:
+                    update, size = self.feedback.compress(k, update, cfg.topk_fraction)
+                elif cfg.compression == "topk":
+                    update, size = topk(update, cfg.topk_fraction)
+                elif cfg.compression == "int8":
+                    update, size = quantize8(update, torch.Generator().manual_seed(_seed(self.ctx.seed, step, k, 1)))
+                else:
+                    size = full_size
+                sent += size
                 for name, v in update.items():
                     delta[name].add_(v, alpha=w)
         if cfg.dp_clip:
@@ -268,7 +295,7 @@ class Federated(Loop):
         self.server.step(self._float_state(self.model), delta)
         self.algo.end_round(clients, cfg.clients)
         self.round = step + 1
-        sent = sum(v.numel() * v.element_size() for v in delta.values()) * len(clients)
+        self.bytes_total += sent
         return {"loss": loss_sum / max(steps, 1), "lr": lr, "clients": len(clients), "local_steps": steps,
                 "bytes_up": sent}
 
@@ -293,7 +320,7 @@ class Federated(Loop):
             self.reached = self.round
         if self.cfg.dp_clip:
             test["epsilon"] = self._epsilon()
-        return {**out, **test}
+        return {**out, **test, "bytes_up_total": float(self.bytes_total)}
 
     def final_metrics(self) -> dict[str, float]:
         out = {**(self._score(self.data.val, "val") if len(self.data.val) else {}), **self.evaluate("test")}
@@ -309,7 +336,21 @@ class Federated(Loop):
         return epsilon(sample_rate=c.fraction, noise_multiplier=c.dp_noise, steps=self.round, delta=c.dp_delta)
 
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
-        """``plots/partition.png`` (client x class counts) and ``partition.json`` (the counts)."""
+        """``plots/partition.png`` (client x class counts), ``partition.json`` (the counts) and
+        ``plots/bytes_vs_accuracy.png`` (test accuracy against the bytes clients have sent)."""
+        records = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "bytes_up_total" in r]
+        if records:
+            plt = pyplot()
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot([r["bytes_up_total"] / 2**20 for r in records], [r["test_acc"] for r in records], marker=".")
+            ax.set_xlabel("MiB sent by clients (cumulative)")
+            ax.set_ylabel("test accuracy")
+            ax.set_title(f"{self.recipe.name}: compression {self.cfg.compression}")
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            (Path(run_dir) / "plots").mkdir(exist_ok=True)
+            fig.savefig(Path(run_dir) / "plots" / "bytes_vs_accuracy.png", dpi=100)
+            plt.close(fig)
         counts = class_counts(self.data.train.y.numpy(), self.parts, self.data.num_classes)
         c = self.cfg
         plot_counts(counts, Path(run_dir) / "plots" / "partition.png",
@@ -319,7 +360,8 @@ class Federated(Loop):
 
     def state_dict(self) -> dict[str, Any]:
         return {"global": self.model.state_dict(), "server": self.server.state_dict(),
-                "algorithm": self.algo.state_dict(), "round": self.round,
+                "algorithm": self.algo.state_dict(), "round": self.round, "feedback": self.feedback.state_dict(),
+                "bytes_total": self.bytes_total,
                 "reached": -1 if self.reached is None else self.reached}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -327,4 +369,6 @@ class Federated(Loop):
         self.server.load_state_dict(state["server"])
         self.algo.load_state_dict(state["algorithm"])
         self.round = state["round"]
+        self.feedback.load_state_dict(state["feedback"])
+        self.bytes_total = state["bytes_total"]
         self.reached = None if state["reached"] < 0 else state["reached"]
