@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="re-evaluate the saved model of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the run's recipe for this evaluation, e.g. --set data.name=omniglot_runs")
 
     from .train import pictures, probe
 
@@ -281,7 +283,7 @@ def _strip_option(argv: list[str], name: str) -> list[str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .runner import evaluate
 
-    metrics = evaluate(args.run_dir, args.device)
+    metrics = evaluate(args.run_dir, args.device, args.overrides)
     print(json.dumps(metrics, indent=2))
     return 0
 
