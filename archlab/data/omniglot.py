@@ -186,7 +186,7 @@ def load_omniglot(cfg: OmniglotConfig) -> FewShotData:
 @register_dataset("omniglot_runs", OmniglotRunsConfig, num_classes=20, kind="episodes")
 def load_omniglot_runs(cfg: OmniglotRunsConfig) -> FewShotData:
     """Lake's 20 one-shot runs (20-way 1-shot within an alphabet): evaluation episodes only."""
-    (path,) = ensure_files("omniglot_runs", [RUNS], data_root() / "omniglot", download=cfg.download)
+    (path,) = ensure_files("omniglot", [RUNS], data_root() / "omniglot", download=cfg.download)
     runs = read_runs(path, cfg.image_size)
     shape = (1, cfg.image_size, cfg.image_size)
     empty = Split(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.long))
