@@ -205,11 +205,12 @@ class Episodic(Loop):
 
 
 def draw_episode(ep: Episode, pred: torch.Tensor, path: Path, title: str, max_queries: int = 20) -> None:
-    """Support images (top row, one per class) and queries (below) titled with their predicted class;
-    wrong predictions in red."""
+    """Support images (top row, one per class) and queries (below, the first few of every class) titled
+    with their predicted class; wrong predictions in red."""
     plt = pyplot()
     ways = ep.ways
-    shown = list(range(min(len(ep.query_y), max_queries)))
+    per_class = max(1, max_queries // ways)
+    shown = [int(i) for k in range(ways) for i in torch.nonzero(ep.query_y == k).flatten()[:per_class]]
     cols = max(ways, 10)
     rows = 1 + math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 1.1), squeeze=False)
