@@ -91,9 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--update-results", action="store_true", help="also overwrite the committed benchmarks/results/")
 
     from .search import cv, tune
+    from .toolbox import ensemble
 
     tune.add_parser(sub)
     cv.add_parser(sub)
+    ensemble.add_parser(sub)
 
     from .explain import command as explain_command
 
@@ -361,12 +363,18 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return cv.run(args)
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .toolbox import ensemble
+
+    return ensemble.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
                "probe": cmd_probe, "sample": cmd_sample, "interpolate": cmd_interpolate,
                "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
-               "rollout": cmd_rollout, "tune": cmd_tune, "cv": cmd_cv, "explain": cmd_explain}[args.command]
+               "rollout": cmd_rollout, "tune": cmd_tune, "cv": cmd_cv, "ensemble": cmd_ensemble, "explain": cmd_explain}[args.command]
     try:
         return handler(args)
     except ArchlabError as exc:
