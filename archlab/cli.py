@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
                "probe": cmd_probe, "sample": cmd_sample, "interpolate": cmd_interpolate,
                "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
-               "rollout": cmd_rollout, "tune": cmd_tune, "cv": cmd_cv, "ensemble": cmd_ensemble, "explain": cmd_explain}[args.command]
+               "rollout": cmd_rollout, "tune": cmd_tune, "cv": cmd_cv, "ensemble": cmd_ensemble,
+               "explain": cmd_explain}[args.command]
     try:
         return handler(args)
     except ArchlabError as exc:
