@@ -155,7 +155,8 @@ LAYERS = [
     {"train"},
     {"recipe"},
     {"runner"},
-    {"reproduce", "bench", "search", "explain"},  # explain: attribution methods need only torch; its command reads runs
+    # explain: attribution methods need only torch; its command reads runs. toolbox: ensembles load finished runs
+    {"reproduce", "bench", "search", "explain", "toolbox"},
     {"cli", "__init__", "__main__"},
 ]
 
