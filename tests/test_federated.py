@@ -281,7 +281,7 @@ def test_parallel_clients_refuses_what_it_cannot_batch(tmp_path):
         _run(recipe(parallel_clients=True), tmp_path / "a")  # 1,438 digits over 6 clients: 240 and 239
     raw = recipe(clients=2, parallel_clients=True, algorithm="scaffold")
     raw["optim"]["momentum"] = 0.9
-    with pytest.raises(ArchlabError, match="without DP or compression; optim.name = 'sgd' with momentum = 0"):
+    with pytest.raises(ArchlabError, match="or personalization; optim.name = 'sgd' with momentum = 0"):
         _run(raw, tmp_path / "b")
 
 
@@ -330,3 +330,30 @@ def test_compressed_rounds_learn_count_bytes_and_resume(tmp_path, loop, assert_r
     assert summary["metrics"]["test_acc"] > 0.3
     assert (tmp_path / "run" / "plots" / "bytes_vs_accuracy.png").exists()
     assert_resume_exact(recipe(**loop))
+
+
+def test_split_local_holds_out_a_share_of_every_client():
+    from archlab.federated.personalization import split_local
+
+    parts = partition(LABELS, 10, "dirichlet", seed=0, alpha=0.5, min_size=5)
+    train, test = split_local(parts, 0.25, seed=1)
+    for p, a, b in zip(parts, train, test, strict=True):
+        assert np.array_equal(np.sort(np.concatenate([a, b])), p) and len(b) == min(len(p) - 1, round(0.25 * len(p)))
+
+
+def test_fedper_keeps_heads_local_and_finetuning_personalizes(tmp_path, assert_resume_exact):
+    base = {"partition": "pathological", "local_test_fraction": 0.3, "local_epochs": 2}
+    none, _ = _run(recipe(**base), tmp_path / "none")
+    fedper, fedper_model = _run(recipe(personalization="fedper", **base), tmp_path / "fedper")
+    tuned, _ = _run(recipe(personalization="finetune", finetune_epochs=3, **base), tmp_path / "tuned")
+    start = _init(recipe()).state_dict()
+    head = list(start)[-2:]  # the last layer's weight and bias: never averaged under FedPer
+    assert all(torch.equal(fedper_model[k], start[k]) for k in head)
+    assert not torch.equal(fedper_model[list(start)[0]], start[list(start)[0]])
+    # Clients of the pathological split hold 2-4 digits: a local head / local fine-tuning beats the global model.
+    m = {name: s["metrics"] for name, s in (("none", none), ("fedper", fedper), ("tuned", tuned))}
+    assert m["tuned"]["client_acc_mean"] > m["none"]["client_acc_mean"]
+    assert m["fedper"]["client_acc_mean"] > m["none"]["client_acc_mean"]
+    accs = json.loads((tmp_path / "tuned" / "clients.json").read_text())["client_acc"]
+    assert len(accs) == 6 and min(accs) == m["tuned"]["client_acc_min"]
+    assert_resume_exact(recipe(personalization="fedper", **base))

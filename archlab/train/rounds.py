@@ -49,6 +49,7 @@ from ..federated.compression import ErrorFeedback, quantize8, topk
 from ..federated.dp_fedavg import clip_update, noisy_mean
 from ..federated.parallel import local_sgd_together
 from ..federated.partition import Scheme, plot_counts
+from ..federated.personalization import LocalHeads, split_local
 from ..federated.server import ServerName
 from ..io import atomic_write_bytes, pyplot
 from ..models.base import ArchModel
@@ -102,6 +103,15 @@ class FederatedConfig:
     """Share of the update's entries top-k sends."""
     error_feedback: bool = True
     """Top-k keeps what it did not send in a per-client residual and adds it to the next update."""
+    personalization: Literal["none", "fedper", "finetune"] = "none"
+    """fedper: clients keep their own head (the last head_params tensors), only the body is averaged; finetune:
+    every client fine-tunes the final global model on its own data before its local test."""
+    head_params: int = 2
+    """FedPer: the model's last this-many parameter tensors form the head (2: the last layer's weight and bias)."""
+    finetune_epochs: int = 1
+    """finetune: local epochs each client trains the final global model for."""
+    local_test_fraction: float = 0.0
+    """Hold out this share of every client's examples and report client_acc_mean / client_acc_min on them."""
     dp_clip: float = 0.0
     """DP-FedAvg (McMahan et al. 2018): clip each client's update to this L2 norm S, sample clients by Poisson
     with probability ``fraction``, average with the fixed denominator C K and add noise (0: no DP)."""
@@ -132,6 +142,12 @@ class FederatedConfig:
             raise ValueError("need 0 <= dp_clip <= 1e6, 0 <= dp_noise <= 1000 and 0 < dp_delta < 1")
         if not 0 < self.topk_fraction <= 1:
             raise ValueError(f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
+        if not 1 <= self.head_params <= 1000 or not 1 <= self.finetune_epochs <= 1000:
+            raise ValueError("need 1 <= head_params <= 1000 and 1 <= finetune_epochs <= 1000")
+        if not 0 <= self.local_test_fraction < 1:
+            raise ValueError(f"local_test_fraction must be in [0, 1), got {self.local_test_fraction}")
+        if self.personalization != "none" and not self.local_test_fraction:
+            raise ValueError("personalization needs local_test_fraction > 0 (each client's test examples)")
         if self.compression != "none" and self.dp_clip:
             raise ValueError("compression cannot be combined with DP-FedAvg (dp_clip > 0) yet")
         if self.dp_noise and not self.dp_clip:
@@ -150,7 +166,8 @@ class Federated(Loop):
     Config = FederatedConfig
     model_families = ("classic", "transformers")
     trainables = ("client",)
-    metrics = ("val_acc", "val_loss", "test_acc", "test_loss", "rounds_to_target", "epsilon")
+    metrics = ("val_acc", "val_loss", "test_acc", "test_loss", "rounds_to_target", "epsilon", "client_acc_mean",
+               "client_acc_min")
     progress_keys = ("loss", "test_acc")
 
     @classmethod
@@ -175,6 +192,12 @@ class Federated(Loop):
         self.train_x, self.train_y = data.train.x.to(ctx.device), data.train.y.to(ctx.device)
         self.parts = partition(data.train.y.numpy(), cfg.clients, cfg.partition, seed=ctx.seed, alpha=cfg.alpha,
                                shards_per_client=cfg.shards_per_client, min_size=cfg.min_size)
+        self.local_tests: list[np.ndarray] = []
+        if cfg.local_test_fraction:
+            self.parts, self.local_tests = split_local(self.parts, cfg.local_test_fraction, _seed(ctx.seed, 2**32 - 2))
+        names = [n for n, _ in model.named_parameters()]
+        self.heads = LocalHeads(names[-cfg.head_params:] if cfg.personalization == "fedper" else [])
+        self.client_accs: list[float] = []
         self.per_round = max(1, round(cfg.fraction * cfg.clients))
         self.client_optim = recipe.optim["client"]
         self.local = copy.deepcopy(self.model)  # the working copy every client trains
@@ -197,8 +220,9 @@ class Federated(Loop):
     def _check_parallel(self) -> None:
         cfg, o = self.cfg, self.client_optim
         why = []
-        if cfg.algorithm not in ("fedavg", "fedprox") or cfg.dp_clip or cfg.compression != "none":
-            why.append("loop.algorithm fedavg or fedprox without DP or compression")
+        if cfg.algorithm not in ("fedavg", "fedprox") or cfg.dp_clip or cfg.compression != "none" \
+                or cfg.personalization != "none":
+            why.append("loop.algorithm fedavg or fedprox without DP, compression or personalization")
         if o.name != "sgd" or o.momentum or o.weight_decay:
             why.append("optim.name = 'sgd' with momentum = 0 and weight_decay = 0")
         if len({len(p) for p in self.parts}) != 1:
@@ -221,14 +245,15 @@ class Federated(Loop):
             return [int(k) for k in np.flatnonzero(rng.random(self.cfg.clients) < self.cfg.fraction)]
         return sorted(int(k) for k in rng.choice(self.cfg.clients, self.per_round, replace=False))
 
-    def client_batches(self, rnd: int, client: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Client ``client``'s minibatches of round ``rnd``: ``local_epochs`` seeded shuffles of its examples,
-        cut into batches of ``data.batch_size`` (the last one of an epoch may be smaller)."""
+    def client_batches(self, rnd: int, client: int, epochs: int | None = None
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Client ``client``'s minibatches of round ``rnd``: ``epochs`` (default ``local_epochs``) seeded shuffles
+        of its examples, cut into batches of ``data.batch_size`` (the last one of an epoch may be smaller)."""
         idx = torch.from_numpy(self.parts[client]).to(self.ctx.device)
         gen = torch.Generator().manual_seed(_seed(self.ctx.seed, rnd, client))
         b = len(idx) if self.cfg.full_batch else self.recipe.data.batch_size
         out = []
-        for _ in range(self.cfg.local_epochs):
+        for _ in range(epochs or self.cfg.local_epochs):
             order = idx[torch.randperm(len(idx), generator=gen).to(self.ctx.device)]
             out += [(self.train_x[order[i:i + b]], self.train_y[order[i:i + b]]) for i in range(0, len(order), b)]
         return out
@@ -246,7 +271,9 @@ class Federated(Loop):
             weights = [n / sum(sizes) for n in sizes]
         else:
             weights = [1 / len(clients)] * len(clients)
-        delta = {k: torch.zeros_like(v) for k, v in self._float_state(self.model).items()}
+        # FedPer's heads stay with the clients: the server averages and steps the body only.
+        body = {k: v for k, v in self._float_state(self.model).items() if k not in self.heads.names}
+        delta = {k: torch.zeros_like(v) for k, v in body.items()}
         steps = loss_sum = 0.0
         full_size = sum(v.numel() * v.element_size() for v in delta.values())
         sent = 0
@@ -263,14 +290,17 @@ class Federated(Loop):
             clients_to_train = list(zip(clients, weights, strict=True))
         for k, w in clients_to_train:
             self.local.load_state_dict(global_state)
+            self.heads.load(k, self.local)
             opt = build_optimizer(self.local, self.client_optim)
             for group in opt.param_groups:
                 group["lr"] = lr
             n_steps, k_loss = self.algo.local_train(self.local, opt, self.client_batches(step, k), global_params, k)
             self.algo.end_client(k, self.local, global_params, n_steps, lr)
+            self.heads.store(k, self.local)
             steps, loss_sum = steps + n_steps, loss_sum + k_loss
             with torch.no_grad():
-                update = {name: v - global_state[name] for name, v in self._float_state(self.local).items()}
+                update = {name: v - global_state[name] for name, v in self._float_state(self.local).items()
+                          if name in body}
                 if cfg.dp_clip:
                     update = clip_update(update, cfg.dp_clip)
                 if cfg.compression == "topk" and cfg.error_feedback:
@@ -292,7 +322,7 @@ class Federated(Loop):
             for name, v in self.local.state_dict().items():
                 if clients and not v.is_floating_point():
                     self.model.state_dict()[name].copy_(v)
-        self.server.step(self._float_state(self.model), delta)
+        self.server.step(body, delta)
         self.algo.end_round(clients, cfg.clients)
         self.round = step + 1
         self.bytes_total += sent
@@ -328,7 +358,36 @@ class Federated(Loop):
             out["rounds_to_target"] = math.inf if self.reached is None else float(self.reached)
         if self.cfg.dp_clip:
             out["epsilon"] = self._epsilon()
+        if self.local_tests:
+            self.client_accs = self.client_accuracies()
+            out["client_acc_mean"] = float(np.mean(self.client_accs))
+            out["client_acc_min"] = float(np.min(self.client_accs))
         return out
+
+    @torch.no_grad()
+    def _accuracy(self, model: torch.nn.Module, idx: np.ndarray) -> float:
+        model.eval()
+        i = torch.from_numpy(idx).to(self.ctx.device)
+        x, y = self.train_x[i], self.train_y[i]
+        return (model(x).argmax(-1) == y).float().mean().item() if len(idx) else float("nan")
+
+    def client_accuracies(self) -> list[float]:
+        """Every client's accuracy on its held-out examples: the global model, with the client's own head
+        (fedper) or after ``finetune_epochs`` of local training (finetune)."""
+        global_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        lr = self.client_optim.lr * lr_factor(self.total_steps - 1, self.total_steps, self.client_optim)
+        accs = []
+        for k in range(self.cfg.clients):
+            self.local.load_state_dict(global_state)
+            self.heads.load(k, self.local)
+            if self.cfg.personalization == "finetune":
+                opt = build_optimizer(self.local, self.client_optim)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                batches = self.client_batches(self.total_steps, k, self.cfg.finetune_epochs)
+                FedAvg().local_train(self.local, opt, batches, {}, k)
+            accs.append(self._accuracy(self.local, self.local_tests[k]))
+        return accs
 
     def _epsilon(self) -> float:
         """Client-level epsilon of the rounds run so far (DP-FedAvg; inf without noise)."""
@@ -353,6 +412,9 @@ class Federated(Loop):
             plt.close(fig)
         counts = class_counts(self.data.train.y.numpy(), self.parts, self.data.num_classes)
         c = self.cfg
+        if self.client_accs:
+            atomic_write_bytes(Path(run_dir) / "clients.json", (json.dumps(
+                {"personalization": c.personalization, "client_acc": self.client_accs}) + "\n").encode())
         plot_counts(counts, Path(run_dir) / "plots" / "partition.png",
                     f"{c.partition} partition of {self.recipe.data.name}: {c.clients} clients")
         atomic_write_bytes(Path(run_dir) / "partition.json",
@@ -361,7 +423,7 @@ class Federated(Loop):
     def state_dict(self) -> dict[str, Any]:
         return {"global": self.model.state_dict(), "server": self.server.state_dict(),
                 "algorithm": self.algo.state_dict(), "round": self.round, "feedback": self.feedback.state_dict(),
-                "bytes_total": self.bytes_total,
+                "bytes_total": self.bytes_total, "heads": self.heads.state_dict(),
                 "reached": -1 if self.reached is None else self.reached}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -371,4 +433,5 @@ class Federated(Loop):
         self.round = state["round"]
         self.feedback.load_state_dict(state["feedback"])
         self.bytes_total = state["bytes_total"]
+        self.heads.load_state_dict(state["heads"])
         self.reached = None if state["reached"] < 0 else state["reached"]
