@@ -32,9 +32,9 @@ def hardware_efficient(c: Circuit, theta: torch.Tensor, initial: str | None = No
     """Optionally start from the basis state ``initial``, then ``theta.shape[0]`` layers of RY, RZ, CNOT ladder."""
     if initial is not None:
         c.basis_state(initial)
-    for layer in theta:
-        for wire in range(c.n_qubits):
-            c.ry(layer[wire, 0], wire).rz(layer[wire, 1], wire)
+    for layer in theta.unbind(0):  # unbind: one backward node per layer instead of one per angle
+        for wire, (a, b) in enumerate(layer.unbind(0)):
+            c.ry(a, wire).rz(b, wire)
         for wire in range(c.n_qubits - 1):
             c.cnot(wire, wire + 1)
     return c

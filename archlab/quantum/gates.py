@@ -24,6 +24,7 @@ Shapes: a parameter is a real tensor of shape () or (B,); :func:`matrix` returns
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,12 +44,16 @@ _FIXED = {
 ARITY = {"x": 1, "y": 1, "z": 1, "h": 1, "s": 1, "t": 1, "rx": 1, "ry": 1, "rz": 1, "phase": 1,
          "cnot": 2, "cz": 2, "swap": 2, "crx": 2, "cry": 2, "crz": 2, "toffoli": 3, "double_excitation": 4}
 
+#: Gates that act on their second wire only when the first is 1 (simulated on half of the state).
+CONTROLLED = ("cnot", "cz", "crx", "cry", "crz")
+
 #: Parameterized gates and the number of distinct eigenvalues of their generator (2: two-term shift rule).
 PARAMETERIZED = {"rx": 2, "ry": 2, "rz": 2, "phase": 2, "crx": 3, "cry": 3, "crz": 3, "double_excitation": 3}
 
 
+@functools.lru_cache(maxsize=256)
 def pauli(name: str, dtype: torch.dtype = torch.complex128, device: torch.device | None = None) -> torch.Tensor:
-    """The 2 x 2 matrix of ``I``, ``X``, ``Y`` or ``Z`` (case-insensitive)."""
+    """The 2 x 2 matrix of ``I``, ``X``, ``Y`` or ``Z`` (case-insensitive); cached, never modify it."""
     return torch.tensor(_FIXED[name.lower()], dtype=dtype, device=device)
 
 
@@ -60,8 +65,9 @@ def _controlled(u: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def fixed_matrix(name: str, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
-    """Matrix of a gate without parameters."""
+    """Matrix of a gate without parameters (cached, never modify it)."""
     if name in _FIXED:
         return pauli(name, dtype, device)
     if name == "cnot":
@@ -76,8 +82,9 @@ def fixed_matrix(name: str, dtype: torch.dtype, device: torch.device | None = No
     raise KeyError(name)
 
 
+@functools.lru_cache(maxsize=256)
 def generator(name: str, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
-    """The Hermitian ``G`` with ``U(theta) = exp(-i theta G)`` for a parameterized gate."""
+    """The Hermitian ``G`` with ``U(theta) = exp(-i theta G)`` for a parameterized gate (cached)."""
     if name in ("rx", "ry", "rz"):
         return pauli(name[1], dtype, device) / 2
     if name == "phase":
@@ -95,15 +102,23 @@ def generator(name: str, dtype: torch.dtype, device: torch.device | None = None)
 
 
 def _rotation(axis: str, theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """exp(-i theta P / 2) = cos(theta/2) I - i sin(theta/2) P, for theta of shape () or (B,)."""
-    c = torch.cos(theta / 2).to(dtype)[..., None, None]
-    s = torch.sin(theta / 2).to(dtype)[..., None, None]
-    eye, p = pauli("i", dtype, theta.device), pauli(axis, dtype, theta.device)
-    return c * eye - 1j * s * p
+    """exp(-i theta P / 2) = cos(theta/2) I - i sin(theta/2) P, for theta of shape () or (B,), entry by entry."""
+    c, s = torch.cos(theta / 2), torch.sin(theta / 2)
+    z = torch.zeros_like(c)
+    if axis == "x":  # [[c, -is], [-is, c]]
+        re, im = torch.stack([c, z, z, c], -1), torch.stack([z, -s, -s, z], -1)
+    elif axis == "y":  # [[c, -s], [s, c]]
+        re, im = torch.stack([c, -s, s, c], -1), torch.stack([z, z, z, z], -1)
+    else:  # [[e^{-i/2}, 0], [0, e^{i/2}]]
+        re, im = torch.stack([c, z, z, c], -1), torch.stack([-s, z, z, s], -1)
+    return torch.complex(re, im).to(dtype).reshape(theta.shape + (2, 2))
 
 
-def matrix(name: str, theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Matrix of a parameterized gate at angle ``theta`` (shape () or (B,)), differentiable in ``theta``."""
+def matrix(name: str, theta: torch.Tensor, dtype: torch.dtype, block: bool = False) -> torch.Tensor:
+    """Matrix of a parameterized gate at angle ``theta`` (shape () or (B,)), differentiable in ``theta``;
+    ``block``: for a controlled rotation, only its 2 x 2 target block."""
+    if block and name in ("crx", "cry", "crz"):
+        return _rotation(name[2], theta, dtype)
     if name in ("rx", "ry", "rz"):
         return _rotation(name[1], theta, dtype)
     if name == "phase":
