@@ -14,7 +14,7 @@ from archlab.cli import main
 from archlab.errors import ArchlabError
 from archlab.recipe import from_dict
 from archlab.runner import train
-from archlab.toolbox.ensemble import ensemble, expected_calibration_error, run_probabilities
+from archlab.toolbox.ensemble import ensemble, expected_calibration_error, run_log_probabilities
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -54,8 +54,10 @@ def test_ensemble_averages_member_probabilities(tmp_path: Path) -> None:
         train(from_dict(raw), out=tmp_path / f"s{seed}", progress=False)
         runs.append(tmp_path / f"s{seed}")
     result = ensemble(runs)
-    (p0, y, _), (p1, _, _) = run_probabilities(runs[0], "test"), run_probabilities(runs[1], "test")
+    (l0, y, _), (l1, _, _) = run_log_probabilities(runs[0], "test"), run_log_probabilities(runs[1], "test")
+    p0, p1 = l0.exp(), l1.exp()
     mean = (p0 + p1) / 2
+    assert result["ensemble"]["nll"] == pytest.approx(float(F.nll_loss(mean.log(), y)), rel=1e-5)
     assert result["ensemble"]["acc"] == pytest.approx(float((mean.argmax(-1) == y).float().mean()))
     assert result["ensemble"]["ece"] == pytest.approx(expected_calibration_error(mean, y))
     assert [m["acc"] for m in result["members"]] == [pytest.approx(float((p.argmax(-1) == y).float().mean()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,15 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
     return float(total)
 
 
-def scores(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    return {"acc": float((probs.argmax(-1) == y).float().mean()),
-            "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), y)),
-            "ece": expected_calibration_error(probs, y)}
+def scores(log_probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy, negative log-likelihood and ECE of log class probabilities (N, C)."""
+    return {"acc": float((log_probs.argmax(-1) == y).float().mean()), "nll": float(F.nll_loss(log_probs, y)),
+            "ece": expected_calibration_error(log_probs.exp(), y)}
 
 
 @torch.no_grad()
-def run_probabilities(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """(probabilities, labels, dataset identity) of a finished run's model on ``split``."""
+def run_log_probabilities(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """(log class probabilities, labels, dataset identity) of a finished run's model on ``split``."""
     from .. import recipe as recipe_mod
     from ..registry import load
 
@@ -67,10 +68,10 @@ def run_probabilities(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Te
     if len(part) == 0:
         raise ArchlabError(f"{run_dir}: its {split} split is empty")
     bs = recipe.data.eval_batch_size
-    probs = torch.cat([F.softmax(model(part.x[i:i + bs]).float(), dim=-1) for i in range(0, len(part), bs)])
+    log_probs = torch.cat([F.log_softmax(model(part.x[i:i + bs]).float(), -1) for i in range(0, len(part), bs)])
     identity = (recipe.data.name, json.dumps(recipe.data.options, sort_keys=True), recipe.data.val_fraction,
                 recipe.data.split_seed)
-    return probs, part.y, identity
+    return log_probs, part.y, identity
 
 
 def ensemble(run_dirs: list[str | os.PathLike], split: str = "test") -> dict[str, Any]:
@@ -79,19 +80,21 @@ def ensemble(run_dirs: list[str | os.PathLike], split: str = "test") -> dict[str
         raise ArchlabError(f"--split must be val or test, got {split!r}")
     if len(run_dirs) < 2:
         raise ArchlabError("an ensemble needs at least two run directories")
-    members, all_probs, labels, identity = [], [], None, None
+    members, all_log_probs, labels, identity = [], [], None, None
     for d in map(Path, run_dirs):
-        probs, y, ident = run_probabilities(d, split)
+        log_probs, y, ident = run_log_probabilities(d, split)
         if identity is not None and (ident != identity or not torch.equal(y, labels)):
             raise ArchlabError(f"{d} was trained on other data ({ident[0]}, options {ident[1]}, val_fraction "
                                f"{ident[2]}, split_seed {ident[3]}) than {run_dirs[0]}: members must share the "
                                f"{split} split")
         identity, labels = ident, y
-        all_probs.append(probs)
-        members.append({"run_dir": str(d), **scores(probs, y)})
-    mean_probs = torch.stack(all_probs).mean(dim=0)
+        all_log_probs.append(log_probs)
+        members.append({"run_dir": str(d), **scores(log_probs, y)})
+    # log of the mean probability, computed in log space: log(1/M sum_m p_m) = logsumexp_m(log p_m) - log M
+    stacked = torch.stack(all_log_probs)
+    mean_log_probs = torch.logsumexp(stacked, dim=0) - math.log(len(stacked))
     best = max(members, key=lambda m: m["acc"])
-    return {"split": split, "dataset": identity[0], "members": members, "ensemble": scores(mean_probs, labels),
+    return {"split": split, "dataset": identity[0], "members": members, "ensemble": scores(mean_log_probs, labels),
             "best_member": best["run_dir"], "best_member_acc": best["acc"],
             "mean_member_acc": sum(m["acc"] for m in members) / len(members)}
 
