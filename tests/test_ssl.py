@@ -370,3 +370,11 @@ def test_mae_loop_resumes_bit_exactly(assert_resume_exact):
         "train": {"loop": "ssl", "steps": 6, "eval_every": 3, "checkpoint_every": 3},
         "loop": {"augment": ["translate:1"], "knn_k": 5, "linear_probe": False},
     })
+
+
+def test_method_comparison_plot(tmp_path):
+    from archlab.train.probe import plot_methods
+
+    rows = [{"label": "simclr", "wall_s": 10.0, "linear": 0.6, "knn": 0.5},
+            {"label": "random init", "wall_s": 0.0, "linear": 0.4, "knn": 0.5}]
+    assert plot_methods(rows, tmp_path / "m.png", "t").stat().st_size > 1000

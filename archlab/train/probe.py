@@ -9,7 +9,7 @@ encoder and a supervised model):
   :data:`WEIGHT_DECAYS`; the strength with the best validation accuracy is kept and scored on test;
 - **k-NN** (Wu et al. 2018, Sec. 3.4): cosine similarity to every training feature; the ``k`` nearest
   vote for their class with weight ``exp(s / T)``; the class with the most weight wins;
-- **embedding plot**: the first two principal components of the test features, coloured by class.
+- **embedding plot**: the first two principal components of the standardised test features, coloured by class.
 
 ``archlab probe RUN_DIR [--method linear|knn|both] [--data NAME] [--features encoder|projection]
 [--random-init]`` applies it to the saved model of any run (an SSL method's encoder, or a supervised
@@ -130,11 +130,12 @@ def pca_2d(x: Tensor) -> Tensor:
 
 
 def plot_embedding(features: Tensor, labels: Tensor, path: str | os.PathLike, title: str) -> Path:
-    """Scatter of the 2-D PCA of ``features`` coloured by ``labels`` into ``path`` (PNG)."""
+    """Scatter of the 2-D PCA of the standardised ``features`` (as the linear probe sees them) coloured
+    by ``labels`` into ``path`` (PNG)."""
     from ..io import pyplot
 
     plt = pyplot()
-    xy = pca_2d(features).numpy()
+    xy = pca_2d((features - features.mean(0)) / features.std(0).clamp_min(1e-6)).numpy()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.numpy(), cmap="tab10", s=4, alpha=0.7)
     ax.legend(*sc.legend_elements(), title="class", fontsize=7, loc="best", markerscale=0.8)
@@ -249,3 +250,32 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({key: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
                       for key, v in result.items()}, indent=2))
     return 0
+
+
+def plot_methods(rows: list[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
+    """Probe accuracy against training wall time, one point per run: ``rows`` of ``{"label", "wall_s",
+    "linear", "knn"}`` (accuracies in [0, 1]; a row with ``wall_s = 0`` -- a baseline -- is drawn as a
+    horizontal line)."""
+    from ..io import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(r for r in rows if r["wall_s"] > 0):
+        c = colours[i % len(colours)]
+        ax.scatter([row["wall_s"]], [100 * row["linear"]], color=c, marker="o", label=f"{row['label']} (linear)")
+        ax.scatter([row["wall_s"]], [100 * row["knn"]], color=c, marker="x", label=f"{row['label']} (k-NN)")
+    for row in (r for r in rows if r["wall_s"] <= 0):
+        ax.axhline(100 * row["linear"], color="grey", linestyle="--", linewidth=1)
+        ax.text(ax.get_xlim()[0], 100 * row["linear"], f" {row['label']}", va="bottom", fontsize=7, color="grey")
+    ax.set_xlabel("pretraining wall time per run (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
