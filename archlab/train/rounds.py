@@ -50,6 +50,7 @@ from ..federated.dp_fedavg import clip_update, noisy_mean
 from ..federated.parallel import local_sgd_together
 from ..federated.partition import Scheme, plot_counts
 from ..federated.personalization import LocalHeads, split_local
+from ..federated.secagg import decode_sum, encode, secure_sum
 from ..federated.server import ServerName
 from ..io import atomic_write_bytes, pyplot
 from ..models.base import ArchModel
@@ -103,6 +104,13 @@ class FederatedConfig:
     """Share of the update's entries top-k sends."""
     error_feedback: bool = True
     """Top-k keeps what it did not send in a per-client residual and adds it to the next update."""
+    secure_aggregation: bool = False
+    """Sum the client updates with Bonawitz et al.'s protocol (archlab/federated/secagg.py): the server sees only
+    masked vectors and their sum; updates are quantized to 2^32 / m levels over [-secagg_clip, secagg_clip]."""
+    secagg_clip: float = 0.1
+    """Range of every (weighted) update entry for secure aggregation; larger entries are clipped."""
+    secagg_threshold: int = 0
+    """Shamir threshold t of secure aggregation (0: a majority of the round's clients)."""
     personalization: Literal["none", "fedper", "finetune"] = "none"
     """fedper: clients keep their own head (the last head_params tensors), only the body is averaged; finetune:
     every client fine-tunes the final global model on its own data before its local test."""
@@ -148,6 +156,10 @@ class FederatedConfig:
             raise ValueError(f"local_test_fraction must be in [0, 1), got {self.local_test_fraction}")
         if self.personalization != "none" and not self.local_test_fraction:
             raise ValueError("personalization needs local_test_fraction > 0 (each client's test examples)")
+        if not 0 < self.secagg_clip <= 1e6 or not 0 <= self.secagg_threshold <= 10**6:
+            raise ValueError("need 0 < secagg_clip <= 1e6 and 0 <= secagg_threshold <= 1e6")
+        if self.secure_aggregation and (self.compression != "none" or self.dp_clip):
+            raise ValueError("secure_aggregation cannot be combined with compression or DP-FedAvg yet")
         if self.compression != "none" and self.dp_clip:
             raise ValueError("compression cannot be combined with DP-FedAvg (dp_clip > 0) yet")
         if self.dp_noise and not self.dp_clip:
@@ -221,7 +233,7 @@ class Federated(Loop):
         cfg, o = self.cfg, self.client_optim
         why = []
         if cfg.algorithm not in ("fedavg", "fedprox") or cfg.dp_clip or cfg.compression != "none" \
-                or cfg.personalization != "none":
+                or cfg.personalization != "none" or cfg.secure_aggregation:
             why.append("loop.algorithm fedavg or fedprox without DP, compression or personalization")
         if o.name != "sgd" or o.momentum or o.weight_decay:
             why.append("optim.name = 'sgd' with momentum = 0 and weight_decay = 0")
@@ -288,6 +300,8 @@ class Federated(Loop):
             sent = full_size * len(clients)
         else:
             clients_to_train = list(zip(clients, weights, strict=True))
+        secagg_inputs: dict[int, np.ndarray] = {}
+        levels = (2**32 - 1) // max(1, len(clients))  # the sum of m encoded entries stays below 2^32
         for k, w in clients_to_train:
             self.local.load_state_dict(global_state)
             self.heads.load(k, self.local)
@@ -312,8 +326,23 @@ class Federated(Loop):
                 else:
                     size = full_size
                 sent += size
+                if cfg.secure_aggregation:  # the client sends m * w_k * update, encoded; the server sees only sums
+                    flat = torch.cat([v.flatten() for v in update.values()]).double().numpy() * (w * len(clients))
+                    secagg_inputs[k] = encode(flat, cfg.secagg_clip, levels)
+                    continue
                 for name, v in update.items():
                     delta[name].add_(v, alpha=w)
+        if secagg_inputs:
+            if len(secagg_inputs) > 1:
+                t = cfg.secagg_threshold or len(secagg_inputs) // 2 + 1
+                z, _ = secure_sum(secagg_inputs, min(max(t, 2), len(secagg_inputs)))
+            else:  # a single client has no one to hide its update among
+                (z,) = secagg_inputs.values()
+            total = torch.from_numpy(decode_sum(z, len(secagg_inputs), cfg.secagg_clip, levels) / len(clients))
+            start = 0
+            for name, v in delta.items():
+                delta[name] = total[start:start + v.numel()].view_as(v).to(v)
+                start += v.numel()
         if cfg.dp_clip:
             noise = torch.Generator().manual_seed(_seed(self.ctx.seed, step, 2**32 - 1))  # no client has this index
             delta = noisy_mean(delta, cfg.fraction, cfg.clients, cfg.dp_clip, cfg.dp_noise, noise)
