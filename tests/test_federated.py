@@ -224,6 +224,10 @@ def test_run_learns_and_writes_the_partition(tmp_path):
     counts = np.array(json.loads((tmp_path / "run" / "partition.json").read_text())["counts"])
     assert counts.shape == (6, 10) and counts.sum() == 1438 and counts.sum(1).max() - counts.sum(1).min() <= 1
     assert (tmp_path / "run" / "plots" / "partition.png").exists()
+    from archlab.runner import evaluate
+
+    again = evaluate(tmp_path / "run", device="cpu")  # the saved global model, without the training history
+    assert again == {"test_acc": m["test_acc"], "test_loss": m["test_loss"]}
 
 
 def test_bad_federated_recipes_fail_before_training(tmp_path):

@@ -138,12 +138,14 @@ DP_RECIPE = {
 
 def test_dpsgd_loop_learns_reports_epsilon_and_resumes_exactly(tmp_path, assert_resume_exact):
     from archlab.recipe import from_dict
-    from archlab.runner import train
+    from archlab.runner import evaluate, train
 
     summary = train(from_dict(DP_RECIPE), out=tmp_path / "run", progress=False, log=lambda _m: None)
     m = summary["metrics"]
     assert m["epsilon"] == privacy.epsilon(sample_rate=0.05, noise_multiplier=1.0, steps=30, delta=1e-5)
     assert m["test_acc"] > 0.5  # 10 classes: chance is 0.1
+    again = evaluate(tmp_path / "run", device="cpu")
+    assert again["test_acc"] == m["test_acc"] and "epsilon" not in again
     assert_resume_exact(DP_RECIPE)
 
 

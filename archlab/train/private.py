@@ -15,6 +15,7 @@ batches (and the noise, from the driver's saved RNG) an uninterrupted one would.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,12 @@ class PrivateSGD(Supervised):
 
     def final_metrics(self) -> dict[str, float]:
         return {**super().final_metrics(), "epsilon": self._epsilon()}
+
+    @classmethod
+    def evaluate_run(cls, run_dir: str | os.PathLike, recipe: Recipe, ctx: Context) -> dict[str, float]:
+        """``archlab eval``: accuracy and loss of the saved model (epsilon is in the run's summary.json: the
+        number of steps taken is not part of the saved model)."""
+        return {k: v for k, v in super().evaluate_run(run_dir, recipe, ctx).items() if k != "epsilon"}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "sampler": self.sampler.get_state(), "steps_done": self.steps_done}

@@ -418,6 +418,15 @@ class Federated(Loop):
             accs.append(self._accuracy(self.local, self.local_tests[k]))
         return accs
 
+    @classmethod
+    def evaluate_run(cls, run_dir: str | os.PathLike, recipe: Recipe, ctx: Context) -> dict[str, float]:
+        """``archlab eval``: what the saved global model alone determines; rounds_to_target, epsilon and FedPer's
+        per-client heads belong to the training history, which a run directory does not keep."""
+        history = {"rounds_to_target", "epsilon"}
+        if recipe.loop.personalization == "fedper":
+            history |= {"client_acc_mean", "client_acc_min"}
+        return {k: v for k, v in super().evaluate_run(run_dir, recipe, ctx).items() if k not in history}
+
     def _epsilon(self) -> float:
         """Client-level epsilon of the rounds run so far (DP-FedAvg; inf without noise)."""
         c = self.cfg
