@@ -234,7 +234,7 @@ class Federated(Loop):
         why = []
         if cfg.algorithm not in ("fedavg", "fedprox") or cfg.dp_clip or cfg.compression != "none" \
                 or cfg.personalization != "none" or cfg.secure_aggregation:
-            why.append("loop.algorithm fedavg or fedprox without DP, compression or personalization")
+            why.append("loop.algorithm fedavg/fedprox without DP, compression, secure aggregation or personalization")
         if o.name != "sgd" or o.momentum or o.weight_decay:
             why.append("optim.name = 'sgd' with momentum = 0 and weight_decay = 0")
         if len({len(p) for p in self.parts}) != 1:
