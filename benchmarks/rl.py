@@ -25,8 +25,7 @@ import torch
 WINDOW = 10
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "rl"
 # archlab hyperparameter names that SB3 spells differently or handles outside the constructor
-_HANDLED = {"n_envs", "net_arch", "activation", "normalize_obs", "normalize_reward", "lr_schedule", "clip_schedule",
-            "learning_rate", "clip_range"}
+_HANDLED = {"n_envs", "net_arch", "activation", "normalize_obs", "normalize_reward", "clip_schedule", "clip_range"}
 
 
 def _recipe(name: str) -> Any:
@@ -73,7 +72,9 @@ def _sb3_model(rec: Any, seed: int) -> tuple[Any, Any]:
     def schedule(value: float, kind: str) -> Any:
         return (lambda progress: progress * value) if kind == "linear" else value
 
-    kwargs["learning_rate"] = schedule(hp.get("learning_rate", 3e-4), hp.get("lr_schedule", "constant"))
+    # the recipe's [optim] (the benchmarked recipes give every trainable the same lr and schedule)
+    opt = next(iter(rec.optim.values()))
+    kwargs["learning_rate"] = schedule(opt.lr, opt.schedule)
     if "clip_range" in hp:
         kwargs["clip_range"] = schedule(hp["clip_range"], hp.get("clip_schedule", "constant"))
     policy_kwargs: dict[str, Any] = {}

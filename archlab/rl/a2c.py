@@ -31,14 +31,10 @@ from .policies import ActorCriticAgent, ActorCriticConfig, collect_rollout
 class A2CConfig(ActorCriticConfig):
     """A2C hyperparameters; defaults are Stable-Baselines3's."""
 
-    learning_rate: float = 7e-4
-    """Optimizer step size."""
     n_steps: int = 5
     """Steps per env copy per update (the batch holds ``n_steps * n_envs`` transitions)."""
     gae_lambda: float = 1.0
     """GAE lambda: 1 = plain n-step returns (A2C's original estimator)."""
-    optimizer: str = "rmsprop"
-    """``rmsprop`` (alpha 0.99, as SB3) or ``adam``."""
     normalize_advantage: bool = False
     """Standardize the batch's advantages before the policy loss."""
 
@@ -56,6 +52,7 @@ class A2C(ActorCriticAgent):
     algo = "a2c"
     Config = A2CConfig
     cfg: A2CConfig
+    optim_defaults = {"name": "rmsprop", "lr": 7e-4, "alpha": 0.99, "eps": 1e-5}  # SB3's A2C
 
     def build(self) -> None:
         self.build_rollout()
@@ -63,7 +60,7 @@ class A2C(ActorCriticAgent):
     def iteration(self) -> dict[str, Any]:
         cfg = self.cfg
         collect_rollout(self, self.buffer, cfg.gae_lambda)
-        self.set_lr(self.optimizer, self.current_lr())
+        self.set_lr(self.optimizer, self.current_lr("policy"))
         data = self.buffer.tensors(self.device)
         actions = data["actions"].long() if self.spaces.discrete else data["actions"]
         adv = data["advantages"]

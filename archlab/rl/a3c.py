@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.optim import OptimConfig
 from ..errors import ArchlabError
 from .base import Agent, AgentConfig
 from .buffers import RolloutBuffer
@@ -77,8 +78,6 @@ from .policies import ActorCritic, env_actions
 class A3CConfig(AgentConfig):
     """A3C hyperparameters. ``n_envs`` is the number of env copies *per worker* (the paper: 1)."""
 
-    learning_rate: float = 7e-4
-    """Step size of the shared optimizer (SB3's A2C default; the paper samples 1e-4..1e-2)."""
     n_workers: int = 2
     """Asynchronous actor-learner processes (the paper: 16 CPU threads)."""
     n_steps: int = 5
@@ -91,12 +90,6 @@ class A3CConfig(AgentConfig):
     """Value-loss weight."""
     max_grad_norm: float = 0.5
     """Clip each worker's gradient to this global norm before applying it; 0 disables clipping."""
-    optimizer: str = "rmsprop"
-    """``rmsprop`` (the paper's shared RMSProp, alpha 0.99) or ``adam`` (shared Adam)."""
-    optimizer_eps: float = 1e-5
-    """Epsilon of the optimizer (SB3 A2C's RMSprop epsilon)."""
-    rmsprop_alpha: float = 0.99
-    """RMSProp decay of the squared-gradient average (the paper's alpha)."""
     shared_net: bool = False
     """One body with policy and value heads (the paper) instead of two separate MLPs (SB3's default)."""
     ortho_init: bool = True
@@ -121,12 +114,6 @@ class A3CConfig(AgentConfig):
         for name in ("ent_coef", "vf_coef", "max_grad_norm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.optimizer not in ("rmsprop", "adam"):
-            raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
-        if not self.optimizer_eps > 0:
-            raise ValueError(f"optimizer_eps must be > 0, got {self.optimizer_eps}")
-        if not 0.0 <= self.rmsprop_alpha < 1.0:
-            raise ValueError(f"rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
         if self.steps_per_round < 1:
             raise ValueError(f"steps_per_round must be >= 1, got {self.steps_per_round}")
         if self.start_method not in ("auto", "fork", "spawn", "forkserver"):
@@ -154,14 +141,19 @@ class SharedOptimizer:
     The same arithmetic as ``torch.optim.RMSprop`` / ``Adam`` (single-tensor path), written out
     because the statistics must be preallocated shared tensors and because each step is a handful
     of in-place ops on one flat tensor -- less overhead than ``Optimizer.step`` for these small
-    networks, and no ``torch._dynamo`` import (seconds) in every worker.
+    networks, and no ``torch._dynamo`` import (seconds) in every worker. So A3C does not step an
+    engine optimizer; it reads its settings from the engine's ``OptimConfig`` (``[optim]``, trainable
+    ``policy``: ``name`` rmsprop or adam, ``lr``, ``eps``, ``alpha``, ``betas``, ``schedule``), and the
+    learning rate of each round from the schedule, as every RL algorithm does.
     """
 
-    BETAS = (0.9, 0.999)
-
-    def __init__(self, name: str, param: torch.Tensor, eps: float, alpha: float,
-                 state: dict[str, torch.Tensor] | None = None) -> None:
-        self.name, self.param, self.eps, self.alpha = name, param, eps, alpha
+    def __init__(self, cfg: OptimConfig, param: torch.Tensor, state: dict[str, torch.Tensor] | None = None) -> None:
+        if cfg.name not in ("rmsprop", "adam") or cfg.weight_decay:
+            raise ArchlabError(f"optim.name: A3C's shared optimizer is rmsprop or adam without weight decay, "
+                               f"got {cfg.name!r} (weight_decay {cfg.weight_decay})")
+        name = cfg.name
+        self.name, self.param, self.eps, self.alpha = name, param, cfg.eps, cfg.alpha
+        self.betas = tuple(cfg.betas)
         if state is None:
             keys = ("exp_avg", "exp_avg_sq") if name == "adam" else ("square_avg",)
             state = {"step": torch.zeros((), dtype=torch.int64), **{k: torch.zeros_like(param) for k in keys}}
@@ -182,7 +174,7 @@ class SharedOptimizer:
             g.mul_(self.alpha).addcmul_(grad, grad, value=1.0 - self.alpha)
             self.param.addcdiv_(grad, g.sqrt().add_(self.eps), value=-lr)
         else:
-            b1, b2 = self.BETAS
+            b1, b2 = self.betas
             t = int(st["step"])
             m, v = st["exp_avg"], st["exp_avg_sq"]
             m.lerp_(grad, 1.0 - b1)
@@ -267,8 +259,7 @@ class _Worker:
         self.flat = FlatParams([self.local])
         self.fast = FastActorCritic(self.local)  # each MLP one autograd node: less overhead per update
         # Steps the shared parameters with the shared statistics, from the local gradient (dtheta).
-        self.opt = SharedOptimizer(cfg.optimizer, shared.param, cfg.optimizer_eps, cfg.rmsprop_alpha,
-                                   shared.opt_state)
+        self.opt = SharedOptimizer(spec["optim"], shared.param, shared.opt_state)
         self.lr = float(shared.lr[0])
         self.buffer = RolloutBuffer(cfg.n_steps, cfg.n_envs, spaces.obs_shape,
                                     () if spaces.discrete else (spaces.act_dim,),
@@ -429,6 +420,12 @@ class A3C(Agent):
     algo = "a3c"
     Config = A3CConfig
     cfg: A3CConfig
+    # SB3's A2C RMSprop (the paper's shared RMSProp, alpha 0.99)
+    optim_defaults = {"name": "rmsprop", "lr": 7e-4, "alpha": 0.99, "eps": 1e-5}
+
+    @classmethod
+    def trainable_names(cls, cfg: A3CConfig) -> tuple[str, ...]:
+        return ("policy",)
 
     def build(self) -> None:
         if self.device.type != "cpu":  # e.g. train.device = "auto" on a GPU machine
@@ -439,11 +436,10 @@ class A3C(Agent):
         self.model = _make_net(cfg, self.spaces)
         self.flat = FlatParams([self.model])
         self.flat.param.data.share_memory_()  # the module's parameters are views of it: all shared now
-        self.optimizer = SharedOptimizer(cfg.optimizer, self.flat.param.data, cfg.optimizer_eps,
-                                         cfg.rmsprop_alpha).share_memory_()
+        self.optimizer = SharedOptimizer(self.optim["policy"], self.flat.param.data).share_memory_()
         self.shared = _Shared(self.flat.param.data, self.optimizer.state,
                               torch.zeros(1 + cfg.n_workers, dtype=torch.int64).share_memory_(),
-                              torch.full((1,), cfg.learning_rate, dtype=torch.float64).share_memory_())
+                              torch.full((1,), self.optim["policy"].lr, dtype=torch.float64).share_memory_())
         self.iteration_steps = cfg.steps_per_round  # the engine converts step intervals with it
         self._workers: _Workers | None = None
         self._finalizer: weakref.finalize | None = None
@@ -459,7 +455,8 @@ class A3C(Agent):
         if method == "auto":
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         ctx = mp.get_context(method)
-        spec = {"cfg": self.cfg, "spaces": self.spaces, "env_id": self.env_id, "env_options": self.env_options,
+        spec = {"cfg": self.cfg, "optim": self.optim["policy"], "spaces": self.spaces, "env_id": self.env_id,
+                "env_options": self.env_options,
                 "main_thread": threading.current_thread() is threading.main_thread()}
         # Worker seeds come from the agent's generator (checkpointed), so a resumed run does not
         # replay the episodes the first workers started with.
@@ -485,7 +482,7 @@ class A3C(Agent):
         """One round: the workers run asynchronously for ``steps_per_round`` env steps, then pause."""
         if self._workers is None:
             self._workers = self._start_workers()
-        lr = self.current_lr()  # linear schedules are piecewise constant over rounds
+        lr = self.current_lr("policy")  # schedules are piecewise constant over rounds
         self.shared.lr[0] = lr
         # The round ends at the next multiple of steps_per_round (or at total_steps): a round's
         # overshoot (< n_workers * n_steps * n_envs) is taken off the next one, so the engine's
@@ -526,13 +523,13 @@ class A3C(Agent):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def train_state(self) -> dict[str, Any]:
-        return {"optimizer": self.cfg.optimizer,
+        return {"optimizer": self.optimizer.name,
                 "optimizer_state": self.optimizer.state_dict()}
 
     def load_train_state(self, state: dict[str, Any]) -> None:
-        if state["optimizer"] != self.cfg.optimizer:
+        if state["optimizer"] != self.optimizer.name:
             raise ArchlabError(f"the checkpoint has {state['optimizer']!r} optimizer state, "
-                               f"this agent uses {self.cfg.optimizer!r}")
+                               f"this agent uses {self.optimizer.name!r}")
         self.optimizer.load_state_dict(state["optimizer_state"])
 
     def state_dict(self) -> dict[str, Any]:

@@ -4,6 +4,8 @@ An algorithm is a subclass of :class:`Agent` with a hyperparameter dataclass (``
 docstring per field) and four methods:
 
 - ``build()``: networks, optimizers and buffers (called once, under the agent's seed);
+- ``trainable_names(cfg)``: the names of its optimizers (PPO ``policy``; SAC ``actor``, ``critic``,
+  ``temperature`` ...) and ``optim_defaults``, the optimizer it uses by default (SB3's);
 - ``iteration() -> dict``: collect some environment steps and update (one rollout + PPO epochs,
   ``train_freq`` DQN steps + gradient steps, ...); returns scalars to log (``loss`` among them);
 - ``act(obs, deterministic) -> np.ndarray``: actions the environment accepts, for a batch of
@@ -16,6 +18,15 @@ The base class provides the Stable-Baselines3-style API -- ``learn(total_steps)`
 bookkeeping every algorithm needs: the vectorized env, observation/reward normalization, the
 episode log, private random generators, and checkpointable state. The engine's RL loop
 (``archlab.train.rl``) drives ``iteration()``; ``learn`` is the same loop without run directories.
+
+Optimizers come from the engine (:mod:`archlab.engine.optim`): one
+:class:`~archlab.engine.optim.OptimConfig` per named trainable -- in a recipe the ``[optim]`` table
+(shared keys) and ``[optim.NAME]`` (one trainable); in the plain API ``optim=OptimConfig(...)`` (every
+trainable), ``optim={"actor": OptimConfig(...), ...}``, or Stable-Baselines3's keywords
+``learning_rate``, ``lr_schedule`` (``constant``/``linear``), ``optimizer`` (``adam``/``rmsprop``),
+``optimizer_eps`` and ``rmsprop_alpha``. Learning-rate schedules run on the RL clock: the schedule's
+step is the environment step and its length ``total_steps`` (``linear`` decays to 0 over the run, as
+rl-zoo's ``lin_``; warm-up and step milestones count environment steps too).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,23 +43,27 @@ import torch
 from torch import nn
 
 from .. import config as _config
+from ..engine.optim import OptimConfig, build_optimizer, lr_factor
 from ..errors import ArchlabError
 from ..registry import CONFIG_FILE, WEIGHTS_FILE, read_saved
 from .env import Normalizer, VecEnv
+
+OPTIM_KEYWORDS = {"learning_rate": "lr", "lr_schedule": "schedule", "optimizer": "name",
+                  "optimizer_eps": "eps", "rmsprop_alpha": "alpha"}
+"""The plain API's Stable-Baselines3-style optimizer keywords and the ``OptimConfig`` key each sets."""
 
 
 @dataclasses.dataclass
 class AgentConfig:
     """Hyperparameters every algorithm has. Algorithms extend this dataclass."""
 
+    moved_keys: ClassVar[dict[str, str]] = {key: f"optim.{new}" for key, new in OPTIM_KEYWORDS.items()}
+    """Optimizer keys an ``[algo]`` table once had: naming one is an error that names its new place."""
+
     n_envs: int = 1
     """Environment copies stepped in lock step."""
     gamma: float = 0.99
     """Discount factor."""
-    learning_rate: float = 3e-4
-    """Adam step size."""
-    lr_schedule: str = "constant"
-    """``constant`` or ``linear`` (decays to 0 over the run's total steps, as rl-zoo's ``lin_``)."""
     net_arch: list[int] = dataclasses.field(default_factory=lambda: [64, 64])
     """Hidden layer widths of the networks."""
     activation: str = "tanh"
@@ -62,10 +78,6 @@ class AgentConfig:
             raise ValueError(f"n_envs must be >= 1, got {self.n_envs}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if not self.learning_rate >= 0:
-            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
-        if self.lr_schedule not in ("constant", "linear"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
         if any(w < 1 for w in self.net_arch):
             raise ValueError(f"net_arch widths must be >= 1, got {self.net_arch}")
 
@@ -75,6 +87,20 @@ class Agent:
 
     algo: ClassVar[str] = ""
     Config: ClassVar[type[AgentConfig]] = AgentConfig
+    optim_defaults: ClassVar[dict[str, Any]] = {"name": "adam", "lr": 3e-4}
+    """The optimizer of every trainable unless ``[optim]`` says otherwise (Stable-Baselines3's)."""
+
+    @classmethod
+    def trainable_names(cls, cfg: Any) -> tuple[str, ...]:
+        """Names of the optimized units (``[optim.NAME]``) of an agent with hyperparameters ``cfg``."""
+        return ()
+
+    @classmethod
+    def trainables_for(cls, hyperparameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The engine's view (:meth:`archlab.engine.loop.Loop.trainables_for`): each trainable of an
+        agent with these ``[algo]`` keys, with its ``[optim]`` defaults."""
+        cfg = _config.build(cls.Config, dict(hyperparameters), "algo")
+        return {name: dict(cls.optim_defaults) for name in cls.trainable_names(cfg)}
 
     @classmethod
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -83,13 +109,21 @@ class Agent:
         cls.registry_name = cls.algo
 
     def __init__(self, env: str, *, seed: int = 0, device: str = "cpu", env_options: dict[str, Any] | None = None,
-                 total_steps: int | None = None, **hyperparameters: Any) -> None:
+                 total_steps: int | None = None, optim: OptimConfig | Mapping[str, OptimConfig] | None = None,
+                 **hyperparameters: Any) -> None:
         """Build an agent for gymnasium env id ``env`` with ``hyperparameters`` (the fields of
         ``Config``; unknown names and bad values are one-line errors). ``total_steps`` sets the
-        horizon of linear schedules (``learn`` sets it too)."""
+        horizon of learning-rate schedules (``learn`` sets it too). The optimizers: ``optim`` (one
+        ``OptimConfig`` for every trainable, or one per name), or the keywords ``learning_rate``,
+        ``lr_schedule``, ``optimizer``, ``optimizer_eps``, ``rmsprop_alpha`` over ``optim_defaults``."""
         if not isinstance(env, str):
             raise ArchlabError("pass the environment as a gymnasium id string, e.g. 'CartPole-v1'")
+        own = set(_config.field_names(self.Config))  # Q-learning's learning_rate is its own (the TD step size)
+        keywords = {OPTIM_KEYWORDS[k]: hyperparameters.pop(k) for k in list(hyperparameters)
+                    if k in OPTIM_KEYWORDS and k not in own}
         self.cfg = _config.build(self.Config, hyperparameters, "algo")
+        self.optim = self._resolve_optim(optim, keywords)
+        """One engine ``OptimConfig`` per trainable name."""
         self.env_id, self.env_options, self.seed = env, dict(env_options or {}), seed
         self.device = torch.device(device)
         self.env = VecEnv(env, self.cfg.n_envs, seed, self.env_options)
@@ -111,6 +145,36 @@ class Agent:
             self.build()
         for net in self.networks().values():
             net.to(self.device)
+
+    def _resolve_optim(self, optim: OptimConfig | Mapping[str, Any] | None,
+                       keywords: dict[str, Any]) -> dict[str, OptimConfig]:
+        names = self.trainable_names(self.cfg)
+        if optim is not None and keywords:
+            raise ArchlabError(f"pass the optimizer either as optim= or as keywords ({', '.join(sorted(keywords))}), "
+                               f"not both")
+        if isinstance(optim, OptimConfig):
+            optim = {name: optim for name in names}
+        optim = dict(optim or {})
+        unknown = sorted(set(optim) - set(names))
+        if unknown:
+            raise ArchlabError(f"optim.{unknown[0]}: {self.algo} has no optimizer {unknown[0]!r}; its optimizers: "
+                               f"{', '.join(names) or 'none'}")
+        out = {}
+        for name in names:
+            cfg = optim.get(name)
+            if cfg is None:
+                cfg = _config.build(OptimConfig, {**self.optim_defaults, **keywords}, "optim")
+            elif not isinstance(cfg, OptimConfig):  # a saved agent's config.json
+                cfg = _config.build(OptimConfig, cfg, f"optim.{name}")
+            out[name] = cfg
+        return out
+
+    def make_optimizer(self, name: str, params: nn.Module | Iterable[torch.Tensor],
+                       fused: bool = False) -> torch.optim.Optimizer:
+        """The engine optimizer of trainable ``name`` (``[optim.NAME]``) over ``params`` (a module:
+        no weight decay on biases; a list of tensors, e.g. one flat parameter: decay on all);
+        ``fused``: one kernel per step for a few large tensors (see ``build_optimizer``)."""
+        return build_optimizer(params if isinstance(params, nn.Module) else list(params), self.optim[name], fused)
 
     # -- what algorithms implement --------------------------------------------------------------
     def build(self) -> None:
@@ -182,9 +246,13 @@ class Agent:
             return 1.0
         return max(0.0, 1.0 - self.num_steps / self.total_steps)
 
-    def current_lr(self) -> float:
-        lr = self.cfg.learning_rate
-        return lr * self.progress_remaining() if self.cfg.lr_schedule == "linear" else lr
+    def current_lr(self, name: str) -> float:
+        """Trainable ``name``'s learning rate now: ``optim.lr`` times its schedule at the current
+        environment step of ``total_steps`` (the peak lr when no horizon is known)."""
+        cfg = self.optim[name]
+        if not self.total_steps:
+            return cfg.lr
+        return cfg.lr * lr_factor(self.num_steps, self.total_steps, cfg)
 
     @staticmethod
     def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -281,8 +349,8 @@ class Agent:
         from .. import __version__
 
         return {"kind": "agent", "name": self.algo, "env_id": self.env_id, "env_options": self.env_options,
-                "config": _config.to_dict(self.cfg), "seed": self.seed, "num_steps": self.num_steps,
-                "archlab_version": __version__}
+                "config": _config.to_dict(self.cfg), "optim": {k: _config.to_dict(v) for k, v in self.optim.items()},
+                "seed": self.seed, "num_steps": self.num_steps, "archlab_version": __version__}
 
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` (kind, algorithm, env, hyperparameters) and ``model.safetensors``
@@ -321,8 +389,9 @@ class Agent:
             raise ArchlabError(f"{path} holds a {meta['name']!r} agent, not {cls.algo!r}")
         if not (path / WEIGHTS_FILE).is_file():
             raise ArchlabError(f"{path} has no {WEIGHTS_FILE}")
+        # Agents saved before the optimizers moved to the engine have learning_rate etc. in "config".
         agent = algo_cls(meta["env_id"], seed=meta.get("seed", 0), device=device,
-                         env_options=meta.get("env_options"), **meta["config"])
+                         env_options=meta.get("env_options"), optim=meta.get("optim"), **meta["config"])
         tensors = load_file(str(path / WEIGHTS_FILE))
         for name, net in agent.networks().items():
             sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}

@@ -307,18 +307,12 @@ class FastActorCritic:
 # ------------------------------------------------------------------------------ the agents' fast updates
 def build(agent: ActorCriticAgent) -> None:
     """The fast path's state on an agent whose ``model`` is built: ``agent.flat`` (the model's parameters
-    as views of one tensor), ``agent.fast`` and an optimizer stepping the flat parameter -- Adam's fused
-    kernel, or RMSprop's single-tensor loop (PyTorch's, as the reference's)."""
-    cfg = agent.cfg
+    as views of one tensor), ``agent.fast`` and the engine optimizer of ``[optim.policy]`` stepping the
+    flat parameter -- Adam's fused kernel, RMSprop's single-tensor loop. (Weight decay, if asked for,
+    then applies to the biases too: the reference's module groups exempt them.)"""
     agent.flat = FlatParams([agent.model])
     agent.fast = FastActorCritic(agent.model)
-    param = agent.flat.param
-    if cfg.optimizer == "adam":
-        fused = {"fused": True} if param.device.type in ("cpu", "cuda") else {}
-        agent.optimizer = torch.optim.Adam([param], lr=cfg.learning_rate, eps=cfg.optimizer_eps, **fused)
-    else:
-        agent.optimizer = torch.optim.RMSprop([param], lr=cfg.learning_rate, alpha=0.99, eps=cfg.optimizer_eps,
-                                              foreach=False)
+    agent.optimizer = agent.make_optimizer("policy", [agent.flat.param], fused=True)
 
 
 def gradient_step(agent: ActorCriticAgent, ev: Evaluation, d_logp: torch.Tensor, d_values: torch.Tensor | None,

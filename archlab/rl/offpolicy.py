@@ -16,19 +16,11 @@ One iteration (Stable-Baselines3's ``collect_rollouts`` + ``train``):
    of ``batch_size`` transitions drawn uniformly from the buffer (``-1``: one per transition
    collected in step 1).
 
-Speed. With SAC's defaults every env step costs a gradient step of three 256x256 MLPs on a batch of
-256: about 16 matrix products of 256^3 multiply-adds, which at one CPU thread take ~5 ms and are the
-floor. Everything else is overhead to remove:
-
-- the two critics are one :class:`StackedMLP` (weights ``[2, out, in]``): one ``baddbmm`` per layer;
-- the networks' backward passes are written by hand (:meth:`StackedMLP.backward_run`) into
-  preallocated buffers, weight gradients straight into ``.grad``: no autograd graph, no fresh
-  256x256 activations (page faults), no gradient accumulation; the actor's loss differentiates
-  through the critics without computing their weight gradients, which would be thrown away;
-- each network's parameters are views of one flat tensor, so an Adam step (``torch.optim.Adam``'s
-  fused kernel) and a Polyak update are one kernel each;
-- small-output products are oriented for MKL's fast paths (:func:`_bmm`);
-- the per-update scalars stay tensors until the iteration ends (no ``.item()`` per step).
+The networks are :class:`StackedMLP`: the twin critics are one module (weights ``[2, out, in]``),
+evaluated as one ``baddbmm`` per layer. This file, ``sac.py`` and ``td3.py`` are the reference: plain
+autograd (``loss.backward()``, ``optimizer.step()``). The default ``fast`` path (``fast_offpolicy.py``:
+flat parameters, hand-written backward passes into preallocated buffers, optional bfloat16 products)
+makes the same updates and is tested equal to it. Optimizers are the engine's (``[optim.NAME]``).
 """
 
 from __future__ import annotations
@@ -44,27 +36,10 @@ from torch import nn
 from ..errors import ArchlabError
 from .base import Agent, AgentConfig
 from .buffers import ReplayBuffer
-from .fast import FlatParams
 from .networks import encode_obs
 
+
 # ------------------------------------------------------------------------------ networks
-_ACT_FWD = {"relu": torch.relu_, "tanh": torch.tanh_}
-# d act / d pre-activation from the activation's *output* h, applied to g in place:
-# relu: g * [h > 0];  tanh: g * (1 - h^2)
-_ACT_BWD = {"relu": lambda g, h: torch.ops.aten.threshold_backward.grad_input(g, h, 0.0, grad_input=g),
-            "tanh": lambda g, h: torch.ops.aten.tanh_backward.grad_input(g, h, grad_input=g)}
-
-
-def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Stacked matrix product ``a @ b`` (``[n, M, K] @ [n, K, N]``). MKL's sgemm is several times
-    slower when ``b`` is row-major with only a few columns (a first layer's 3 or 4 inputs), so that
-    case is computed as ``(b^T a^T)^T``, where the same operand is column-major."""
-    if b.shape[-1] < 16 and b.stride(-1) == 1:
-        r = torch.bmm(b.transpose(1, 2), a.transpose(1, 2)).transpose(1, 2)
-        return r if out is None else out.copy_(r)
-    return torch.bmm(a, b, out=out)
-
-
 class StackedMLP(nn.Module):
     """``n`` independent MLPs of one shape ``sizes[0] -> ... -> sizes[-1]`` evaluated together:
     layer ``l`` of every network is a slice of one stacked weight ``[n, out, in]`` (``nn.Linear``'s
@@ -72,29 +47,16 @@ class StackedMLP(nn.Module):
     TD3's twin critics are ``n = 2`` (``Q_i(s, a) = MLP_i([s, a])``), their actors ``n = 1``.
     Initialized as ``nn.Linear`` (U(+-1/sqrt(fan_in)) for weights and biases), as SB3's networks.
 
-    Two ways to evaluate it:
-
-    - ``forward(x)``: ordinary autograd ops in float32 (acting, tests, anything);
-    - ``run(x)`` + ``backward_run(g)``: the training path, with a hand-written backward pass
-      (``h_l = act(h_{l-1} W_l^T + b_l)``, so ``dW_l = g_l^T h_{l-1}``, ``db_l = sum_b g_l``,
-      ``g_{l-1} = (g_l W_l) * act'(h_{l-1})``) in preallocated activation and gradient buffers,
-      writing the weight gradients straight into ``.grad``. For networks this small the autograd
-      graph, fresh 256x256 activations (page faults, memsets) and gradient accumulation cost as
-      much as the matrix products; this path costs little more than them. ``run`` returns a buffer
-      that the next ``run`` overwrites; ``backward_run`` differentiates the last ``run``.
-
-    ``hidden_dtype=torch.bfloat16``: on the training path, layers from one hidden width to another
-    (the 256x256 products that are nearly all the arithmetic) take bfloat16 copies of their inputs
-    and weights (products accumulate in float32 inside the kernel); the first and last layers,
-    the parameters, their gradients and the optimizer stay float32 (mixed precision).
+    ``h_l = act(h_{l-1} W_l^T + b_l)`` per network; the fast path's
+    :class:`~archlab.rl.fast_offpolicy.StackedRunner` evaluates the same module with a hand-written
+    backward pass.
 
     Shapes: x ``[B, sizes[0]]`` -> ``[n, B, sizes[-1]]``."""
 
-    def __init__(self, n: int, sizes: list[int], activation: str = "relu",
-                 hidden_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, n: int, sizes: list[int], activation: str = "relu") -> None:
         super().__init__()
-        if activation not in _ACT_FWD:
-            raise ArchlabError(f"activation {activation!r}: SAC and TD3 networks support {', '.join(sorted(_ACT_FWD))}")
+        if activation not in ("relu", "tanh"):
+            raise ArchlabError(f"activation {activation!r}: SAC and TD3 networks support relu, tanh")
         self.n, self.sizes, self.activation = n, list(sizes), activation
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -102,12 +64,6 @@ class StackedMLP(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(torch.empty(n, fan_out, fan_in).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
-        n_layers = len(sizes) - 1
-        self.dtypes = [hidden_dtype if 0 < i < n_layers - 1 else torch.float32 for i in range(n_layers)]
-        """The dtype each layer computes in on the training path."""
-        self._work: dict[tuple[int, int], dict[str, list[Any]]] = {}
-        self._last: tuple[torch.Tensor, int] | None = None
-        self._view_cache: dict[int, tuple[Any, dict[str, list[torch.Tensor]]]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.unsqueeze(0).expand(self.n, *x.shape)
@@ -118,128 +74,12 @@ class StackedMLP(nn.Module):
                 h = torch.relu(h) if self.activation == "relu" else torch.tanh(h)
         return h
 
-    def _workspace(self, n: int, batch: int) -> dict[str, list[Any]]:
-        """Buffers of one batch shape: every layer's output (``outs``, in the layer's dtype), its
-        input cast to the layer's dtype where the previous layer's differs (``ins``), hidden-layer
-        gradients (``grads``), and low-precision scratch for products that are cast afterwards."""
-        key = (n, batch)
-        if key not in self._work:
-            dev, dt, sizes = self.weights[0].device, self.dtypes, self.sizes
 
-            def buf(width: int, dtype: torch.dtype) -> torch.Tensor:
-                return torch.empty(n, batch, width, device=dev, dtype=dtype)
-
-            L = len(dt)
-            mixed = [0 < i and dt[i] != dt[i - 1] for i in range(L)]
-            self._work[key] = {
-                "outs": [buf(sizes[i + 1], dt[i]) for i in range(L)],
-                "ins": [buf(sizes[i], dt[i]) if mixed[i] else None for i in range(L)],
-                "grads": [buf(sizes[i + 1], dt[i]) for i in range(L - 1)],
-                "gmm": [buf(sizes[i], dt[i]) if mixed[i] else None for i in range(L)],
-                "wgrad": [torch.empty(n, sizes[i + 1], sizes[i], device=dev, dtype=dt[i]) if dt[i] != torch.float32
-                          else None for i in range(L)],
-            }
-        return self._work[key]
-
-    def _views(self, n: int) -> dict[str, list[torch.Tensor]]:
-        """Per-layer views of the first ``n`` networks' weights ``W`` and ``W^T`` and biases (in each
-        layer's dtype: low-precision copies refreshed by :meth:`run`) and of their gradients, made
-        once: slicing and transposing a dozen tensors per pass costs more than the small layers'
-        arithmetic. Remade when the parameters or gradients move to new storage (``FlatParams``,
-        ``.to(device)``)."""
-        w0 = self.weights[0]
-        key = (w0.data_ptr(), 0 if w0.grad is None else w0.grad.data_ptr())
-        cached = self._view_cache.get(n)
-        if cached is None or cached[0] != key:
-            low = [i for i, d in enumerate(self.dtypes) if d != torch.float32]
-            copies = {i: (self.weights[i].detach().to(self.dtypes[i]), self.biases[i].detach().to(self.dtypes[i]))
-                      for i in low}
-            ws = [copies[i][0][:n] if i in copies else w[:n] for i, w in enumerate(self.weights)]
-            v = {"w": ws, "wT": [w.transpose(1, 2) for w in ws],
-                 "b": [copies[i][1][:n] if i in copies else b[:n] for i, b in enumerate(self.biases)],
-                 "gw": [w.grad[:n] for w in self.weights] if w0.grad is not None else [],
-                 "gb": [b.grad[:n] for b in self.biases] if w0.grad is not None else [],
-                 "low": [(self.weights[i], self.biases[i], *copies[i]) for i in low]}
-            cached = (key, v)
-            self._view_cache[n] = cached
-        return cached[1]
-
-    @torch.no_grad()
-    def run(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
-        """The first ``n`` networks (all by default) on ``x [B, in]``, keeping the activations
-        for :meth:`backward_run`. Returns ``[n, B, out]`` (a buffer: valid until the next run)."""
-        n = self.n if n is None else n
-        work, v = self._workspace(n, x.shape[0]), self._views(n)
-        for w, b, w_low, b_low in v["low"]:  # the current weights, in low precision
-            w_low.copy_(w)
-            b_low.copy_(b)
-        outs, ins = work["outs"], work["ins"]
-        h = x.unsqueeze(0).expand(n, *x.shape)
-        last = len(outs) - 1
-        act = _ACT_FWD[self.activation]
-        for i in range(last + 1):
-            if ins[i] is not None:  # a layer of another dtype than the previous one
-                h = ins[i].copy_(h)
-            torch.baddbmm(v["b"][i], h, v["wT"][i], out=outs[i])  # h_l = h_{l-1} W_l^T + b_l
-            if i < last:
-                act(outs[i])
-            h = outs[i]
-        self._last = (x, n)
-        return h
-
-    @torch.no_grad()
-    def backward_run(self, grad_out: torch.Tensor, weight_grads: bool = True,
-                     input_grad: bool = False) -> torch.Tensor | None:
-        """Backpropagate ``dL/d out [n, B, out]`` through the last :meth:`run`: with
-        ``weight_grads``, *set* ``.grad`` of the networks used (no accumulation: one backward
-        per optimizer step); with ``input_grad``, return ``dL/dx [B, in]`` (summed over networks)."""
-        x, n = self._last
-        if weight_grads and self.weights[0].grad is None:
-            for p in self.parameters():
-                p.grad = torch.zeros_like(p)
-        work, v = self._workspace(n, x.shape[0]), self._views(n)
-        outs, ins, grads = work["outs"], work["ins"], work["grads"]
-        act_bwd = _ACT_BWD[self.activation]
-        g = grad_out
-        for i in reversed(range(len(outs))):
-            if weight_grads:
-                h_in = x.unsqueeze(0).expand(n, *x.shape) if i == 0 else ins[i] if ins[i] is not None else outs[i - 1]
-                if work["wgrad"][i] is None:
-                    _bmm(g.transpose(1, 2), h_in, out=v["gw"][i])  # dL/dW_l = g_l^T h_{l-1}
-                else:  # a low-precision product, stored in the float32 gradient
-                    v["gw"][i].copy_(_bmm(g.transpose(1, 2), h_in, out=work["wgrad"][i]))
-                torch.sum(g, 1, keepdim=True, dtype=torch.float32, out=v["gb"][i])  # dL/db_l = sum_b g_l
-            if i > 0:
-                if work["gmm"][i] is None:
-                    _bmm(g, v["w"][i], out=grads[i - 1])  # dL/dh_{l-1} = g_l W_l ...
-                else:
-                    grads[i - 1].copy_(_bmm(g, v["w"][i], out=work["gmm"][i]))
-                g = act_bwd(grads[i - 1], outs[i - 1])  # ... * act'(pre-activation)
-        if input_grad:
-            return _bmm(g, v["w"][0]).sum(0)
-        return None
-
-
-def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """``torch.optim.Adam`` with its fused kernel where one exists (CPU, CUDA): on a flat parameter
-    a step is then one kernel."""
-    return torch.optim.Adam(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"))
-
-
-class Flat:
-    """A module's parameters as views of one flat tensor (and their gradients of another), with
-    its Adam (:func:`adam`) if it is trained (targets are not)."""
-
-    def __init__(self, module: nn.Module, lr: float | None = None) -> None:
-        self.module = module
-        self.flat = FlatParams([module])
-        self.param = self.flat.param
-        self.opt = adam([self.param], lr) if lr is not None else None
-
-    def polyak_from(self, source: Flat, tau: float) -> None:
-        """theta_target <- (1 - tau) theta_target + tau theta (one ``lerp_`` over every parameter)."""
-        with torch.no_grad():
-            self.param.lerp_(source.param, tau)
+def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """theta_target <- (1 - tau) theta_target + tau theta, parameter by parameter."""
+    with torch.no_grad():
+        for t, p in zip(target.parameters(), source.parameters(), strict=True):
+            t.lerp_(p, tau)
 
 
 # ------------------------------------------------------------------------------ config + agent
@@ -265,9 +105,12 @@ class OffPolicyConfig(AgentConfig):
     gradient_steps: int = 1
     """Gradient steps per update phase; -1: as many as transitions collected in the phase."""
     matmul_dtype: str = "float32"
-    """dtype of the hidden-to-hidden matrix products of training: ``float32``, or ``bfloat16``
-    (mixed precision: those products about 2x faster on CPUs with AVX512-BF16 or AMX; parameters,
-    gradients, optimizer, first and last layers stay float32)."""
+    """dtype of the fast path's hidden-to-hidden matrix products of training: ``float32``, or
+    ``bfloat16`` (mixed precision: those products about 2x faster on CPUs with AVX512-BF16 or AMX;
+    parameters, gradients, optimizer, first and last layers stay float32)."""
+    fast: bool = True
+    """Train on the fast path (``fast_offpolicy.py``), the same updates as the reference (``sac.py``,
+    ``td3.py``), tested equal to it. A checkpoint resumes on the path that wrote it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -286,6 +129,9 @@ class OffPolicyConfig(AgentConfig):
                              f"got {self.gradient_steps}")
         if self.matmul_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"matmul_dtype must be 'float32' or 'bfloat16', got {self.matmul_dtype!r}")
+        if self.matmul_dtype != "float32" and not self.fast:
+            raise ValueError("matmul_dtype = 'bfloat16' is a fast-path option; the reference (fast = false) "
+                             "computes in float32")
 
 
 class OffPolicyAgent(Agent):
@@ -324,14 +170,14 @@ class OffPolicyAgent(Agent):
         ``loss`` among them -- converted to floats once per iteration, not per gradient step."""
         raise NotImplementedError
 
-    def optimizers(self) -> dict[str, torch.optim.Adam]:
-        raise NotImplementedError
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers by trainable name (``[optim.NAME]``)."""
+        return {"actor": self.actor_opt, "critic": self.critic_opt}
 
     # -- shared ---------------------------------------------------------------------------------
     def mlp(self, n: int, sizes: list[int]) -> StackedMLP:
-        """``n`` stacked MLPs with the configured activation and matmul dtype, on the agent's device."""
-        dtype = torch.bfloat16 if self.cfg.matmul_dtype == "bfloat16" else torch.float32
-        return StackedMLP(n, sizes, self.cfg.activation, dtype).to(self.device)
+        """``n`` stacked MLPs with the configured activation, on the agent's device."""
+        return StackedMLP(n, sizes, self.cfg.activation).to(self.device)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         return encode_obs(obs, self.spaces.n_obs)
@@ -373,10 +219,8 @@ class OffPolicyAgent(Agent):
         added = self.collect()
         if self.num_steps <= cfg.learning_starts:
             return {}
-        if cfg.lr_schedule == "linear":
-            lr = self.current_lr()
-            for opt in self.optimizers().values():
-                self.set_lr(opt, lr)
+        for name, opt in self.optimizers().items():
+            self.set_lr(opt, self.current_lr(name))
         n_updates = cfg.gradient_steps if cfg.gradient_steps >= 0 else added
         stats: dict[str, Any] = {}
         for _ in range(n_updates):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,14 +125,6 @@ def env_actions(actions: torch.Tensor, spaces: SpaceInfo) -> np.ndarray:
     return np.clip(a.reshape(len(a), *spaces.act_shape), spaces.low, spaces.high)
 
 
-def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, eps: float,
-                   alpha: float = 0.99) -> torch.optim.Optimizer:
-    """Adam or RMSprop (PyTorch's, as SB3 uses them)."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=eps)
-    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps)
-
-
 @torch.inference_mode()
 def collect_rollout(agent: ActorCriticAgent, buffer: RolloutBuffer, gae_lambda: float) -> None:
     """Fill ``buffer`` with ``n_steps`` steps of every env copy under the current policy, then
@@ -172,10 +164,6 @@ class ActorCriticConfig(AgentConfig):
     """Clip the global gradient norm to this (``None``: no clipping)."""
     normalize_advantage: bool = True
     """Standardize advantages (per minibatch) before the policy loss."""
-    optimizer: str = "adam"
-    """``adam`` or ``rmsprop`` (PyTorch's, alpha 0.99)."""
-    optimizer_eps: float = 1e-5
-    """Epsilon of the optimizer's denominator (SB3 uses 1e-5 for both Adam and RMSprop)."""
     shared: bool = False
     """One MLP body with policy and value heads, instead of two separate MLPs (SB3's default)."""
     ortho_init: bool = True
@@ -194,17 +182,19 @@ class ActorCriticConfig(AgentConfig):
             raise ValueError(f"ent_coef and vf_coef must be >= 0, got {self.ent_coef}, {self.vf_coef}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 (or None), got {self.max_grad_norm}")
-        if self.optimizer not in ("adam", "rmsprop"):
-            raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {self.optimizer!r}")
-        if not self.optimizer_eps > 0:
-            raise ValueError(f"optimizer_eps must be > 0, got {self.optimizer_eps}")
 
 
 class ActorCriticAgent(Agent):
     """The plumbing PPO, A2C and REINFORCE share: one :class:`ActorCritic` (saved as ``policy``),
-    its optimizer, one gradient step, acting, and checkpoint state. Subclasses write the loss."""
+    its optimizer (the engine's, configured by ``[optim]``: trainable ``policy``), one gradient step,
+    acting, and checkpoint state. Subclasses write the loss."""
 
     cfg: ActorCriticConfig
+    optim_defaults = {"name": "adam", "lr": 3e-4, "eps": 1e-5}  # SB3's on-policy Adam (eps 1e-5)
+
+    @classmethod
+    def trainable_names(cls, cfg: ActorCriticConfig) -> tuple[str, ...]:
+        return ("policy",)
     fast: fast_path.FastActorCritic | None
     """The model's fast path (``None``: the reference trains)."""
 
@@ -216,8 +206,7 @@ class ActorCriticAgent(Agent):
         if fast_path.supports(cfg):
             fast_path.build(self)  # flat parameters and their optimizer
         else:
-            self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.learning_rate,
-                                            cfg.optimizer_eps)
+            self.optimizer = self.make_optimizer("policy", self.model)
 
     def build_rollout(self) -> None:
         """The model plus a rollout buffer of ``n_steps`` per env copy (PPO, A2C); an iteration is then

@@ -12,8 +12,10 @@ in shuffled minibatches of ``batch_size``, each a gradient step on
 
 with optional value clipping ``V = V_old + clip(V_theta - V_old, -eps_vf, eps_vf)`` (``clip_range_vf``)
 and optional early stopping of the epochs once the approximate KL(pi_old || pi_theta) exceeds
-1.5 ``target_kl``. ``learning_rate`` and ``clip_range`` can decay linearly to 0 over the run
-(rl-zoo's ``lin_`` values): ``lr_schedule = "linear"``, ``clip_schedule = "linear"``.
+1.5 ``target_kl``. The learning rate and ``clip_range`` can decay linearly to 0 over the run
+(rl-zoo's ``lin_`` values): ``[optim] schedule = "linear"`` (plain API: ``lr_schedule="linear"``) and
+``clip_schedule = "linear"``. The optimizer (``[optim]``, trainable ``policy``) defaults to SB3's Adam,
+lr 3e-4, eps 1e-5.
 
     agent = archlab.rl.PPO("CartPole-v1", n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8,
                            gamma=0.98, n_epochs=20, learning_rate=1e-3, lr_schedule="linear",
@@ -92,7 +94,7 @@ class PPO(ActorCriticAgent):
         cfg, model = self.cfg, self.model
         collect_rollout(self, self.buffer, cfg.gae_lambda)
         # Schedules read the progress after the rollout, as SB3 does.
-        self.set_lr(self.optimizer, self.current_lr())
+        self.set_lr(self.optimizer, self.current_lr("policy"))
         frac = self.progress_remaining() if cfg.clip_schedule == "linear" else 1.0
         clip = cfg.clip_range * frac
         clip_vf = None if cfg.clip_range_vf is None else cfg.clip_range_vf * frac

@@ -38,7 +38,10 @@ class QLearningConfig(AgentConfig):
     """Tabular Q-learning hyperparameters (``net_arch`` and ``activation`` are unused)."""
 
     learning_rate: float = 0.1
-    """alpha, the step size of the table update."""
+    """alpha, the step size of the table update (a setting of the algorithm, not an optimizer's:
+    Q-learning has no ``[optim]``)."""
+    lr_schedule: str = "constant"
+    """``constant`` or ``linear`` (alpha decays to 0 over the run's total steps)."""
     steps_per_iteration: int = 1000
     """Steps of each env copy per iteration (between log lines; every step updates the table)."""
     exploration_fraction: float = 0.5
@@ -54,6 +57,8 @@ class QLearningConfig(AgentConfig):
         super().__post_init__()
         if not 0.0 < self.learning_rate <= 1.0:
             raise ValueError(f"learning_rate (alpha) must be in (0, 1], got {self.learning_rate}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
         if self.steps_per_iteration < 1:
             raise ValueError(f"steps_per_iteration must be >= 1, got {self.steps_per_iteration}")
         check_epsilon_schedule(self)
@@ -101,6 +106,12 @@ class QLearning(Agent):
             actions[random] = self.rng.integers(0, self.spaces.n_actions, int(random.sum()))
         return actions
 
+    def alpha(self) -> float:
+        """The table update's step size now (``learning_rate``, times the remaining fraction of the run
+        when ``lr_schedule`` is linear)."""
+        lr = self.cfg.learning_rate
+        return lr * self.progress_remaining() if self.cfg.lr_schedule == "linear" else lr
+
     def iteration(self) -> dict[str, Any]:
         cfg = self.cfg
         on_cpu = self.q.table.device.type == "cpu"
@@ -110,7 +121,7 @@ class QLearning(Agent):
         obs = self.start()
         sq_err = 0.0
         for _ in range(cfg.steps_per_iteration):
-            eps, alpha = self.epsilon(), self.current_lr()
+            eps, alpha = self.epsilon(), self.alpha()
             # Greedy, ties broken at random: with an all-zero table, "greedy" is then a random walk
             # rather than always action 0 (which never leaves FrozenLake's start state).
             q = Q[obs]
@@ -134,7 +145,7 @@ class QLearning(Agent):
         if not on_cpu:
             self.q.table.copy_(torch.from_numpy(Q))
         self.num_updates += cfg.steps_per_iteration * n
-        return {"loss": sq_err / (cfg.steps_per_iteration * n), "epsilon": self.epsilon(), "alpha": self.current_lr()}
+        return {"loss": sq_err / (cfg.steps_per_iteration * n), "epsilon": self.epsilon(), "alpha": self.alpha()}
 
     def networks(self) -> dict[str, nn.Module]:
         return {"q": self.q}

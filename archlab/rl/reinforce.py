@@ -106,7 +106,7 @@ class REINFORCE(ActorCriticAgent):
 
     def iteration(self) -> dict[str, Any]:
         episodes = self.collect()
-        self.set_lr(self.optimizer, self.current_lr())
+        self.set_lr(self.optimizer, self.current_lr("policy"))
         obs = self.tensor(np.concatenate([e[0] for e in episodes]))
         actions = self.tensor(np.concatenate([e[1] for e in episodes]))
         returns = self.tensor(np.concatenate([e[2] for e in episodes]))

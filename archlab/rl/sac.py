@@ -14,9 +14,10 @@ The agent maximizes ``E[sum_t r_t + alpha H(pi(.|s_t))]``. Per gradient step, on
 
 Within a step, as in Stable-Baselines3: every loss uses alpha from before this step's temperature
 update, and the critics are updated before the actor, whose loss reads the *updated* critics.
-No autograd: the networks' gradients come from :meth:`StackedMLP.backward_run
-<archlab.rl.offpolicy.StackedMLP.backward_run>` and the squashed Gaussian's in closed form (see
-:meth:`SAC.update`); tests check one whole step against the autograd version of these losses.
+:meth:`SAC.update` is the reference (plain autograd); the default ``fast`` path
+(:func:`archlab.rl.fast_offpolicy.sac_update`: no autograd, the networks' gradients written by hand
+and the squashed Gaussian's in closed form) makes the same updates, tested equal to it. Optimizers:
+the engine's, trainables ``actor``, ``critic`` and ``temperature`` (``[optim.NAME]``; SB3's Adam at 3e-4).
 
     agent = archlab.rl.SAC("Pendulum-v1", learning_rate=1e-3, seed=0)
     agent.learn(20_000)
@@ -34,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .offpolicy import Flat, OffPolicyAgent, OffPolicyConfig, adam
+from . import fast_offpolicy as fast_path
+from .offpolicy import OffPolicyAgent, OffPolicyConfig, polyak
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 """Clamp of the actor's log standard deviation (SB3 / softlearning)."""
@@ -56,8 +58,8 @@ def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor,
         log pi(a|s) = sum_i [-eps_i^2 / 2 - log std_i - log(2 pi) / 2 - log(1 - tanh(u_i)^2)]
 
     with ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` (stable). The same density as
-    :func:`archlab.rl.networks.squashed_gaussian`; also returns ``std * eps``, which the
-    hand-written backward pass of :meth:`SAC.update` needs. Shapes: ``[B, d]`` -> a, noise ``[B, d]``,
+    :func:`archlab.rl.networks.squashed_gaussian`; also returns ``std * eps``, which the fast path's
+    hand-written backward pass needs. Shapes: ``[B, d]`` -> a, noise ``[B, d]``,
     log pi ``[B]``."""
     eps = torch.randn(mean.shape, generator=generator, device=mean.device)
     noise = log_std.exp() * eps
@@ -103,6 +105,12 @@ class SAC(OffPolicyAgent):
     algo = "sac"
     Config = SACConfig
     cfg: SACConfig
+    optim_defaults = {"name": "adam", "lr": 3e-4}  # SB3's SAC, for all three
+
+    @classmethod
+    def trainable_names(cls, cfg: SACConfig) -> tuple[str, ...]:
+        """``actor``, ``critic`` (both critics) and, with a learned temperature, ``temperature`` (log alpha)."""
+        return ("actor", "critic", "temperature") if isinstance(cfg.ent_coef, str) else ("actor", "critic")
 
     def build_networks(self) -> None:
         cfg, dev = self.cfg, self.device
@@ -111,26 +119,30 @@ class SAC(OffPolicyAgent):
         # Q_1, Q_2: two MLPs [obs, action] -> net_arch -> 1, evaluated together
         self.critic = self.mlp(2, [self.obs_dim + self.act_dim, *cfg.net_arch, 1])
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_flat = Flat(self.actor, cfg.learning_rate)
-        self.critic_flat = Flat(self.critic, cfg.learning_rate)
-        self.target_flat = Flat(self.critic_target)
         self.target_entropy = float(-self.act_dim if cfg.target_entropy == "auto" else cfg.target_entropy)
         self.auto_alpha = isinstance(cfg.ent_coef, str)
         if self.auto_alpha:
             init = float(cfg.ent_coef[5:]) if cfg.ent_coef.startswith("auto_") else 1.0
             self.log_alpha = nn.Parameter(torch.tensor(math.log(init), device=dev))
-            self.log_alpha.grad = torch.zeros_like(self.log_alpha)
-            self.alpha_opt = adam([self.log_alpha], cfg.learning_rate)
         else:
             self.alpha = float(cfg.ent_coef)
+        # the engine's optimizers of [optim.actor], [optim.critic] and [optim.temperature]
+        self.fast = cfg.fast
+        if self.fast:
+            fast_path.build_sac(self)  # over flat parameters
+        else:
+            self.actor_opt = self.make_optimizer("actor", self.actor)
+            self.critic_opt = self.make_optimizer("critic", self.critic)
+            if self.auto_alpha:
+                self.alpha_opt = self.make_optimizer("temperature", [self.log_alpha])
 
     def networks(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
-    def optimizers(self) -> dict[str, torch.optim.Adam]:
-        opts = {"actor": self.actor_flat.opt, "critic": self.critic_flat.opt}
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = super().optimizers()
         if self.auto_alpha:
-            opts["ent_coef"] = self.alpha_opt
+            opts["temperature"] = self.alpha_opt
         return opts
 
     # -- acting ---------------------------------------------------------------------------------
@@ -146,52 +158,48 @@ class SAC(OffPolicyAgent):
         return squashed_sample(mean, log_std, self.gen)[0]
 
     # -- learning -------------------------------------------------------------------------------
-    @torch.no_grad()
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        cfg, crit = self.cfg, self.critic
+        if self.fast:
+            return fast_path.sac_update(self, batch)
+        cfg = self.cfg
         obs, next_obs = self.encode(batch["obs"]), self.encode(batch["next_obs"])
         actions, rewards, terminated = batch["actions"], batch["rewards"], batch["terminated"]
-        B = obs.shape[0]
         # this step's losses use alpha from before this step's temperature update (as SB3)
-        alpha = self.log_alpha.exp() if self.auto_alpha else self.alpha
+        alpha = self.log_alpha.detach().exp() if self.auto_alpha else self.alpha
 
         # y = r + gamma (1 - d) (min_i Q'_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
-        next_a, next_logp, _ = squashed_sample(*mean_log_std(self.actor.run(next_obs)[0]), self.gen)
-        next_q = self.critic_target.run(torch.cat((next_obs, next_a), -1))[..., 0]  # [2, B]
-        y = rewards + cfg.gamma * (1.0 - terminated) * (torch.amin(next_q, 0) - alpha * next_logp)
+        with torch.no_grad():
+            next_a, next_logp, _ = squashed_sample(*mean_log_std(self.actor(next_obs)[0]), self.gen)
+            next_q = self.critic_target(torch.cat((next_obs, next_a), -1))[..., 0]  # [2, B]
+            y = rewards + cfg.gamma * (1.0 - terminated) * (torch.amin(next_q, 0) - alpha * next_logp)
 
-        # a ~ pi(.|s), reparameterized, for the temperature and actor losses
-        mean, raw_log_std = self.actor.run(obs)[0].chunk(2, -1)  # (actor buffers: kept until its backward)
-        log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        a_pi, logp, noise = squashed_sample(mean, log_std, self.gen)
+        # a ~ pi(.|s), reparameterized (a differentiable function of the actor's output)
+        a_pi, logp, _ = squashed_sample(*mean_log_std(self.actor(obs)[0]), self.gen)
 
         if self.auto_alpha:
-            # J(alpha) = -log alpha * E[log pi(a|s) + H_target]  =>  dJ/dlog alpha = -E[log pi + H_target]
-            torch.neg(logp.mean() + self.target_entropy, out=self.log_alpha.grad)
+            # J(alpha) = E[-log alpha (log pi(a|s) + H_target)]   (eq. 18, on log alpha as SB3)
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.alpha_opt.zero_grad()
+            alpha_loss.backward()
             self.alpha_opt.step()
 
-        # J_Q = 1/2 sum_i E[(Q_i(s, a) - y)^2]  =>  dJ_Q/dQ_i = (Q_i - y) / B
-        td = crit.run(torch.cat((obs, actions), -1))[..., 0] - y  # [2, B]
-        critic_loss = 0.5 * td.pow(2).mean(1).sum()
-        crit.backward_run(td.div_(B).unsqueeze(-1))
-        self.critic_flat.opt.step()
+        # J_Q = 1/2 sum_i E[(Q_i(s, a) - y)^2]   (eq. 5, both critics)
+        q = self.critic(torch.cat((obs, actions), -1))[..., 0]  # [2, B]
+        critic_loss = 0.5 * (q - y).pow(2).mean(1).sum()
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        self.critic_opt.step()
 
-        # J_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)] through the updated critics (weights held
-        # constant). dJ/dQ_i is -1/B on the smaller critic of each sample; back through the critics:
-        q_pi = crit.run(torch.cat((obs, a_pi), -1))[..., 0]  # [2, B]
-        dq = torch.zeros_like(q_pi).scatter_(0, q_pi.argmin(0, keepdim=True), -1.0 / B)
-        da = crit.backward_run(dq.unsqueeze(-1), weight_grads=False, input_grad=True)[:, self.obs_dim:]
-        # ... then through the squashed Gaussian (eps fixed): d log pi/du = 2a, du/dmean = 1,
-        # du/dlog std = std * eps, d log pi/dlog std (direct) = -1, da/du = 1 - a^2:
-        du = (2.0 * alpha / B) * a_pi + da * (1.0 - a_pi * a_pi)
-        dlog_std = (du * noise - alpha / B) * ((raw_log_std >= LOG_STD_MIN) & (raw_log_std <= LOG_STD_MAX))
-        self.actor.backward_run(torch.cat((du, dlog_std), -1).unsqueeze(0))
-        self.actor_flat.opt.step()
+        # J_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)] through the updated critics   (eq. 7/12)
+        q_pi = self.critic(torch.cat((obs, a_pi), -1))[..., 0]  # [2, B]
+        actor_loss = (alpha * logp - torch.amin(q_pi, 0)).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()  # (also leaves gradients in the critics: cleared before their next step)
+        self.actor_opt.step()
 
         if (self.num_updates + 1) % cfg.target_update_interval == 0:
-            self.target_flat.polyak_from(self.critic_flat, cfg.tau)
-        actor_loss = (alpha * logp - torch.amin(q_pi, 0)).mean()
-        return {"loss": critic_loss, "actor_loss": actor_loss, "ent_coef": alpha}
+            polyak(self.critic_target, self.critic, cfg.tau)
+        return {"loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "ent_coef": alpha}
 
     # -- checkpoints ----------------------------------------------------------------------------
     def train_state(self) -> dict[str, Any]:

@@ -11,6 +11,9 @@ learned Q-function, with three fixes to DDPG's overestimation and variance:
 
 Exploration adds ``N(0, action_noise^2)`` to ``mu(s)`` in the ``[-1, 1]`` action space and clips.
 The critic loss is ``sum_i E[(Q_i(s, a) - y)^2]`` (SB3's; the paper's is the same per critic).
+:meth:`TD3.update` is the reference (plain autograd); the default ``fast`` path
+(:func:`archlab.rl.fast_offpolicy.td3_update`, hand-written backward passes) makes the same updates,
+tested equal to it. Optimizers: the engine's, trainables ``actor`` and ``critic`` (SB3's Adam at 1e-3).
 
     agent = archlab.rl.TD3("Pendulum-v1", seed=0)
     agent.learn(20_000)
@@ -26,15 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .offpolicy import Flat, OffPolicyAgent, OffPolicyConfig
+from . import fast_offpolicy as fast_path
+from .offpolicy import OffPolicyAgent, OffPolicyConfig, polyak
 
 
 @dataclasses.dataclass
 class TD3Config(OffPolicyConfig):
     """TD3's hyperparameters (defaults: Stable-Baselines3's, plus rl-zoo's exploration noise)."""
 
-    learning_rate: float = 1e-3
-    """Adam step size of the actor and the critics."""
     net_arch: list[int] = dataclasses.field(default_factory=lambda: [400, 300])
     """Hidden layer widths of the actor and of each critic (the paper's 400, 300)."""
     policy_delay: int = 2
@@ -61,6 +63,11 @@ class TD3(OffPolicyAgent):
     algo = "td3"
     Config = TD3Config
     cfg: TD3Config
+    optim_defaults = {"name": "adam", "lr": 1e-3}  # SB3's TD3, actor and critics
+
+    @classmethod
+    def trainable_names(cls, cfg: TD3Config) -> tuple[str, ...]:
+        return ("actor", "critic")
 
     def build_networks(self) -> None:
         cfg, dev = self.cfg, self.device
@@ -70,19 +77,19 @@ class TD3(OffPolicyAgent):
         self.critic = self.mlp(2, [self.obs_dim + self.act_dim, *cfg.net_arch, 1])
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_flat = Flat(self.actor, cfg.learning_rate)
-        self.critic_flat = Flat(self.critic, cfg.learning_rate)
-        self.actor_target_flat = Flat(self.actor_target)
-        self.critic_target_flat = Flat(self.critic_target)
+        # the engine's optimizers of [optim.actor] and [optim.critic]
+        self.fast = cfg.fast
+        if self.fast:
+            fast_path.build_td3(self)  # over flat parameters
+        else:
+            self.actor_opt = self.make_optimizer("actor", self.actor)
+            self.critic_opt = self.make_optimizer("critic", self.critic)
         self.actor_loss = torch.zeros((), device=dev)
         """The last actor loss (the actor is not updated every step)."""
 
     def networks(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
                 "critic_target": self.critic_target}
-
-    def optimizers(self) -> dict[str, torch.optim.Adam]:
-        return {"actor": self.actor_flat.opt, "critic": self.critic_flat.opt}
 
     # -- acting ---------------------------------------------------------------------------------
     def explore(self, obs: torch.Tensor) -> np.ndarray:
@@ -96,39 +103,38 @@ class TD3(OffPolicyAgent):
 
     # -- learning -------------------------------------------------------------------------------
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        cfg, crit = self.cfg, self.critic
+        if self.fast:
+            return fast_path.td3_update(self, batch)
+        cfg = self.cfg
         obs, next_obs = self.encode(batch["obs"]), self.encode(batch["next_obs"])
         actions, rewards, terminated = batch["actions"], batch["rewards"], batch["terminated"]
-        B = obs.shape[0]
 
         with torch.no_grad():
             # target policy smoothing: a' = clip(mu'(s') + clip(eps, -c, c), -1, 1), eps ~ N(0, sigma)
-            eps = torch.randn(actions.shape, generator=self.gen, device=actions.device)
-            eps = eps.mul_(cfg.target_policy_noise).clamp_(-cfg.target_noise_clip, cfg.target_noise_clip)
-            next_a = torch.tanh(self.actor_target.run(next_obs)[0]).add_(eps).clamp_(-1.0, 1.0)
+            eps = torch.randn(actions.shape, generator=self.gen, device=actions.device) * cfg.target_policy_noise
+            eps = eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
+            next_a = (torch.tanh(self.actor_target(next_obs)[0]) + eps).clamp(-1.0, 1.0)
             # clipped double Q: y = r + gamma (1 - d) min_i Q'_i(s', a')
-            next_q = self.critic_target.run(torch.cat((next_obs, next_a), -1))[..., 0]  # [2, B]
+            next_q = self.critic_target(torch.cat((next_obs, next_a), -1))[..., 0]  # [2, B]
             y = rewards + cfg.gamma * (1.0 - terminated) * torch.amin(next_q, 0)
 
-        # J_Q = sum_i E[(Q_i(s, a) - y)^2]  =>  dJ_Q/dQ_i = 2 (Q_i - y) / B
-        td = crit.run(torch.cat((obs, actions), -1))[..., 0] - y  # [2, B]
-        critic_loss = td.pow(2).mean(1).sum()
-        crit.backward_run(td.mul_(2.0 / B).unsqueeze(-1))
-        self.critic_flat.opt.step()
+        # J_Q = sum_i E[(Q_i(s, a) - y)^2]
+        q = self.critic(torch.cat((obs, actions), -1))[..., 0]  # [2, B]
+        critic_loss = (q - y).pow(2).mean(1).sum()
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        self.critic_opt.step()
 
         if (self.num_updates + 1) % cfg.policy_delay == 0:
-            # deterministic policy gradient through Q_1 (weights constant): J = -E[Q_1(s, mu(s))]
-            a = torch.tanh(self.actor.run(obs)[0])
-            q1 = crit.run(torch.cat((obs, a), -1), n=1)[0, :, 0]
-            dq = torch.full((1, B, 1), -1.0 / B, device=obs.device)
-            da = crit.backward_run(dq, weight_grads=False, input_grad=True)[:, self.obs_dim:]
-            # through the tanh: d tanh(o)/do = 1 - tanh(o)^2
-            self.actor.backward_run((da * (1.0 - a * a)).unsqueeze(0))
-            self.actor_flat.opt.step()
-            self.actor_loss = -q1.mean()
-            self.critic_target_flat.polyak_from(self.critic_flat, cfg.tau)
-            self.actor_target_flat.polyak_from(self.actor_flat, cfg.tau)
-        return {"loss": critic_loss, "actor_loss": self.actor_loss}
+            # deterministic policy gradient through Q_1: J = -E[Q_1(s, mu(s))]
+            actor_loss = -self.critic(torch.cat((obs, torch.tanh(self.actor(obs)[0])), -1))[0, :, 0].mean()
+            self.actor_opt.zero_grad()
+            actor_loss.backward()
+            self.actor_opt.step()
+            self.actor_loss = actor_loss.detach()
+            polyak(self.critic_target, self.critic, cfg.tau)
+            polyak(self.actor_target, self.actor, cfg.tau)
+        return {"loss": critic_loss.detach(), "actor_loss": self.actor_loss}
 
     # -- checkpoints ----------------------------------------------------------------------------
     def train_state(self) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """Reinforcement learning on the engine: an agent's ``iteration()`` is the driver's step.
 
+Optimizers: every algorithm names its trainables (on-policy ``policy``, DQN ``q``, SAC ``actor``,
+``critic`` and ``temperature``, TD3 ``actor`` and ``critic``); ``[optim]`` sets keys shared by all of
+them and ``[optim.NAME]`` one, over the algorithm's defaults (Stable-Baselines3's). Schedules count
+environment steps (``linear`` decays to ``lr * min_lr_ratio`` at ``train.steps``).
+
 One driver step = one algorithm iteration (a PPO rollout + its epochs, a chunk of DQN env steps and
 gradient steps, an A3C round ...). Everything in the recipe counts *environment steps* (all env copies
 together): ``train.steps`` is the budget, ``train.eval_every`` and ``train.checkpoint_every`` are
@@ -63,7 +68,7 @@ def make_agent(recipe: Recipe, seed: int | None = None, device: str = "cpu") -> 
     env = recipe.tables["env"]
     cls = get_algo(recipe.model_name)
     return cls(env.id, seed=recipe.seed if seed is None else seed, device=device, env_options=env.options,
-               total_steps=recipe.train.steps, **recipe.model_config)
+               total_steps=recipe.train.steps, optim=recipe.optim, **recipe.model_config)
 
 
 @register_loop("rl")
@@ -74,11 +79,21 @@ class ReinforcementLearning(Loop):
     model_families = ("rl",)
     uses_data = False
     tables = {"env": EnvConfig}
-    trainables = ()  # each algorithm builds its optimizers from its [algo] hyperparameters
+    # Every name an algorithm may use; each algorithm declares its own (trainables_for): on-policy
+    # "policy", DQN "q", SAC "actor" + "critic" + "temperature", TD3 "actor" + "critic", Q-learning none.
+    trainables = ("policy", "q", "actor", "critic", "temperature")
     metrics = ("eval_return_mean", "eval_return_std", "train_return_mean", "episodes", "env_steps",
                "val_return_mean", "val_return_std")
     monitor = ("val_return_mean", "max")
     progress_keys = ("env_steps", "episodes", "return", "steps_per_s")
+
+    @classmethod
+    def trainables_for(cls, model_name: str, model_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The algorithm's optimizers (``[optim.NAME]``) with its own defaults (SB3's: e.g. A2C's
+        RMSprop at 7e-4, DQN's Adam at 1e-4); the algorithm has checked its ``[algo]`` keys already."""
+        from ..rl import get_algo
+
+        return get_algo(model_name).trainables_for(model_config)
 
     @classmethod
     def build_model(cls, recipe: Recipe, data: Any, device: torch.device) -> Any:

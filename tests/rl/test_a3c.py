@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import archlab.rl
+from archlab.engine.optim import OptimConfig
 from archlab.errors import ArchlabError
 from archlab.rl.a3c import A3C, SharedOptimizer
 
@@ -223,7 +224,7 @@ def test_spawn_start_method() -> None:
 def test_shared_optimizer_matches_torch_optim(name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     p0 = torch.randn(50, generator=gen)
-    ours = SharedOptimizer(name, p0.clone(), eps=1e-5, alpha=0.99).share_memory_()
+    ours = SharedOptimizer(OptimConfig(name=name, eps=1e-5, alpha=0.99), p0.clone()).share_memory_()
     ref_p = torch.nn.Parameter(p0.clone())
     ref = (torch.optim.RMSprop([ref_p], lr=1e-2, alpha=0.99, eps=1e-5, foreach=False) if name == "rmsprop"
            else torch.optim.Adam([ref_p], lr=1e-2, eps=1e-5, foreach=False))

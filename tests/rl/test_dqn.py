@@ -1,5 +1,6 @@
 """DQN (with Double and dueling options) and the replay buffer: learning a toy env, determinism, save/load,
-bit-exact resume, the hand-written backward pass against autograd, and one-line errors."""
+bit-exact resume, the fast path's hand-written backward pass against autograd, and one-line errors
+(the whole fast path against the reference: test_fast_offpolicy.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from archlab.errors import ArchlabError
 from archlab.rl.buffers import ReplayBuffer
 from archlab.rl.dqn import DQN, QNetwork
 from archlab.rl.fast import FlatParams
+from archlab.rl.fast_offpolicy import dqn_backward_huber, dqn_forward, linear_layers
 
 FAST = dict(net_arch=[32], learning_rate=3e-3, learning_starts=100, batch_size=32, train_freq=10, gradient_steps=5,
             target_update_interval=100, exploration_fraction=0.3, exploration_final_eps=0.02, gamma=0.5)
@@ -36,7 +38,7 @@ def test_same_seed_same_run() -> None:
     for _ in range(2):
         agent = DQN("CartPole-v1", seed=3, n_envs=2, **CARTPOLE)
         agent.learn(600, progress=False)
-        runs.append(([r for _, r, _ in agent.episodes], agent.flat.param.clone()))
+        runs.append(([r for _, r, _ in agent.episodes], agent.fast.flat.param.clone()))
     assert runs[0][0] == runs[1][0] and len(runs[0][0]) > 5
     assert torch.equal(runs[0][1], runs[1][1])
 
@@ -67,8 +69,8 @@ def test_resume_is_bit_exact(options: dict) -> None:
     while resumed.num_steps < 800:
         resumed.iteration()
     assert [r for _, r, _ in resumed.episodes] == [r for _, r, _ in full.episodes]
-    assert torch.equal(resumed.flat.param, full.flat.param)
-    assert torch.equal(resumed.target_flat.param, full.target_flat.param)
+    assert torch.equal(resumed.fast.flat.param, full.fast.flat.param)
+    assert torch.equal(resumed.fast.target_flat.param, full.fast.target_flat.param)
     assert resumed.num_updates == full.num_updates
 
 
@@ -87,17 +89,17 @@ def test_target_updates() -> None:
     agent = DQN("CartPole-v1", seed=0, learning_starts=0, train_freq=4, gradient_steps=3, target_update_interval=4,
                 net_arch=[8])
     agent.iteration()  # copies (nothing trained yet), then 3 gradient steps
-    assert agent.num_updates == 3 and not torch.equal(agent.flat.param, agent.target_flat.param)
-    before = agent.flat.param.clone()
+    assert agent.num_updates == 3 and not torch.equal(agent.fast.flat.param, agent.fast.target_flat.param)
+    before = agent.fast.flat.param.clone()
     agent.iteration()  # copies the weights after those 3 steps, then trains on
-    assert torch.equal(agent.target_flat.param, before)
+    assert torch.equal(agent.fast.target_flat.param, before)
     # Soft: theta' <- (1 - tau) theta' + tau theta.
     soft = DQN("CartPole-v1", seed=0, tau=0.25, net_arch=[8])
     with torch.no_grad():
-        soft.flat.param.add_(1.0)
-    old = soft.target_flat.param.clone()
+        soft.fast.flat.param.add_(1.0)
+    old = soft.fast.target_flat.param.clone()
     soft.update_target()
-    assert torch.allclose(soft.target_flat.param, 0.75 * old + 0.25 * soft.flat.param)
+    assert torch.allclose(soft.fast.target_flat.param, 0.75 * old + 0.25 * soft.fast.flat.param)
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
@@ -113,10 +115,11 @@ def test_manual_backward_matches_autograd(activation: str, dueling: bool, n_obs:
     flat.zero_grad()
     loss.backward()
     expected = flat.param.grad.clone()
-    values, inputs = q.forward_train(x)
+    layers = linear_layers(q)
+    values, inputs = dqn_forward(q, layers, x)
     assert torch.allclose(values, q(x).detach())
-    flat.param.grad.fill_(123.0)  # backward_huber overwrites, never accumulates
-    manual = q.backward_huber(values, inputs, actions, y)
+    flat.param.grad.fill_(123.0)  # dqn_backward_huber overwrites, never accumulates
+    manual = dqn_backward_huber(q, layers, values, inputs, actions, y)
     assert torch.allclose(manual, loss.detach())
     assert torch.allclose(flat.param.grad, expected, atol=1e-6)
 
@@ -203,4 +206,4 @@ def test_numpy_acting_matches_torch(env: str, options: dict) -> None:
     top2 = q.topk(2, 1).values
     clear = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()  # leave out near-ties, where rounding may differ
     assert clear.sum() > len(obs) // 2
-    assert np.array_equal(agent.greedy_numpy(obs)[clear], q.argmax(1).numpy()[clear])
+    assert np.array_equal(agent.fast.greedy(obs)[clear], q.argmax(1).numpy()[clear])

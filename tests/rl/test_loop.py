@@ -23,7 +23,9 @@ n_envs = 2
 n_steps = 32
 batch_size = 32
 n_epochs = 2
-learning_rate = 1e-3
+
+[optim]
+lr = 1e-3
 
 [env]
 id = "CartPole-v1"
@@ -112,6 +114,12 @@ def test_rollout_writes_a_gif(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (("n_epochs = 2", "n_epoch = 2"), "unknown key algo.n_epoch"),
     (("[env]", "[data]\nname = 'digits'\n[env]"), "unknown key data in recipe for loop 'rl'"),
     (("eval_episodes = 3", "eval_episodes = 0"), "eval_episodes must be in [1, 10000]"),
+    (("n_epochs = 2", "n_epochs = 2\nlearning_rate = 1e-3"), "algo.learning_rate has moved to optim.lr"),
+    (("n_epochs = 2", "n_epochs = 2\nlr_schedule = 'linear'"), "algo.lr_schedule has moved to optim.schedule"),
+    (("n_epochs = 2", "n_epochs = 2\noptimizer_eps = 1e-5"), "algo.optimizer_eps has moved to optim.eps"),
+    (("lr = 1e-3", "lr = 1e-3\n[optim.critic]\nlr = 1e-4"), "optim.critic: loop 'rl' has no optimizer 'critic'; "
+                                                             "its optimizers: policy"),
+    (("lr = 1e-3", "lr = -1.0"), "lr must be a number in [0, 100]"),
 ])
 def test_bad_rl_recipes_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            edit: tuple[str, str], fragment: str) -> None:

@@ -1,5 +1,6 @@
 """SAC and TD3 (and what they share in offpolicy.py): learning a toy env, determinism, save/load,
-bit-exact resume, the hand-written backward passes against autograd, the squashed-Gaussian density
+bit-exact resume, the fast path's stacked-MLP backward pass against autograd (whole updates of the
+fast path against the reference: test_fast_offpolicy.py), the squashed-Gaussian density
 against torch.distributions, action scaling, and one-line errors."""
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import io
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
 
 from archlab.errors import ArchlabError
+from archlab.rl.fast_offpolicy import StackedRunner
 from archlab.rl.networks import squashed_gaussian
 from archlab.rl.offpolicy import StackedMLP
-from archlab.rl.sac import SAC, mean_log_std, squashed_sample
+from archlab.rl.sac import SAC, squashed_sample
 from archlab.rl.td3 import TD3
 
 ALGOS = {"sac": SAC, "td3": TD3}
@@ -124,8 +125,8 @@ def test_squashed_gaussian_log_prob_matches_torch_distributions() -> None:
 @pytest.mark.parametrize("n_used", [1, 2])
 def test_stacked_mlp_backward_matches_autograd(activation: str, n_used: int) -> None:
     torch.manual_seed(0)
-    net = StackedMLP(2, [5, 16, 12, 3], activation)
-    ref = copy.deepcopy(net)
+    ref = StackedMLP(2, [5, 16, 12, 3], activation)
+    net = StackedRunner(copy.deepcopy(ref))
     x = torch.randn(7, 5)
     grad_out = torch.randn(n_used, 7, 3)
     out = net.run(x, n=n_used)
@@ -135,7 +136,7 @@ def test_stacked_mlp_backward_matches_autograd(activation: str, n_used: int) -> 
     assert torch.allclose(out, out_ref, atol=1e-6)
     (out_ref * grad_out).sum().backward()
     assert torch.allclose(dx, x_ref.grad, atol=1e-6)
-    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+    for p, q in zip(net.net.parameters(), ref.parameters(), strict=True):
         assert torch.allclose(p.grad[:n_used], q.grad[:n_used], atol=1e-6)
     assert net.backward_run(grad_out, weight_grads=False) is None
 
@@ -143,10 +144,10 @@ def test_stacked_mlp_backward_matches_autograd(activation: str, n_used: int) -> 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_stacked_mlp_bfloat16_is_close_to_float32(activation: str) -> None:
     torch.manual_seed(0)
-    low = StackedMLP(2, [4, 64, 64, 1], activation, hidden_dtype=torch.bfloat16)
+    net = StackedMLP(2, [4, 64, 64, 1], activation)
+    low = StackedRunner(net, hidden_dtype=torch.bfloat16)
     assert low.dtypes == [torch.float32, torch.bfloat16, torch.float32]
-    ref = StackedMLP(2, [4, 64, 64, 1], activation)
-    ref.load_state_dict(low.state_dict())
+    ref = StackedRunner(copy.deepcopy(net))
     x, grad_out = torch.randn(128, 4), torch.randn(2, 128, 1)
     out, out_ref = low.run(x).clone(), ref.run(x).clone()
     dx, dx_ref = low.backward_run(grad_out, input_grad=True), ref.backward_run(grad_out, input_grad=True)
@@ -155,84 +156,8 @@ def test_stacked_mlp_bfloat16_is_close_to_float32(activation: str) -> None:
         return float((a - b).norm() / b.norm())
 
     assert rel(out, out_ref) < 0.02 and rel(dx, dx_ref) < 0.1
-    for p, q in zip(low.parameters(), ref.parameters(), strict=True):
+    for p, q in zip(low.net.parameters(), ref.net.parameters(), strict=True):
         assert p.grad.dtype == torch.float32 and rel(p.grad, q.grad) < 0.1
-
-
-def _batch(agent) -> dict[str, torch.Tensor]:
-    return agent.buffer.sample(64, np.random.default_rng(1))
-
-
-def test_sac_update_matches_autograd_reference() -> None:
-    """One SAC gradient step (hand-written backward passes) == the same step with autograd losses
-    written as in SB3 (temperature, then critics, then the actor through the updated critics)."""
-    hp = dict(net_arch=[32, 32], learning_starts=50, batch_size=64)
-    ours = SAC("Pendulum-v1", seed=0, **hp)
-    ours.learn(120, progress=False)
-    ref = SAC("Pendulum-v1", seed=0, **hp)
-    ref.load_state_dict(copy.deepcopy(ours.state_dict()))
-    batch = _batch(ours)
-    stats = ours.update(batch)
-
-    obs, next_obs, actions = batch["obs"], batch["next_obs"], batch["actions"]
-    alpha = ref.log_alpha.detach().exp()
-    with torch.no_grad():
-        next_a, next_logp = squashed_gaussian(*mean_log_std(ref.actor(next_obs)[0]), ref.gen)
-        next_q = torch.amin(ref.critic_target(torch.cat((next_obs, next_a), -1))[..., 0], 0)
-        y = batch["rewards"] + ref.cfg.gamma * (1 - batch["terminated"]) * (next_q - alpha * next_logp)
-    a_pi, logp = squashed_gaussian(*mean_log_std(ref.actor(obs)[0]), ref.gen)
-    (-(ref.log_alpha * (logp + ref.target_entropy).detach()).mean()).backward()
-    ref.alpha_opt.step()
-    q = ref.critic(torch.cat((obs, actions), -1))[..., 0]
-    critic_loss = 0.5 * (F.mse_loss(q[0], y) + F.mse_loss(q[1], y))
-    ref.critic_flat.flat.zero_grad()
-    critic_loss.backward()
-    ref.critic_flat.opt.step()
-    actor_loss = (alpha * logp - torch.amin(ref.critic(torch.cat((obs, a_pi), -1))[..., 0], 0)).mean()
-    ref.actor_flat.flat.zero_grad()
-    actor_loss.backward()
-    ref.actor_flat.opt.step()
-    ref.target_flat.polyak_from(ref.critic_flat, ref.cfg.tau)
-
-    assert torch.allclose(stats["loss"], critic_loss, rtol=1e-5)
-    assert torch.allclose(stats["actor_loss"], actor_loss, rtol=1e-5)
-    assert torch.allclose(ours.log_alpha, ref.log_alpha)
-    for flat in ("actor_flat", "critic_flat", "target_flat"):
-        assert torch.allclose(getattr(ours, flat).param, getattr(ref, flat).param, atol=1e-6), flat
-
-
-def test_td3_update_matches_autograd_reference() -> None:
-    hp = dict(net_arch=[32, 32], learning_starts=50, batch_size=64, policy_delay=1)
-    ours = TD3("Pendulum-v1", seed=0, **hp)
-    ours.learn(120, progress=False)
-    ref = TD3("Pendulum-v1", seed=0, **hp)
-    ref.load_state_dict(copy.deepcopy(ours.state_dict()))
-    batch = _batch(ours)
-    stats = ours.update(batch)
-
-    cfg, obs, next_obs = ref.cfg, batch["obs"], batch["next_obs"]
-    with torch.no_grad():
-        eps = torch.randn(batch["actions"].shape, generator=ref.gen) * cfg.target_policy_noise
-        eps = eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
-        next_a = (torch.tanh(ref.actor_target(next_obs)[0]) + eps).clamp(-1, 1)
-        next_q = torch.amin(ref.critic_target(torch.cat((next_obs, next_a), -1))[..., 0], 0)
-        y = batch["rewards"] + cfg.gamma * (1 - batch["terminated"]) * next_q
-    q = ref.critic(torch.cat((obs, batch["actions"]), -1))[..., 0]
-    critic_loss = F.mse_loss(q[0], y) + F.mse_loss(q[1], y)
-    ref.critic_flat.flat.zero_grad()
-    critic_loss.backward()
-    ref.critic_flat.opt.step()
-    actor_loss = -ref.critic(torch.cat((obs, torch.tanh(ref.actor(obs)[0])), -1))[0, :, 0].mean()
-    ref.actor_flat.flat.zero_grad()
-    actor_loss.backward()
-    ref.actor_flat.opt.step()
-    ref.critic_target_flat.polyak_from(ref.critic_flat, cfg.tau)
-    ref.actor_target_flat.polyak_from(ref.actor_flat, cfg.tau)
-
-    assert torch.allclose(stats["loss"], critic_loss, rtol=1e-5)
-    assert torch.allclose(stats["actor_loss"], actor_loss, rtol=1e-5)
-    for flat in ("actor_flat", "critic_flat", "actor_target_flat", "critic_target_flat"):
-        assert torch.allclose(getattr(ours, flat).param, getattr(ref, flat).param, atol=1e-6), flat
 
 
 def test_action_scaling_and_truncation_bootstrap() -> None:
