@@ -123,14 +123,3 @@ def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor,
     logp = gaussian_log_prob(mean, log_std, u)
     logp = logp - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
     return torch.tanh(u), logp
-
-
-def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """theta_target <- (1 - tau) theta_target + tau theta (soft target update); tau = 1 copies."""
-    with torch.no_grad():
-        t_params = list(target.parameters())
-        s_params = list(source.parameters())
-        if tau == 1.0:
-            torch._foreach_copy_(t_params, s_params)
-        else:
-            torch._foreach_lerp_(t_params, s_params, tau)
