@@ -11,11 +11,11 @@ axis per wire; the amplitude of basis state ``|b_0 ... b_{n-1}>`` sits at index 
 so wire 0 is the most significant bit of the flattened index (PennyLane's convention).
 
 **Gates.** A k-qubit gate is a 2^k x 2^k matrix U acting on k wires. Applying it never builds a 2^n x 2^n
-matrix: the touched axes are moved last, the state is viewed as (B, 2^(n-k), 2^k), and
-
-    psi'[b, r, i] = sum_j U[b, i, j] psi[b, r, j]
-
-is one batched matrix product; the axes are then moved back. Cost O(B 2^n 2^k) per gate.
+matrix. A single-qubit gate on wire w views the state as (B, 2^w, 2, 2^(n-w-1)) and mixes the two
+halves, ``psi'[., a, i, r] = sum_j U[i, j] psi[., a, j, r]``; a controlled gate applies its 2 x 2 block
+to the half of the state where the control is 1 (CNOT just flips that half); other gates move the
+touched axes last, view the state as (B, 2^(n-k), 2^k) and do one batched matrix product. Cost
+O(B 2^n 2^k) per gate. Runs of single-qubit gates on one wire are first multiplied into one 2 x 2 matrix.
 
 **Batches.** A parameter may be a tensor of shape () or (B,); a batched parameter simulates B circuits
 at once (same gates, B angles) and ``state``/``expval``/``probs`` gain a leading B axis.

@@ -7,4 +7,4 @@ from . import diffusion, elbo, image_gan  # noqa: F401  (generative models; arch
 from . import darts  # noqa: F401  (architecture search; archlab.models.search)
 from . import episodic, stream  # noqa: F401  (meta-learning: archlab.meta; continual: archlab.continual)
 from . import ssl  # noqa: F401  (self-supervised pretraining; archlab.models.ssl)
-from . import qaoa, vqe  # noqa: F401  (variational quantum algorithms; archlab.quantum)
+from . import born, qaoa, vqe  # noqa: F401  (variational quantum algorithms; archlab.quantum)

@@ -3,4 +3,4 @@
 Importing this package registers every model of the ``quantum`` family.
 """
 
-from . import hybrid, qaoa_maxcut, reuploading, vqe_h2  # noqa: F401
+from . import born_machine, hybrid, qaoa_maxcut, reuploading, vqe_h2  # noqa: F401
