@@ -59,7 +59,8 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
 
 def test_methods_listed():
     assert set(E.methods()) >= {"saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift",
-                                "gradcam", "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime"}
+                                "gradcam", "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime",
+                                "deep_shap", "attention_rollout"}
 
 
 # ----------------------------------------------------------------------------- equal to Captum
@@ -88,6 +89,16 @@ def test_deeplift_equal_captum():
         model, x, t = cnn(act=act)
         base = 0.1 * torch.randn(4, 1, 8, 8)
         close(E.attribute(model, x, t, "deeplift", baselines=base), C.DeepLift(model).attribute(x, base, t))
+
+
+def test_deep_shap_equal_captum_and_sums_to_mean_delta():
+    C = captum_attr()
+    model, x, t = cnn(act=nn.Tanh)
+    background = torch.rand(5, 1, 8, 8)
+    ours = E.attribute(model, x, t, "deep_shap", baselines=background)
+    close(ours, C.DeepLiftShap(model).attribute(x, background, t))
+    delta = model(x).gather(1, t[:, None])[:, 0] - model(background)[:, t].mean(0)
+    close(ours.sum((1, 2, 3)), delta.detach(), 1e-5)
 
 
 def test_gradcam_and_guided_gradcam_equal_captum():
@@ -263,6 +274,8 @@ def test_registered_lenet_default_layer_and_every_method_runs():
     x = torch.randn(2, 1, 28, 28)
     for name in set(E.methods()) - {"attention_rollout"}:   # LeNet has no attention
         options = {"sliding_window_shapes": (1, 7, 7), "strides": 7} if name == "occlusion" else {}
+        if name == "deep_shap":
+            options["baselines"] = torch.randn(3, 1, 28, 28)
         if name in ("shapley", "kernel_shap", "lime"):
             options["feature_mask"] = (torch.arange(28)[:, None] // 14 * 2 + torch.arange(28)[None] // 14)[None]
             if name != "shapley":
