@@ -378,3 +378,39 @@ def test_method_comparison_plot(tmp_path):
     rows = [{"label": "simclr", "wall_s": 10.0, "linear": 0.6, "knn": 0.5},
             {"label": "random init", "wall_s": 0.0, "linear": 0.4, "knn": 0.5}]
     assert plot_methods(rows, tmp_path / "m.png", "t").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------------------------- SwAV
+
+
+def test_sinkhorn_codes_have_the_required_marginals():
+    from archlab.models.ssl.swav import sinkhorn
+
+    torch.manual_seed(8)
+    scores = torch.randn(12, 4, dtype=torch.float64)
+    q = sinkhorn(scores, 0.5, 3)
+    assert torch.allclose(q.sum(1), torch.ones(12, dtype=torch.float64), atol=1e-4)   # one unit per example
+    q = sinkhorn(scores, 0.5, 200)
+    assert torch.allclose(q.sum(0), torch.full((4,), 3.0, dtype=torch.float64), atol=1e-4)  # B / K per prototype
+    assert torch.allclose(q.sum(1), torch.ones(12, dtype=torch.float64), atol=1e-4)
+    assert (q >= 0).all()
+
+
+def test_swav_loss_is_the_swapped_cross_entropy_and_prototypes_stay_unit_norm():
+    from archlab.models.ssl.swav import sinkhorn
+
+    model = _tiny("swav", num_prototypes=5, proj_batch_norm=False).train()
+    x1, x2 = torch.randn(6, 16), torch.randn(6, 16)
+    loss = model.ssl_loss(x1, x2)
+    assert torch.allclose(model.prototypes.weight.norm(dim=1), torch.ones(5), atol=1e-6)
+    with torch.no_grad():
+        s1, s2 = model(x1), model(x2)
+    cfg = model.config
+    q1, q2 = sinkhorn(s1, cfg.epsilon, cfg.sinkhorn_iterations), sinkhorn(s2, cfg.epsilon, cfg.sinkhorn_iterations)
+    expected = -0.5 * sum(float(q2[n] @ F.log_softmax(s1[n] / cfg.temperature, 0)
+                                + q1[n] @ F.log_softmax(s2[n] / cfg.temperature, 0)) for n in range(6)) / 6
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_swav_loop_resumes_bit_exactly(assert_resume_exact):
+    assert_resume_exact(_recipe("swav", num_prototypes=20))
