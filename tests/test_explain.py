@@ -500,3 +500,30 @@ def test_tcav_recovers_a_planted_concept_and_its_t_test_matches_scipy():
     assert abs(t - ref.statistic) < 1e-9 and abs(p - ref.pvalue) < 1e-6
     with pytest.raises(ArchlabError, match="random sets"):
         tcav(model, "1", inputs, 0, concept, randoms[:2])
+
+
+def test_roar_random_removal_keeps_the_signal_a_good_map_removes_it():
+    from archlab.explain.roar import remove_top, roar
+
+    # the class is written in pixel (0, 0) of a 4x4 image, the rest is noise
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (400,), generator=gen)
+    x = torch.randn(400, 1, 4, 4, generator=gen) * 0.1
+    x[:, 0, 0, 0] = 2.0 * y - 1.0
+
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+
+    def good(v: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:   # ranks the informative pixel first
+        m = torch.zeros_like(v)
+        m[:, :, 0, 0] = 1.0
+        return m
+
+    acc = roar(build, good, x[:300], y[:300], x[300:], y[300:], fractions=(0.1,), epochs=20)
+    assert acc[0.0] > 0.95 and acc[0.1] < 0.7        # the one informative pixel is gone: chance level
+    noise = torch.Generator().manual_seed(1)
+    rand = roar(build, lambda v, _t: torch.rand(v.shape, generator=noise), x[:300], y[:300], x[300:], y[300:],
+                fractions=(0.1,), epochs=20)
+    assert rand[0.1] > 0.8                            # 2 random pixels of 16: the signal mostly survives
+    filled = remove_top(x[:2], -good(x[:2], None), 1 / 16, torch.tensor([5.0]))
+    assert (filled[:, 0, 0, 0] == x[:2, 0, 0, 0]).all() and (filled == 5.0).sum() == 2

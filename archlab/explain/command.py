@@ -14,6 +14,11 @@ With ``--tcav N`` it tests drawn concepts (horizontal stroke, vertical stroke, d
 loop; :func:`concept_images`) for every class with TCAV (:mod:`archlab.explain.tcav`) at ``--layer``,
 against 10 sets of random training images: ``OUT.json`` and ``OUT.md``.
 
+With ``--roar N`` it runs remove-and-retrain (Hooker et al. 2019, :mod:`archlab.explain.roar`): the maps
+of the run's model (for the true class) rank the pixels of the first N training and N/5 test images; for
+10/30/50/70/90% removed a fresh model of the run's architecture is retrained (3 epochs, Adam) and tested;
+a random ranking is always included: ``OUT.json``, ``OUT.md``, ``OUT.png``.
+
 With ``--faithfulness N`` the command instead scores every method (and a random ranking) on the first N
 examples of the split with deletion and insertion curves (:mod:`archlab.explain.faithfulness`) and
 writes ``OUT.json`` (areas: mean and standard error per method), ``OUT.md`` (the table) and ``OUT.png``
@@ -61,6 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--samples", type=int, default=512, help="KernelSHAP / LIME coalitions (default 512)")
     s.add_argument("--faithfulness", type=int, metavar="N", help="score deletion/insertion on the first N examples")
     s.add_argument("--sanity", type=int, metavar="N", help="cascading randomization check on the first N examples")
+    s.add_argument("--roar", type=int, metavar="N", help="remove-and-retrain on the first N training images "
+                   "(and N/5 test images), 10-90%% removed, 3 epochs per retrain")
     s.add_argument("--tcav", type=int, metavar="N", help="TCAV of drawn stroke/loop concepts for every class, "
                    "N test inputs per class")
     s.add_argument("--layer", help="layer for Grad-CAM and TCAV (dotted name; default: the last conv block)")
@@ -165,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     if args.sanity:
         prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("sanity")
         return sanity_report(model, split, names, background, args, prefix)
+    if args.roar:
+        prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("roar")
+        return roar_report(model, data, names, background, args, prefix)
     if args.tcav:
         prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("tcav")
         return tcav_report(model, data, background, args, prefix)
@@ -389,4 +399,60 @@ def tcav_report(model: torch.nn.Module, data: Any, background: float, args: argp
                                                  for k in classes) + " |")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {prefix.with_suffix('.json')}, .md")
+    return 0
+
+
+def roar_report(model: torch.nn.Module, data: Any, names: list[str], background: float, args: argparse.Namespace,
+                prefix: Path) -> int:
+    """ROAR test accuracies per method and fraction removed (plus a random ranking)."""
+    from .. import config as _config
+    from ..registry import create
+    from .roar import roar
+
+    n = min(args.roar, len(data.train))
+    train_x, train_y = data.train.x[:n], data.train.y[:n]
+    test_x, test_y = data.test.x[:max(1, n // 5)], data.test.y[:max(1, n // 5)]
+    config = _config.to_dict(model.config)
+
+    def build() -> torch.nn.Module:
+        return create(model.registry_name, **config)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    table: dict[str, dict[str, float]] = {}
+    for name in ["random", *names]:
+        t0 = time.perf_counter()
+
+        def explain(x: torch.Tensor, y: torch.Tensor, name: str = name) -> torch.Tensor:
+            if name == "random":
+                return torch.rand(x.shape, generator=gen)
+            return maps(model, x, y, name, background, args)
+
+        acc = roar(build, explain, train_x, train_y, test_x, test_y, seed=args.seed)
+        table[name] = {f"{f:.1f}": a for f, a in acc.items()} | {"seconds": round(time.perf_counter() - t0, 1)}
+        print(f"{name:22s} " + "  ".join(f"{f:.0%}:{a:.3f}" for f, a in acc.items()), flush=True)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"train_images": n, "test_images": len(test_x), "epochs": 3, "seed": args.seed, "run_dir": str(args.run_dir),
+            "fill": "training per-channel mean", "explained_class": "true label"}
+    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "methods": table}, indent=1) + "\n")
+    fracs = [k for k in next(iter(table.values())) if k != "seconds"]
+    lines = ["| method | " + " | ".join(f"{float(f):.0%} removed" for f in fracs) + " |", "|---|" + "---|" * len(fracs)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[f]:.3f}" for f in fracs) + " |")
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    from ..io import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in table.items():
+        ax.plot([float(f) for f in fracs], [row[f] for f in fracs], marker="o", label=name,
+                ls="--" if name == "random" else "-", color="black" if name == "random" else None)
+    ax.set_xlabel("fraction of pixels removed (then retrained)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"ROAR (Hooker et al. 2019), {n} training images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(prefix.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+    print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
     return 0
