@@ -257,3 +257,25 @@ def test_episodic_loop_rejects_what_does_not_fit(omniglot_data, tmp_path):
         train(from_dict(_recipe(ways=400)), out=tmp_path / "b", **quiet)
     with pytest.raises(ArchlabError, match="kind"):
         from_dict({**_recipe(), "data": {"name": "digits"}})
+
+
+# ------------------------------------------------------------------------------------- zero-shot
+def test_eszsl_closed_form_is_the_minimiser_and_classifies_unseen_classes():
+    from archlab.meta.zeroshot import ESZSL, seven_segment_attributes, zero_shot_scores
+
+    S = seven_segment_attributes()
+    assert S.shape == (7, 10) and int((S[:, 8] > 0).sum()) == 7 and int((S[:, 1] > 0).sum()) == 2
+    g = torch.Generator().manual_seed(0)
+    # Features that a linear map of the description explains (plus noise): ESZSL must recover 7-9.
+    W = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    y = torch.randint(10, (600,), generator=g)
+    x = (W @ S[:, y]).T + 0.3 * torch.randn(600, 12, generator=g, dtype=torch.float64)
+    seen, unseen = list(range(7)), [7, 8, 9]
+    train_rows = torch.isin(y, torch.tensor(seen))
+    model = ESZSL(gamma=0.5, lam=2.0).fit(x[train_rows], y[train_rows], S)
+    V = model.V.clone().requires_grad_()
+    model.V = V
+    (grad,) = torch.autograd.grad(model.objective(x[train_rows], y[train_rows], S), V)
+    assert grad.abs().max() < 1e-8 * (1 + float(V.detach().abs().max()))  # closed form = stationary point
+    scores = zero_shot_scores(model, x, y, S, seen, unseen)
+    assert scores["unseen_acc"] > 0.9 and 0.0 <= scores["gzsl_h"] <= 1.0
