@@ -125,25 +125,33 @@ class SelfSupervised(Loop):
         with self.ctx.precision.autocast():
             return extract(self.model, part.x[:n], where, self.recipe.data.eval_batch_size, self.ctx.device), part.y[:n]
 
-    def _knn(self, split: str, bank_size: int = 0) -> dict[str, float]:
-        where = self.cfg.knn_features
-        bank, bank_y = self._features("train", where, bank_size)
-        f, y = self._features(split, where)
-        return {f"{split}_knn_acc": knn_accuracy(bank, bank_y, f, y, self.cfg.knn_k, self.cfg.knn_temperature,
-                                                 self.data.num_classes)}
+    def _knn(self, bank: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor]) -> float:
+        return knn_accuracy(*bank, *query, self.cfg.knn_k, self.cfg.knn_temperature, self.data.num_classes)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         if len(getattr(self.data, split)) == 0:
             return {}
-        return self._knn(split, self.cfg.knn_bank)
+        where = self.cfg.knn_features
+        return {f"{split}_knn_acc": self._knn(self._features("train", where, self.cfg.knn_bank),
+                                               self._features(split, where))}
 
     @torch.no_grad()
     def final_metrics(self) -> dict[str, float]:
-        out = {**self._knn("val"), **self._knn("test")} if len(self.data.val) else self._knn("test")
+        cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def feats(split: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+            """Each split's features once (the training split is the k-NN bank and the probe's data)."""
+            if (split, where) not in cache:
+                cache[split, where] = self._features(split, where)
+            return cache[split, where]
+
+        splits = ("val", "test") if len(self.data.val) else ("test",)
+        out = {f"{s}_knn_acc": self._knn(feats("train", self.cfg.knn_features), feats(s, self.cfg.knn_features))
+               for s in splits}
         if self.cfg.linear_probe:
-            splits = [self._features(s, self.cfg.probe_features) for s in ("train", "val", "test")]
-            lin = linear_probe(splits[0], splits[1], splits[2], self.data.num_classes)
+            where = self.cfg.probe_features
+            lin = linear_probe(feats("train", where), feats("val", where), feats("test", where), self.data.num_classes)
             out.update(test_linear_acc=lin["test_acc"], linear_weight_decay=lin["weight_decay"])
             if len(self.data.val):
                 out["val_linear_acc"] = lin["val_acc"]
