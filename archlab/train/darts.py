@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 class DartsConfig:
     """``[loop]`` of the DARTS loop."""
 
-    order: Literal[1, 2] = 1
+    order: int = 1
     """1: first-order approximation (w' = w); 2: the unrolled second-order gradient of eq. 7-8."""
     arch_fraction: float = 0.5
     """Share of the training split whose batches update alpha (DARTS: half); the rest updates w."""
@@ -60,6 +60,8 @@ class DartsConfig:
     """Order 2: the finite-difference step is hvp_eps / ||grad_w' L_val|| (DARTS: 0.01)."""
 
     def __post_init__(self) -> None:
+        if self.order not in (1, 2):
+            raise ValueError(f"order must be 1 (first-order) or 2 (second-order), got {self.order}")
         if not 0.0 < self.hvp_eps <= 1.0:
             raise ValueError(f"hvp_eps must be in (0, 1], got {self.hvp_eps}")
         if not 0.0 < self.arch_fraction < 1.0:
