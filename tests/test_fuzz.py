@@ -27,7 +27,7 @@ from archlab.recipe import from_dict
 ROOT = Path(__file__).resolve().parents[1]
 BASES = ["classic/mnist1d_mlp", "graph/gcn_cora", "transformers/gpt_shakespeare_char_baby", "rl/ppo_cartpole",
          "generative/toy_gan_ring", "graph/gin_mutag", "transformers/bert_mlm_shakespeare",
-         "federated/fedprox_mnist_2nn_dir01", "federated/dpsgd_mnist"]
+         "federated/fedprox_mnist_2nn_dir01", "federated/dpsgd_mnist", "search/darts_mnist1d"]
 BAD_NUMBERS = [-1, -1e308, 1e308, math.nan, math.inf, -math.inf, 2**70, "seven", True, [1, 2], {"a": 1}]
 
 
