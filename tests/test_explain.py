@@ -370,7 +370,8 @@ def test_explain_command_draws_and_scores(digits_run, tmp_path, capsys):
         assert 0.0 <= r["deletion_auc"] <= 1.0 and len(r["insertion_curve"]) == 29
     assert prefix.with_suffix(".png").is_file() and "| random |" in prefix.with_suffix(".md").read_text()
     capsys.readouterr()
-    for bad in (["--method", "nope"], ["--index", "100000"]):
+    for bad in (["--method", "nope"], ["--index", "100000"], ["--faithfulness", "-1"], ["--steps", "0"],
+                ["--sanity", "2", "--tcav", "2"]):
         assert main(["explain", str(digits_run), *bad, "--out", str(tmp_path / "x.png")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("archlab: error:") and err.count("\n") == 1

@@ -152,6 +152,12 @@ def _methods(args: argparse.Namespace, model: torch.nn.Module, probe: torch.Tens
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag in ("faithfulness", "sanity", "roar", "tcav", "steps", "samples", "top_k"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ArchlabError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if sum(bool(getattr(args, f)) for f in ("faithfulness", "sanity", "roar", "tcav")) > 1:
+        raise ArchlabError("pass one of --faithfulness, --sanity, --roar, --tcav")
     torch.manual_seed(args.seed)
     model, data, kind = _load(args.run_dir)
     if kind == "graph":
@@ -164,8 +170,6 @@ def run(args: argparse.Namespace) -> int:
     background = float(data.train.x[:1024].min())
     names = _methods(args, model, split.x[:1], background)
     default_out = Path(args.run_dir) / "plots" / "explain"
-    if args.faithfulness and args.sanity:
-        raise ArchlabError("pass --faithfulness or --sanity, not both")
     if args.faithfulness:
         prefix = Path(args.out).with_suffix("") if args.out else default_out.with_name("faithfulness")
         return faithfulness_report(model, split, names, background, args, prefix)
