@@ -8,7 +8,7 @@ This reproduces their Fig. 3 setup in miniature: on n qubits, an initial layer R
 ``layers`` of (a random choice of RX, RY or RZ with a random angle on every wire, then CZ between neighbours),
 the cost ``E = <Z_0 Z_1>``, and the variance over ``samples`` random circuits of ``dE/dtheta`` for the first
 angle. Every sample is one element of a batched simulation (its own angles; the random gate choices are
-shared within a batch and redrawn per qubit count), and one backward pass gives all the samples' gradients.
+shared within a batch and redrawn per qubit count), and one adjoint sweep gives all the samples' gradients.
 
     python -m archlab.quantum.barren --qubits 2 4 6 8 10 12 --out docs/results/quantum_barren.png
 """
@@ -27,18 +27,21 @@ def gradient_variance(n: int, layers: int, samples: int, seed: int = 0) -> float
     """Var over random circuits of dE/dtheta_1 for ``E = <Z_0 Z_1>`` (n >= 2)."""
     gen = torch.Generator().manual_seed(seed + 1000 * n)
     axes = torch.randint(3, (layers, n), generator=gen)
-    theta = (2 * math.pi * torch.rand(layers, n, samples, generator=gen, dtype=torch.float64)).requires_grad_()
+    theta = 2 * math.pi * torch.rand(layers, n, samples, generator=gen, dtype=torch.float64)
+    first = theta[0, 0].clone().requires_grad_()  # the one angle differentiated
     c = Circuit(n)
     for w in range(n):
         c.ry(math.pi / 4, w)
     for layer in range(layers):
         for w in range(n):
-            getattr(c, ("rx", "ry", "rz")[int(axes[layer, w])])(theta[layer, w], w)
+            angle = first if layer == 0 and w == 0 else theta[layer, w]
+            getattr(c, ("rx", "ry", "rz")[int(axes[layer, w])])(angle, w)
         for w in range(n - 1):
             c.cz(w, w + 1)
-    energy = c.expval("ZZ" + "I" * (n - 2))
-    (grad,) = torch.autograd.grad(energy.sum(), theta)
-    return float(grad[0, 0].var())
+    # adjoint differentiation: a few states of memory however deep the circuit (backprop would keep every one)
+    energy = c.expval("ZZ" + "I" * (n - 2), diff_method="adjoint")
+    (grad,) = torch.autograd.grad(energy.sum(), first)
+    return float(grad.var())
 
 
 def main() -> None:

@@ -299,12 +299,16 @@ class Circuit:
             raise ArchlabError(f"diff_method must be one of {', '.join(DIFF_METHODS)}, got {diff_method!r}")
         return self._unbatch(value)
 
+    def basis_probabilities(self) -> torch.Tensor:
+        """|psi|^2 as a (B, 2, ..., 2) real tensor."""
+        return self.simulate().abs().square()
+
     def probs(self, wires: int | list[int] | tuple[int, ...] | None = None) -> torch.Tensor:
         """Probabilities of the basis states of ``wires`` (default: all), the first wire most significant:
         (2^k,) or (B, 2^k)."""
         w = tuple(range(self.n_qubits)) if wires is None else ((wires,) if isinstance(wires, int) else tuple(wires))
         self._wires("probs", w)
-        p = self.simulate().abs().square()
+        p = self.basis_probabilities()
         others = [i + 1 for i in range(self.n_qubits) if i not in w]
         if others:
             p = p.sum(dim=others)

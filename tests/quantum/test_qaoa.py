@@ -52,3 +52,9 @@ def test_qaoa_loop_reaches_the_p2_maximum_on_the_ring(tmp_path):
     assert summary["metrics"]["expected_cut"] > 3.9 and summary["metrics"]["max_cut"] == 4
     assert (tmp_path / "run" / "plots" / "cut_distribution.png").is_file()
     assert (tmp_path / "run" / "angles.csv").read_text().count("\n") == 3
+
+
+def test_trained_p1_ratio_beats_the_farhi_bound_on_a_small_3_regular_graph():
+    from archlab.quantum.qaoa_depth import trained_ratio
+
+    assert trained_ratio(6, graph_seed=0, p=1, steps=40) >= 0.6924
