@@ -60,7 +60,7 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
 def test_methods_listed():
     assert set(E.methods()) >= {"saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift",
                                 "gradcam", "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime",
-                                "deep_shap", "attention_rollout"}
+                                "deep_shap", "attention_rollout", "attention_flow"}
 
 
 # ----------------------------------------------------------------------------- equal to Captum
@@ -272,7 +272,7 @@ def test_lime_linear_model_exact_and_agrees_with_captum():
 def test_registered_lenet_default_layer_and_every_method_runs():
     model = archlab.create("lenet5")
     x = torch.randn(2, 1, 28, 28)
-    for name in set(E.methods()) - {"attention_rollout"}:   # LeNet has no attention
+    for name in set(E.methods()) - {"attention_rollout", "attention_flow"}:   # LeNet has no attention
         options = {"sliding_window_shapes": (1, 7, 7), "strides": 7} if name == "occlusion" else {}
         if name == "deep_shap":
             options["baselines"] = torch.randn(3, 1, 28, 28)
@@ -528,3 +528,29 @@ def test_roar_random_removal_keeps_the_signal_a_good_map_removes_it():
     assert rand[0.1] > 0.8                            # 2 random pixels of 16: the signal mostly survives
     filled = remove_top(x[:2], -good(x[:2], None), 1 / 16, torch.tensor([5.0]))
     assert (filled[:, 0, 0, 0] == x[:2, 0, 0, 0]).all() and (filled == 5.0).sum() == 2
+
+
+def test_attention_flow_equals_networkx_max_flow():
+    nx = pytest.importorskip("networkx")
+    from archlab.explain.attention_flow import flow_network, max_flow
+
+    torch.manual_seed(0)
+    vit = archlab.create("vit", image_size=4, patch_size=2, in_channels=1, num_classes=3, dim=8, depth=2,
+                         heads=2, mlp_dim=16).eval()
+    x = torch.randn(2, 1, 4, 4)
+    flows = E.attribute(vit, x, None, "attention_flow")
+    assert flows.shape == (2, 1, 2, 2)
+    with torch.no_grad():
+        _, att = vit.forward_with_attention(x)
+    cap = flow_network([a[1] for a in att])
+    g = nx.DiGraph()
+    for u, row in enumerate(cap):
+        for v, c in enumerate(row):
+            if c > 0:
+                g.add_edge(u, v, capacity=c)
+    for j in range(1, 5):
+        expected = nx.maximum_flow_value(g, j, 2 * 5)
+        assert abs(max_flow(cap, j, 2 * 5) - expected) < 1e-6
+        assert abs(float(flows[1].flatten()[j - 1]) - expected) < 1e-6
+    # tokens that attend only to themselves carry nothing from the patches to the class token
+    assert max_flow(flow_network([torch.eye(5).expand(2, 5, 5)] * 2), 1, 10) == 0.0

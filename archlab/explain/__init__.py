@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import ArchlabError
 from . import (  # noqa: F401 - importing a method module registers it
+    attention_flow,
     attention_rollout,
     deep_shap,
     deeplift,

@@ -51,7 +51,8 @@ from .gradcam import upsample
 
 KINDS = ("deletion", "insertion", "insertion_black")
 IMAGE_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift", "gradcam",
-                 "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime", "attention_rollout")
+                 "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime", "attention_rollout",
+                 "attention_flow")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -200,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
 
 def draw(images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor, probs: torch.Tensor,
          rows: list[tuple[str, torch.Tensor]], out: Path) -> Path:
-    """Inputs on top, one row of heat maps per method (red for, blue against the class; own scale per map)."""
+    """Inputs on top, one row of heat maps per method (red for, blue against the class, symmetric scale per map;
+    methods whose maps are never negative from each map's minimum to its maximum)."""
     from ..io import pyplot
 
     plt = pyplot()
@@ -215,9 +217,12 @@ def draw(images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor, probs: 
                              fontsize=8)
         for i, (name, a) in enumerate(rows, start=1):
             m = a[j].sum(0)
-            lim = float(m.abs().max()) or 1.0
             axes[i, j].imshow(shown.numpy(), cmap="gray", alpha=0.35)
-            axes[i, j].imshow(m.numpy(), cmap="bwr", vmin=-lim, vmax=lim, alpha=0.8)
+            if float(a.min()) >= 0:  # a non-negative method (saliency, rollout ...): its own min to max
+                axes[i, j].imshow(m.numpy(), cmap="Reds", vmin=float(m.min()), vmax=float(m.max()), alpha=0.8)
+            else:
+                lim = float(m.abs().max()) or 1.0
+                axes[i, j].imshow(m.numpy(), cmap="bwr", vmin=-lim, vmax=lim, alpha=0.8)
             if j == 0:
                 axes[i, j].set_ylabel(name.replace("_", "\n"), fontsize=8)
     for ax in axes.flat:
