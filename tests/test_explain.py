@@ -554,3 +554,22 @@ def test_attention_flow_equals_networkx_max_flow():
         assert abs(float(flows[1].flatten()[j - 1]) - expected) < 1e-6
     # tokens that attend only to themselves carry nothing from the patches to the class token
     assert max_flow(flow_network([torch.eye(5).expand(2, 5, 5)] * 2), 1, 10) == 0.0
+
+
+def test_explain_command_on_a_vit_run(tmp_path):
+    """The transformer family: a ViT run on the 8x8 digits, drawn with attention rollout, flow and IG."""
+    from archlab.cli import main
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    raw = {"name": "vit_tiny", "seed": 0,
+           "model": {"name": "vit", "image_size": 8, "patch_size": 4, "in_channels": 1, "num_classes": 10, "dim": 16,
+                     "depth": 1, "heads": 2, "mlp_dim": 16},
+           "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1},
+           "optim": {"name": "adamw", "lr": 3e-3}, "train": {"steps": 5, "log_every": 5}}
+    run = tmp_path / "run"
+    train(from_dict(raw), out=run, progress=False, log=lambda _m: None)
+    png = tmp_path / "vit.png"
+    assert main(["explain", str(run), "--method", "attention_rollout", "--method", "attention_flow", "--method",
+                 "integrated_gradients", "--steps", "4", "--index", "0", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
