@@ -44,7 +44,7 @@ def values(model: nn.Module, inputs: torch.Tensor, target: Target, baseline: tor
            z: torch.Tensor, batch_rows: int = 4096) -> torch.Tensor:
     """``v(z)`` for every coalition row of ``z`` ``[S, d]`` and every example: ``[B, S]``."""
     b = inputs.shape[0]
-    keep = z.to(inputs.dtype)[:, mask]                    # [S, *F]: 1 where the feature's group is kept
+    keep = z.to(inputs.device, inputs.dtype)[:, mask]     # [S, *F]: 1 where the feature's group is kept
     per = max(1, batch_rows // b)
     out = []
     with torch.no_grad():
@@ -53,4 +53,4 @@ def values(model: nn.Module, inputs: torch.Tensor, target: Target, baseline: tor
             h = k * inputs[None] + (1 - k) * baseline[None]   # [s, B, *F]
             s = len(k)
             out.append(score(model, h.reshape(s * b, *inputs.shape[1:]), repeat_target(target, s)).view(s, b))
-    return torch.cat(out).T
+    return torch.cat(out).T.cpu()  # the regressions on coalitions run on the CPU, in float64

@@ -63,4 +63,4 @@ def shapley(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
 def spread(phi: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-group values ``[B, d]`` -> ``[B, *F]``, each group's value on every feature of the group, as
     Captum does (so a group's value is counted once per feature when summing the map)."""
-    return phi[:, mask]
+    return phi.to(mask.device)[:, mask]

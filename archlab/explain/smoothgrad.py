@@ -33,7 +33,9 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
         raise ArchlabError(f"base must be 'saliency' or 'gradient', got {base!r}")
     b = inputs.shape[0]
     x = inputs.detach().repeat_interleave(n_samples, dim=0)
-    noisy = x + stdevs * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                        device=generator.device if generator is not None else x.device)
+    noisy = x + stdevs * noise.to(x.device)
     grads = gradient(model, noisy, repeat_target(target, n_samples, interleave=True))
     if base == "saliency":
         grads = grads.abs()

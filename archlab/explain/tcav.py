@@ -32,7 +32,7 @@ def activations(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, batch
     """``f_l(x)`` flattened: ``[N, features]``."""
     module = find_layer(model, layer)
     seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _a, out: seen.append(out.detach().flatten(1)))
+    handle = module.register_forward_hook(lambda _m, _a, out: seen.append(out.detach().flatten(1).cpu()))
     try:
         with torch.no_grad():
             for s in range(0, len(x), batch):
@@ -80,7 +80,7 @@ def sensitivities(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, tar
             (grad,) = torch.autograd.grad(logits[:, target].sum(), seen[0])
     finally:
         handle.remove()
-    return grad.flatten(1) @ cav
+    return grad.flatten(1) @ cav.to(grad.device, grad.dtype)
 
 
 def score(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, target: int, cav: torch.Tensor) -> float:
@@ -132,7 +132,7 @@ def tcav(model: nn.Module, layer: str | nn.Module, inputs: torch.Tensor, target:
     was_training = model.training
     model.eval()
     try:
-        acts_c = activations(model, layer, concept)
+        acts_c = activations(model, layer, concept)  # on the model's device; CAVs are fitted on the CPU
         acts_r = [activations(model, layer, r) for r in random_sets]
         scores = [score(model, layer, inputs, target, concept_vector(acts_c, r)) for r in acts_r]
         null = [score(model, layer, inputs, target, concept_vector(acts_r[i], acts_r[(i + 1) % len(acts_r)]))
