@@ -230,7 +230,7 @@ def test_episodic_loop_trains_evaluates_and_writes_an_episode_picture(omniglot_d
 
 
 def test_episodic_loop_resumes_exactly(omniglot_data, assert_resume_exact):
-    assert_resume_exact(_recipe("maml", val_episodes=2, test_episodes=2))
+    assert_resume_exact(_recipe("protonet", val_episodes=2, test_episodes=2))
 
 
 def test_omniglot_runs_evaluation_of_a_trained_run(omniglot_data, tmp_path, monkeypatch):
