@@ -91,6 +91,33 @@ def test_deeplift_equal_captum():
         close(E.attribute(model, x, t, "deeplift", baselines=base), C.DeepLift(model).attribute(x, base, t))
 
 
+class TokenClassifier(nn.Module):
+    """Token ids -> embedding -> mean over positions -> MLP -> 3 scores (a toy text classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc, self.act, self.out = nn.Embedding(20, 6), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.fc(self.embed(ids).mean(1))))
+
+
+def test_layer_integrated_gradients_on_tokens_equal_captum_and_complete():
+    C = captum_attr()
+    torch.manual_seed(0)
+    model = TokenClassifier().eval()
+    ids, t = torch.randint(1, 20, (4, 7)), torch.tensor([0, 1, 2, 0])
+    ours = E.attribute(model, ids, t, "integrated_gradients", layer="embed", baselines=0, n_steps=32)
+    theirs = C.LayerIntegratedGradients(model, model.embed).attribute(ids, torch.zeros_like(ids), target=t,
+                                                                      n_steps=32)
+    close(ours, theirs)
+    gap = model(ids).gather(1, t[:, None])[:, 0] - model(torch.zeros_like(ids))[:, :].gather(1, t[:, None])[:, 0]
+    close(ours.sum((1, 2)), gap.detach(), 1e-4)
+    cnn_model, x, tt = cnn()   # on images: the path in conv2's output space
+    close(E.attribute(cnn_model, x, tt, "integrated_gradients", layer="conv2", n_steps=16),
+          C.LayerIntegratedGradients(cnn_model, cnn_model.conv2).attribute(x, target=tt, n_steps=16))
+
+
 def test_deep_shap_equal_captum_and_sums_to_mean_delta():
     C = captum_attr()
     model, x, t = cnn(act=nn.Tanh)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ArchlabError
-from .base import Target, baseline_like, check_positive, gradient, register_method, repeat_target
+from .base import Target, baseline_like, check_positive, gradient, register_method, repeat_target, select
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -55,8 +55,13 @@ def quadrature(rule: str, n_steps: int) -> tuple[list[float], list[float]]:
 @register_method("integrated_gradients")
 def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
                          baselines: float | torch.Tensor | None = None, n_steps: int = 50,
-                         rule: str = "gausslegendre", internal_batch_size: int | None = None) -> torch.Tensor:
-    """``(x - x') * sum_k w_k grad F(x' + a_k (x - x'))``, shape of ``inputs``."""
+                         rule: str = "gausslegendre", internal_batch_size: int | None = None,
+                         layer: str | nn.Module | None = None) -> torch.Tensor:
+    """``(x - x') * sum_k w_k grad F(x' + a_k (x - x'))``, shape of ``inputs`` -- or, with ``layer``, the
+    same integral in the space of that layer's output (see :func:`layer_integrated_gradients`)."""
+    if layer is not None:
+        return layer_integrated_gradients(model, inputs, target, layer=layer, baselines=baselines, n_steps=n_steps,
+                                          rule=rule)
     alphas, weights = quadrature(rule, n_steps)
     x = inputs.detach()
     base = baseline_like(x, baselines)
@@ -75,3 +80,45 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target 
         grads.append(gradient(model, path[start:start + chunk], t))
     total = (torch.cat(grads).view(n_steps, *x.shape) * w).sum(0)
     return (x - base) * total
+
+
+def layer_integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
+                               layer: str | nn.Module, baselines: float | torch.Tensor | None = None,
+                               n_steps: int = 50, rule: str = "gausslegendre") -> torch.Tensor:
+    """Integrated Gradients of a layer's output (Captum's ``LayerIntegratedGradients``): the path runs from
+    the layer's output for the baseline input ``h'`` to its output for the input ``h``, the rest of the
+    model on top, ``(h - h') * sum_k w_k dF/dh (h' + a_k (h - h'))``; shape of the layer's output.
+
+    This is how token models are explained: ``inputs`` are token ids (no gradient), ``layer`` the embedding,
+    ``baselines`` a baseline token id (e.g. padding); the attribution of a token is the sum over its
+    embedding dimensions. Completeness holds in the layer's space: the sum is ``F(x) - F(x')``.
+    """
+    from .base import find_layer, forward_hooks
+
+    module = find_layer(model, layer)
+    alphas, weights = quadrature(rule, n_steps)
+    x = inputs.detach()
+    base = baseline_like(x, baselines) if x.is_floating_point() else (
+        torch.full_like(x, int(baselines or 0)) if not isinstance(baselines, torch.Tensor)
+        else torch.broadcast_to(baselines.to(x.dtype), x.shape).clone())
+    seen: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _a: object, out: torch.Tensor) -> None:
+        seen.append(out.detach())
+
+    with forward_hooks([module], keep), torch.no_grad():
+        model(x)
+        model(base)
+    h, h0 = seen
+    b = x.shape[0]
+    a = torch.tensor(alphas, dtype=h.dtype, device=h.device).view(-1, *([1] * h.dim()))
+    w = torch.tensor(weights, dtype=h.dtype, device=h.device).view(-1, *([1] * h.dim()))
+    path = (h0 + a * (h - h0)).reshape(n_steps * b, *h.shape[1:]).requires_grad_(True)
+
+    def replace(_m: nn.Module, _a: object, _out: torch.Tensor) -> torch.Tensor:
+        return path
+
+    with forward_hooks([module], replace), torch.enable_grad():
+        scores = select(model(x.repeat(n_steps, *([1] * (x.dim() - 1)))), repeat_target(target, n_steps))
+        (grads,) = torch.autograd.grad(scores.sum(), path)
+    return (h - h0) * (grads.view(n_steps, *h.shape) * w).sum(0)
