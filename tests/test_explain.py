@@ -600,3 +600,28 @@ def test_explain_command_on_a_vit_run(tmp_path):
     assert main(["explain", str(run), "--method", "attention_rollout", "--method", "attention_flow", "--method",
                  "integrated_gradients", "--steps", "4", "--index", "0", "--out", str(png)]) == 0
     assert png.stat().st_size > 1000
+
+
+def test_explain_command_on_a_language_model_run(tmp_path, capsys):
+    """Text: the next token after a prompt, explained over the GPT's token embedding."""
+    from archlab.cli import main
+    from archlab.explain.text_command import NextToken, token_attributions
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    raw = {"name": "gpt_tiny", "seed": 0, "model": {"name": "gpt", "block_size": 8, "n_layer": 1, "n_head": 2,
+                                                    "n_embd": 16},
+           "data": {"name": "text_toy", "batch_size": 4}, "train": {"loop": "lm", "steps": 3},
+           "loop": {"eval_iters": 2}}
+    run = tmp_path / "run"
+    train(from_dict(raw), out=run, progress=False, log=lambda _m: None)
+    png = tmp_path / "text.png"
+    capsys.readouterr()
+    assert main(["explain", str(run), "--prompt", "ab", "--steps", "64", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000 and "predicted next token" in capsys.readouterr().out
+    model = archlab.load(run).eval()
+    ids = torch.tensor([1, 2, 3])
+    attr, target = token_attributions(model, ids, steps=64)
+    with torch.no_grad():   # completeness in embedding space: sum = F(ids) - F(all token 0)
+        gap = NextToken(model)(ids[None])[0, target] - NextToken(model)(torch.zeros(1, 3, dtype=torch.long))[0, target]
+    assert attr.shape == (3,) and abs(float(attr.sum() - gap)) < 1e-3

@@ -28,6 +28,10 @@ For node-classification runs (graph family) the method is GNNExplainer: ``--node
 explanatory subgraph of test node I (:mod:`archlab.explain.graph_command`) and ``--faithfulness N``
 scores fidelity on N test nodes against random edge rankings.
 
+For language-model runs (``train.loop = "lm"``) the command explains the next token after ``--prompt``
+with Integrated Gradients over the token embedding and draws the tokens coloured by attribution
+(:mod:`archlab.explain.text_command`).
+
 Image models: runs whose examples are ``[C, H, W]``. Settings per method suit small images: the
 baseline is the darkest value of the training data ("black" after standardisation), occlusion slides
 a window of a seventh of the image, the Shapley-type methods work on a grid of superpixels.
@@ -72,6 +76,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tcav", type=int, metavar="N", help="TCAV of drawn stroke/loop concepts for every class, "
                    "N test inputs per class")
     s.add_argument("--layer", help="layer for Grad-CAM and TCAV (dotted name; default: the last conv block)")
+    s.add_argument("--prompt", default="ROMEO:\nWhat say", help="language-model runs: the text whose next token "
+                   "is explained")
     s.add_argument("--node", type=int, action="append", help="graph runs: test node to explain, by position "
                    "among the test nodes (repeatable; default 0-3)")
     s.add_argument("--top-k", type=int, default=6, help="graph runs: edges kept in the explanation (default 6)")
@@ -94,6 +100,8 @@ def _load(run_dir: str) -> tuple[torch.nn.Module, Any, str]:
         raise ArchlabError(f"{run_dir}: archlab explain explains image and node classifiers; this run trained a "
                            f"{type(model).__name__}")
     data = recipe.loop_class.load_data(recipe)
+    if hasattr(data, "tokenizer") and recipe.loop_class.name == "lm":
+        return model.eval(), data, "text"
     if getattr(data, "task", None) == "node":
         return model.eval(), data, "graph"
     shape = getattr(data, "input_shape", ())
@@ -165,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         from .graph_command import run_graph
 
         return run_graph(model, data, args)
+    if kind == "text":
+        from .text_command import run_text
+
+        return run_text(model, data, args)
     split = getattr(data, args.split)
     if len(split) == 0:
         raise ArchlabError(f"the {args.split} split of {args.run_dir} is empty")
