@@ -63,6 +63,7 @@ def plot_curves(R: torch.Tensor, path: Path, title: str) -> None:
         if xs:
             ax.plot(xs, [100 * float(R[i - 1, j]) for i in xs], marker="o", label=f"task {j + 1}")
     ax.plot(range(1, rows + 1), [100 * float(R[i, : i + 1].mean()) for i in range(rows)], "k--", label="mean so far")
+    ax.set_xticks(range(1, rows + 1))
     ax.set_xlabel("tasks trained")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 101)
