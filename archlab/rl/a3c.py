@@ -112,8 +112,8 @@ class A3CConfig(AgentConfig):
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         for name in ("ent_coef", "vf_coef", "max_grad_norm"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) <= 1e6:
+                raise ValueError(f"{name} must be in [0, 1e6], got {getattr(self, name)}")
         if self.steps_per_round < 1:
             raise ValueError(f"steps_per_round must be >= 1, got {self.steps_per_round}")
         if self.start_method not in ("auto", "fork", "spawn", "forkserver"):

@@ -97,8 +97,8 @@ class DQNConfig(AgentConfig):
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         check_epsilon_schedule(self)
-        if not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if not 0 < self.max_grad_norm <= 1e6:
+            raise ValueError(f"max_grad_norm must be in (0, 1e6], got {self.max_grad_norm}")
 
 
 class QNetwork(nn.Module):

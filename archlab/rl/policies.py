@@ -178,10 +178,11 @@ class ActorCriticConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.ent_coef < 0 or self.vf_coef < 0:
-            raise ValueError(f"ent_coef and vf_coef must be >= 0, got {self.ent_coef}, {self.vf_coef}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 (or None), got {self.max_grad_norm}")
+        # Upper bounds far beyond sensible values: they catch typos such as 1e308.
+        if not (0 <= self.ent_coef <= 1e6 and 0 <= self.vf_coef <= 1e6):
+            raise ValueError(f"ent_coef and vf_coef must be in [0, 1e6], got {self.ent_coef}, {self.vf_coef}")
+        if self.max_grad_norm is not None and not 0 < self.max_grad_norm <= 1e6:
+            raise ValueError(f"max_grad_norm must be in (0, 1e6] (or None), got {self.max_grad_norm}")
 
 
 class ActorCriticAgent(Agent):
