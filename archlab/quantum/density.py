@@ -24,8 +24,9 @@ import torch
 
 from ..errors import ArchlabError
 from . import gates
-from .circuit import Circuit, Op, apply_matrix
+from .circuit import Circuit, Op
 from .observables import PauliSum, apply_pauli_string, as_pauli_sum
+from .statevector import apply_matrix
 
 
 def _kraus(op: Op, dtype: torch.dtype) -> list[torch.Tensor]:

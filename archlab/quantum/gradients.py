@@ -34,14 +34,17 @@ Cost: about three simulations in total and two states of memory, whatever the nu
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ArchlabError
 from . import gates
-from .circuit import Circuit, apply_matrix
 from .observables import PauliSum, apply_observable, expectation
+from .statevector import apply_matrix
+
+if TYPE_CHECKING:
+    from .circuit import Circuit
 
 _C_PLUS = (math.sqrt(2) + 1) / (4 * math.sqrt(2))
 _C_MINUS = (math.sqrt(2) - 1) / (4 * math.sqrt(2))

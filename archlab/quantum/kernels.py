@@ -23,7 +23,8 @@ import math
 import torch
 
 from ..errors import ArchlabError
-from .circuit import Circuit, apply_matrix
+from .circuit import Circuit
+from .statevector import apply_matrix
 
 
 def zz_feature_map(c: Circuit, x: torch.Tensor, reps: int = 2) -> Circuit:

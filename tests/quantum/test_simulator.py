@@ -12,7 +12,7 @@ import torch
 
 from archlab.errors import ArchlabError
 from archlab.quantum import Circuit, PauliSum
-from archlab.quantum.circuit import apply_matrix
+from archlab.quantum.statevector import apply_matrix
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
