@@ -49,6 +49,9 @@ def run_text(model: nn.Module, data: Any, args: argparse.Namespace) -> int:
     ids = torch.tensor(tokenizer.encode(args.prompt), dtype=torch.long)
     if len(ids) == 0:
         raise ArchlabError("--prompt is empty after tokenization")
+    block = getattr(getattr(model, "config", None), "block_size", None)
+    if block and len(ids) > block:   # the model's context window: its last block_size tokens
+        ids = ids[-block:]
     attr, target = token_attributions(model.eval(), ids, args.steps)
     tokens = [tokenizer.decode([int(i)]) for i in ids]
     out = Path(args.out) if args.out else Path(args.run_dir) / "plots" / "explain_text.png"
