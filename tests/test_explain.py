@@ -619,9 +619,30 @@ def test_explain_command_on_a_language_model_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["explain", str(run), "--prompt", "ab", "--steps", "64", "--out", str(png)]) == 0
     assert png.stat().st_size > 1000 and "predicted next token" in capsys.readouterr().out
+    assert main(["explain", str(run), "--probe", "60", "--out", str(tmp_path / "probe")]) == 0
+    import json
+
+    rows = json.loads((tmp_path / "probe.json").read_text())["layers"]
+    assert [r["layer"] for r in rows] == ["embedding", "block 1"]
+    assert all(0 <= r["task"] <= 1 and abs(r["selectivity"] - (r["task"] - r["control"])) < 1e-12 for r in rows)
     model = archlab.load(run).eval()
     ids = torch.tensor([1, 2, 3])
     attr, target = token_attributions(model, ids, steps=64)
     with torch.no_grad():   # completeness in embedding space: sum = F(ids) - F(all token 0)
         gap = NextToken(model)(ids[None])[0, target] - NextToken(model)(torch.zeros(1, 3, dtype=torch.long))[0, target]
     assert attr.shape == (3,) and abs(float(attr.sum() - gap)) < 1e-3
+
+
+def test_linear_probe_reads_a_linear_property_and_control_labels_follow_types():
+    from archlab.explain.probing import control_labels, probe_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 5, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()        # linearly readable
+    assert probe_accuracy(x[:400], y[:400], x[400:], y[400:]) > 0.95
+    noise = torch.randint(0, 2, (600,), generator=gen)
+    assert probe_accuracy(x[:400], noise[:400], x[400:], noise[400:]) < 0.65
+    tokens = torch.randint(0, 7, (300,), generator=gen)
+    ctrl = control_labels(tokens, tokens % 3)
+    for t in range(7):                                # one label per token type
+        assert len(torch.unique(ctrl[tokens == t])) <= 1

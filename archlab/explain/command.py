@@ -76,6 +76,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tcav", type=int, metavar="N", help="TCAV of drawn stroke/loop concepts for every class, "
                    "N test inputs per class")
     s.add_argument("--layer", help="layer for Grad-CAM and TCAV (dotted name; default: the last conv block)")
+    s.add_argument("--probe", type=int, metavar="N", help="language-model runs: per-layer linear probes (previous "
+                   "character's category, with a control task) trained on N positions")
     s.add_argument("--prompt", default="ROMEO:\nWhat say", help="language-model runs: the text whose next token "
                    "is explained")
     s.add_argument("--node", type=int, action="append", help="graph runs: test node to explain, by position "
@@ -161,7 +163,7 @@ def _methods(args: argparse.Namespace, model: torch.nn.Module, probe: torch.Tens
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag in ("faithfulness", "sanity", "roar", "tcav", "steps", "samples", "top_k"):
+    for flag in ("faithfulness", "sanity", "roar", "tcav", "probe", "steps", "samples", "top_k"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ArchlabError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")

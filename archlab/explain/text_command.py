@@ -46,6 +46,8 @@ def token_attributions(model: nn.Module, ids: torch.Tensor, steps: int = 32) -> 
 
 def run_text(model: nn.Module, data: Any, args: argparse.Namespace) -> int:
     tokenizer = data.tokenizer
+    if args.probe:
+        return probe_report(model, data, args)
     ids = torch.tensor(tokenizer.encode(args.prompt), dtype=torch.long)
     if len(ids) == 0:
         raise ArchlabError("--prompt is empty after tokenization")
@@ -85,3 +87,45 @@ def draw_tokens(tokens: list[str], attr: torch.Tensor, predicted: str, out: Path
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def probe_report(model: nn.Module, data: Any, args: argparse.Namespace) -> int:
+    """Linear probes per layer for the previous character's category, with the control task:
+    ``OUT.json``, ``OUT.md``, ``OUT.png``."""
+    import json
+
+    from .probing import language_model_probe
+
+    tok = data.tokenizer
+    block = getattr(getattr(model, "config", None), "block_size", None) or 64
+    stream = data.val if len(data.val) > 4 * block else data.train
+    rows = language_model_probe(model, stream, lambda i: tok.decode([i]), block, n_train=args.probe,
+                                n_test=max(1, args.probe // 2), seed=args.seed)
+    for r in rows:
+        print(f"{r['layer']:10s} task {r['task']:.3f}  control {r['control']:.3f}  selectivity {r['selectivity']:+.3f}")
+    prefix = Path(args.out).with_suffix("") if args.out else Path(args.run_dir) / "plots" / "probe"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"property": "category of the previous character (vowel, consonant, upper, space/newline, other)",
+            "train_positions": args.probe, "test_positions": max(1, args.probe // 2), "seed": args.seed,
+            "run_dir": str(args.run_dir)}
+    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "layers": rows}, indent=1) + "\n")
+    lines = ["| layer | probe accuracy | control task | selectivity |", "|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['task']:.3f} | {r['control']:.3f} | {r['selectivity']:+.3f} |" for r in rows]
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    from ..io import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    xs = range(len(rows))
+    ax.plot(xs, [r["task"] for r in rows], marker="o", label="previous character's category")
+    ax.plot(xs, [r["control"] for r in rows], marker="s", ls="--", label="control task (Hewitt & Liang 2019)")
+    ax.set_xticks(list(xs), [r["layer"] for r in rows])
+    ax.set_ylabel("linear probe test accuracy")
+    ax.set_title("probing (Alain & Bengio 2016)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(prefix.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+    print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
+    return 0
