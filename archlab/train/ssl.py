@@ -1,6 +1,6 @@
 """Self-supervised pretraining: two augmented views per example, the method's loss, no labels.
 
-One step (the same for every method of the ``ssl`` family -- SimCLR, MoCo v2, BYOL, MAE):
+One step (the same for every method of the ``ssl`` family -- SimCLR, MoCo v2, BYOL, SwAV, MAE):
 
     x      = next batch of the training split          (labels are not read)
     v1, v2 = views(x), views(x)                         (``loop.augment``, independent random draws)
@@ -44,7 +44,7 @@ class SSLLoopConfig:
     """``[loop]`` of the self-supervised loop."""
 
     augment: list[str] = field(default_factory=lambda: ["shift:5"])
-    """how each of the two views is drawn (archlab.data.augment specs, applied in order)"""
+    """how each view is drawn (archlab.data.augment specs, applied in order)"""
     knn_k: int = 200
     """neighbours that vote in the k-NN probe (200 in Wu et al. 2018)"""
     knn_temperature: float = 0.1
@@ -69,7 +69,7 @@ class SSLLoopConfig:
 
 @register_loop("ssl")
 class SelfSupervised(Loop):
-    """Self-supervised pretraining on two augmented views (SimCLR, MoCo, BYOL); probes measure it."""
+    """Self-supervised pretraining on augmented views (SimCLR, MoCo, BYOL, SwAV, MAE); probes measure it."""
 
     Config = SSLLoopConfig
     model_families = ("ssl",)
