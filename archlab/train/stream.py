@@ -9,8 +9,9 @@ of the method named by ``loop.method`` (:mod:`archlab.continual`):
         repeat steps_per_task:  (x, y) ~ task t;  L = method.loss(x, y, t);  theta <- optimizer(theta, grad L)
         R[t, :] = test accuracy on every task;  method.end_task(t)
 
-The optimizer is the recipe's ``[optim]`` (van de Ven & Tolias 2019: Adam, lr 1e-3, betas 0.9/0.999,
-reset at each task boundary: ``loop.reset_optimizer``). ``R`` (T x T, on the test split), the
+The optimizer is the recipe's ``[optim]`` (van de Ven & Tolias 2019: Adam, lr 1e-3, betas 0.9/0.999; their
+code's default ``--optimizer adam`` keeps Adam's state across tasks, ``loop.reset_optimizer`` clears it at
+every task boundary, like their ``adam_reset``). ``R`` (T x T, on the test split), the
 accuracy of the untrained model on each task (for forward transfer) and the summaries of
 :mod:`archlab.continual.metrics` are the run's result: ``test_acc`` is the average accuracy over all
 tasks at the end; ``val_acc`` the same on the validation split, over the tasks seen so far.
@@ -53,8 +54,8 @@ class ContinualConfig:
     """Tasks in the stream (split: must divide the number of classes)."""
     method: Literal["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "replay"] = "finetune"
     """How earlier tasks are protected (see archlab.continual)."""
-    reset_optimizer: bool = True
-    """Fresh optimizer state (Adam moments) at every task boundary."""
+    reset_optimizer: bool = False
+    """Fresh optimizer state (Adam moments) at every task boundary (the paper's code: off by default)."""
     perm_seed: int = 0
     """Seed of Permuted MNIST's pixel permutations."""
     ewc_lambda: float = 5000.0
