@@ -57,7 +57,8 @@ source = "test"
 """
 
 MODELS = ", ".join(sorted(e.name for e in entries()))
-SUPERVISED_MODELS = ", ".join(e.name for e in entries() if e.family in ("classic", "transformers"))
+SUPERVISED_MODELS = ", ".join(e.name for e in entries()
+                              if e.family in LOOP_REGISTRY.get("supervised").obj.model_families)
 DATASETS = ", ".join(dataset_names())
 LOOPS = ", ".join(LOOP_REGISTRY.names())
 TRAIN_KEYS = "accumulate, checkpoint_every, checkpoint_minutes, compile, deterministic, device"
@@ -75,9 +76,11 @@ def _drop_table(name: str) -> str:
 BAD_CASES: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
     # The allowed tables are the loop's own: a supervised recipe has no [algo] or [env], but a [loop] table.
     ("unknown-table", BASE_TOML + "\n[trian]\nsteps = 3\n", [],
-     ["unknown key trian", "allowed keys: data, description, expect, loop, model, name, optim, seed, train"]),
+     ["unknown key trian", "allowed keys: data, description, expect, loop, model, name, optim, quick, seed, train, "
+                           "tune"]),
     ("unknown-table-set", None, ["trian.steps=3"],
-     ["unknown key trian", "allowed keys: data, description, expect, loop, model, name, optim, seed, train"]),
+     ["unknown key trian", "allowed keys: data, description, expect, loop, model, name, optim, quick, seed, train, "
+                           "tune"]),
     ("unknown-train-key", None, ["train.step=5"], ["unknown key train.step in train", TRAIN_KEYS, "steps"]),
     ("wrong-type-int", None, ["train.steps=many"], ["train.steps: expected int, got 'many'"]),
     ("wrong-type-fraction", None, ["train.steps=2.5"], ["train.steps: expected int, got 2.5"]),
