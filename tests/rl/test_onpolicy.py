@@ -225,7 +225,7 @@ def test_a2c_uses_rmsprop_like_sb3() -> None:
 
 @pytest.mark.parametrize("cls,bad", [
     (PPO, {"clip_range": -0.1}), (PPO, {"batch_size": 0}), (PPO, {"gae_lambda": 1.5}), (PPO, {"clip_schedule": "cos"}),
-    (PPO, {"n_stepz": 8}), (A2C, {"n_steps": 0}), (A2C, {"optimizer": "sgd"}), (REINFORCE, {"n_episodes": 0}),
+    (PPO, {"n_stepz": 8}), (A2C, {"n_steps": 0}), (A2C, {"optimizer": "adamax"}), (REINFORCE, {"n_episodes": 0}),
     (REINFORCE, {"max_grad_norm": -1.0}), (PPO, {"activation": "swish"}),
 ])
 def test_bad_hyperparameter_is_one_line_error(cls: type, bad: dict) -> None:
