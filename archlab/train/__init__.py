@@ -1,10 +1,33 @@
 """Training loops, one per paradigm: each is a :class:`archlab.engine.loop.Loop` registered by name
 (``train.loop`` in a recipe). Importing this package registers them all; the engine's
-:class:`~archlab.engine.driver.Driver` runs them."""
+:class:`~archlab.engine.driver.Driver` runs them.
 
-from . import gan, graph_level, link, lm, mlm, node, private, rl, rounds, seq2seq, supervised, temporal  # noqa: F401
-from . import diffusion, elbo, image_gan  # noqa: F401  (generative models; archlab.models.generative)
-from . import darts  # noqa: F401  (architecture search; archlab.models.search)
-from . import episodic, stream  # noqa: F401  (meta-learning: archlab.meta; continual: archlab.continual)
-from . import ssl  # noqa: F401  (self-supervised pretraining; archlab.models.ssl)
-from . import born, qaoa, vqe  # noqa: F401  (variational quantum algorithms; archlab.quantum)
+By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
+``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``, ``elbo``, ``diffusion``;
+self-supervised ``ssl``; meta-learning ``episodic``; continual ``stream``; federated ``rounds`` (and DP-SGD
+``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``."""
+
+from . import (  # noqa: F401
+    born,
+    darts,
+    diffusion,
+    elbo,
+    episodic,
+    gan,
+    graph_level,
+    image_gan,
+    link,
+    lm,
+    mlm,
+    node,
+    private,
+    qaoa,
+    rl,
+    rounds,
+    seq2seq,
+    ssl,
+    stream,
+    supervised,
+    temporal,
+    vqe,
+)
