@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast import FlatParams
+from .networks import LOG_STD_MAX, LOG_STD_MIN, mean_log_std, squashed_sample
 
 if TYPE_CHECKING:
     from .dqn import DQN, QNetwork
@@ -229,8 +230,6 @@ def build_sac(agent: SAC) -> None:
 def sac_update(agent: SAC, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """:meth:`SAC.update <archlab.rl.sac.SAC.update>` without autograd: the networks' gradients from
     :meth:`StackedRunner.backward_run`, the squashed Gaussian's in closed form."""
-    from .sac import LOG_STD_MAX, LOG_STD_MIN, mean_log_std, squashed_sample
-
     cfg, actor, crit = agent.cfg, agent.runners["actor"], agent.runners["critic"]
     obs, next_obs = agent.encode(batch["obs"]), agent.encode(batch["next_obs"])
     actions, rewards, terminated = batch["actions"], batch["rewards"], batch["terminated"]

@@ -123,3 +123,35 @@ def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor,
     logp = gaussian_log_prob(mean, log_std, u)
     logp = logp - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
     return torch.tanh(u), logp
+
+
+# The squashed Gaussian of SAC's actor, shared by the reference (sac.py) and its fast path (fast_offpolicy.py).
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+"""Clamp of the actor's log standard deviation (SB3 / softlearning)."""
+LOG2 = math.log(2.0)
+
+
+def mean_log_std(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actor network's output ``[B, 2 dim(A)]`` -> mean and clamped log std ``[B, dim(A)]``
+    (one fused head for SB3's two heads ``mu`` and ``log_std``; same initialization)."""
+    mean, log_std = out.chunk(2, -1)
+    return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A reparameterized sample of the tanh-squashed Gaussian and its log-density (Haarnoja et al. 2018, appendix C):
+
+        a = tanh(u),  u = mean + std * eps,  eps ~ N(0, I)
+        log pi(a|s) = sum_i [-eps_i^2 / 2 - log std_i - log(2 pi) / 2 - log(1 - tanh(u_i)^2)]
+
+    with ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` (stable). The same density as
+    :func:`squashed_gaussian`; also returns ``std * eps``, which the fast path's
+    hand-written backward pass needs. Shapes: ``[B, d]`` -> a, noise ``[B, d]``,
+    log pi ``[B]``."""
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device)
+    noise = log_std.exp() * eps
+    u = mean + noise
+    log_det = 2.0 * (LOG2 - u - F.softplus(-2.0 * u))
+    logp = (-0.5 * eps * eps - log_std - log_det).sum(-1) - 0.5 * LOG_2PI * mean.shape[-1]
+    return torch.tanh(u), logp, noise

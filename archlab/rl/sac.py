@@ -32,41 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import fast_offpolicy as fast_path
+from .networks import LOG_STD_MAX, LOG_STD_MIN, mean_log_std, squashed_sample  # noqa: F401
 from .offpolicy import OffPolicyAgent, OffPolicyConfig, polyak
-
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-"""Clamp of the actor's log standard deviation (SB3 / softlearning)."""
-LOG2, LOG_2PI = math.log(2.0), math.log(2.0 * math.pi)
-
-
-def mean_log_std(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The actor network's output ``[B, 2 dim(A)]`` -> mean and clamped log std ``[B, dim(A)]``
-    (one fused head for SB3's two heads ``mu`` and ``log_std``; same initialization)."""
-    mean, log_std = out.chunk(2, -1)
-    return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-
-def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A reparameterized sample of the tanh-squashed Gaussian and its log-density (appendix C):
-
-        a = tanh(u),  u = mean + std * eps,  eps ~ N(0, I)
-        log pi(a|s) = sum_i [-eps_i^2 / 2 - log std_i - log(2 pi) / 2 - log(1 - tanh(u_i)^2)]
-
-    with ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` (stable). The same density as
-    :func:`archlab.rl.networks.squashed_gaussian`; also returns ``std * eps``, which the fast path's
-    hand-written backward pass needs. Shapes: ``[B, d]`` -> a, noise ``[B, d]``,
-    log pi ``[B]``."""
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device)
-    noise = log_std.exp() * eps
-    u = mean + noise
-    log_det = 2.0 * (LOG2 - u - F.softplus(-2.0 * u))
-    logp = (-0.5 * eps * eps - log_std - log_det).sum(-1) - 0.5 * LOG_2PI * mean.shape[-1]
-    return torch.tanh(u), logp, noise
 
 
 @dataclasses.dataclass
