@@ -174,11 +174,9 @@ def test_every_recipe_loads_validates_and_round_trips(path: Path) -> None:
     assert rec.description
     # Experiments on synthetic data have no published target and say so in their description.
     if rec.expect is None:
-        assert "no [expect]" in rec.description
+        assert "no [expect]" in rec.description.lower() or "no published target" in rec.description.lower()
     else:
         assert rec.expect.source and rec.expect.seeds
-        assert rec.expect.metric in {"test_acc", "val_acc", "test_loss", "val_loss", "test_auc", "test_ap",
-                                  "test_exact_match", "eval_return_mean", "test_modes"}
         assert rec.expect.metric in rec.loop_class.metrics  # a metric the recipe's loop reports
     assert rec.train.steps > 0 or rec.train.epochs > 0
     assert from_dict(tomllib.loads(rec.to_toml())) == rec
