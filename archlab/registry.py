@@ -35,8 +35,10 @@ def first_line(doc: str | None) -> str:
     """A docstring's first sentence, without reST markup, at most 110 characters (for ``archlab list``)."""
     paragraph = " ".join(line.strip() for line in (doc or "").strip().split("\n\n")[0].splitlines())
     paragraph = re.sub(r":\w+:`([^`]*)`", r"\1", paragraph).replace("``", "")
-    # A sentence ends at ". " or ";" -- but not after "et al." or "e.g.".
-    match = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.(\s|$)|;", paragraph)
+    # A sentence ends at ". " or ";" -- but not after "et al." or "e.g.", nor inside parentheses.
+    ends = (m for m in re.finditer(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.(\s|$)|;", paragraph)
+            if paragraph.count("(", 0, m.start()) <= paragraph.count(")", 0, m.start()))
+    match = next(ends, None)
     sentence = paragraph[:match.start() + 1].rstrip(";") if match else paragraph
     return sentence if len(sentence) <= 110 else sentence[:109].rstrip() + "…"
 
