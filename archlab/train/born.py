@@ -11,61 +11,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..engine.loop import Context, Loop, register_loop
-from ..errors import ArchlabError
+from ..engine.loop import register_loop
 from ..io import pyplot
-
-if TYPE_CHECKING:
-    from ..recipe import Recipe
+from .variational import VariationalLoop
 
 
 @register_loop("born")
-class Born(Loop):
+class Born(VariationalLoop):
     """Quantum circuit Born machine: minimize the KL divergence from the target distribution."""
 
-    model_families = ("quantum",)
-    uses_data = False
+    model_attr = "kl"
+    model_kind = "Born machines"
     metrics = ("tv_distance", "kl", "valid_fraction")
     monitor = ("tv_distance", "min")
-    keep_best = True
 
-    @classmethod
-    def check_fit(cls, recipe: Recipe, data: Any, model: Any) -> None:
-        if not hasattr(model, "kl"):
-            raise ArchlabError(f"the born loop trains Born machines; {recipe.model_name!r} is not one")
-
-    def __init__(self, recipe: Recipe, model: Any, data: Any, ctx: Context) -> None:
-        if ctx.dist.enabled:
-            raise ArchlabError("the born loop runs in one process; drop --nproc")
-        super().__init__(recipe, model, data, ctx)
-        tc = recipe.train
-        if not tc.steps:
-            raise ArchlabError("train.steps: the born loop needs a number of optimizer steps")
-        self.total_steps = tc.steps
-        self.eval_every = tc.eval_every or max(1, tc.steps // 10)
-        self.opt = self.trainable("model", model)
-
-    def train_step(self, step: int) -> dict[str, Any]:
+    def objective(self) -> tuple[torch.Tensor, torch.Tensor]:
         loss = self.model.kl()
-        self.opt.zero_grad()
-        self.opt.backward(loss)
-        return {"loss": loss.detach(), "lr": self.opt.step()}
+        return loss, loss
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         p, q = self.model.target, self.model.probabilities()
         return {"tv_distance": float(0.5 * (p - q).abs().sum()), "kl": float(self.model.kl()),
                 "valid_fraction": float(q[p > 0].sum())}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["model"])
 
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
         m = self.model

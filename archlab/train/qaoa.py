@@ -10,60 +10,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..engine.loop import Context, Loop, register_loop
-from ..errors import ArchlabError
+from ..engine.loop import register_loop
 from ..io import atomic_write_bytes, pyplot
-
-if TYPE_CHECKING:
-    from ..recipe import Recipe
+from .variational import VariationalLoop
 
 
 @register_loop("qaoa")
-class QAOA(Loop):
+class QAOA(VariationalLoop):
     """QAOA for MaxCut: maximize the expected cut over the circuit's angles."""
 
-    model_families = ("quantum",)
-    uses_data = False
+    model_attr = "max_cut"
+    model_kind = "QAOA models"
     metrics = ("expected_cut", "approx_ratio", "max_cut")
     monitor = ("expected_cut", "max")
-    keep_best = True
 
-    @classmethod
-    def check_fit(cls, recipe: Recipe, data: Any, model: Any) -> None:
-        if not hasattr(model, "max_cut"):
-            raise ArchlabError(f"the qaoa loop trains QAOA models; {recipe.model_name!r} is not one")
-
-    def __init__(self, recipe: Recipe, model: Any, data: Any, ctx: Context) -> None:
-        if ctx.dist.enabled:
-            raise ArchlabError("the qaoa loop runs in one process; drop --nproc")
-        super().__init__(recipe, model, data, ctx)
-        tc = recipe.train
-        if not tc.steps:
-            raise ArchlabError("train.steps: the qaoa loop needs a number of optimizer steps")
-        self.total_steps = tc.steps
-        self.eval_every = tc.eval_every or max(1, tc.steps // 10)
-        self.opt = self.trainable("model", model)
-
-    def train_step(self, step: int) -> dict[str, Any]:
+    def objective(self) -> tuple[torch.Tensor, torch.Tensor]:
         cut = self.model()
-        self.opt.zero_grad()
-        self.opt.backward(-cut)
-        return {"loss": -cut.detach(), "lr": self.opt.step()}
+        return -cut, -cut
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         cut = float(self.model())
         return {"expected_cut": cut, "approx_ratio": cut / self.model.max_cut, "max_cut": float(self.model.max_cut)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["model"])
 
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
         from ..quantum.qaoa import qaoa_circuit

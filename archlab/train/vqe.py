@@ -17,51 +17,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..engine.loop import Context, Loop, register_loop
-from ..errors import ArchlabError
+from ..engine.loop import register_loop
 from ..io import atomic_write_bytes, pyplot
-
-if TYPE_CHECKING:
-    from ..recipe import Recipe
+from .variational import VariationalLoop
 
 CHEMICAL_ACCURACY_MHA = 1.6  # 1 kcal/mol in millihartree
 
 
 @register_loop("vqe")
-class VQE(Loop):
+class VQE(VariationalLoop):
     """Variational quantum eigensolver: minimize <H> of a molecule's qubit Hamiltonian along a bond-length curve."""
 
-    model_families = ("quantum",)
-    uses_data = False
+    model_attr = "exact_energies"
+    model_kind = "vqe models"
     metrics = ("max_error_mha", "error_eq_mha", "energy_eq", "hf_error_eq_mha")
     monitor = ("max_error_mha", "min")
-    keep_best = True
 
-    @classmethod
-    def check_fit(cls, recipe: Recipe, data: Any, model: Any) -> None:
-        if not hasattr(model, "exact_energies"):
-            raise ArchlabError(f"the vqe loop trains vqe models; {recipe.model_name!r} is not one")
-
-    def __init__(self, recipe: Recipe, model: Any, data: Any, ctx: Context) -> None:
-        if ctx.dist.enabled:
-            raise ArchlabError("the vqe loop runs in one process; drop --nproc")
-        super().__init__(recipe, model, data, ctx)
-        tc = recipe.train
-        if not tc.steps:
-            raise ArchlabError("train.steps: the vqe loop needs a number of optimizer steps")
-        self.total_steps = tc.steps
-        self.eval_every = tc.eval_every or max(1, tc.steps // 10)
-        self.opt = self.trainable("model", model)
-
-    def train_step(self, step: int) -> dict[str, Any]:
+    def objective(self) -> tuple[torch.Tensor, torch.Tensor]:
         energies = self.model()
-        self.opt.zero_grad()
-        self.opt.backward(energies.sum())
-        return {"loss": energies.mean().detach(), "lr": self.opt.step()}
+        return energies.sum(), energies.mean()
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -71,12 +48,6 @@ class VQE(Loop):
         hf_error = (m.hf_energies[eq] - m.exact_energies[eq]) * 1000
         return {"max_error_mha": float(err.max()), "error_eq_mha": float(err[eq]),
                 "energy_eq": float(m()[eq]), "hf_error_eq_mha": float(hf_error)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["model"])
 
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
         m = self.model
