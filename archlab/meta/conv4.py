@@ -31,3 +31,10 @@ def embedding_dim(hidden: int, image_size: int, blocks: int = 4) -> int:
     if side < 1:
         raise ValueError(f"{blocks} pooling blocks need images of at least {2 ** blocks} pixels, got {image_size}")
     return hidden * side * side
+
+
+def conv4_classifier(in_channels: int, hidden: int, image_size: int, ways: int) -> nn.Sequential:
+    """:func:`conv4` (batch statistics always, as MAML and Reptile adapt on them) followed by a ``ways``-way linear
+    head: the network the optimization-based methods meta-learn an initialisation of."""
+    return nn.Sequential(conv4(in_channels, hidden, running_stats=False),
+                         nn.Linear(embedding_dim(hidden, image_size), ways))

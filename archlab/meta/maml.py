@@ -28,12 +28,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
 from ..registry import register
 from .base import Conv4Config, FewShotLearner
-from .conv4 import conv4, embedding_dim
+from .conv4 import conv4_classifier
 
 
 @dataclass
@@ -66,8 +65,7 @@ class MAML(FewShotLearner):
     def __init__(self, config: MAMLConfig) -> None:
         super().__init__(config)
         c = config
-        self.net = nn.Sequential(conv4(c.in_channels, c.hidden, running_stats=False),
-                                 nn.Linear(embedding_dim(c.hidden, c.image_size), c.ways))
+        self.net = conv4_classifier(c.in_channels, c.hidden, c.image_size, c.ways)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
