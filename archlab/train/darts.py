@@ -40,7 +40,7 @@ from ..errors import ArchlabError
 from ..io import atomic_write_bytes
 from ..io import pyplot as _pyplot
 from ..models.base import ArchModel
-from .supervised import BatchStream, total_steps
+from .supervised import BatchStream, classification_scores, total_steps
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -181,14 +181,7 @@ class Darts(Loop):
         if len(part) == 0:
             return {}
         self.model.eval()
-        correct, loss_sum = 0, 0.0
-        bs = self.recipe.data.eval_batch_size
-        for i in range(0, len(part), bs):
-            x, y = part.x[i:i + bs].to(self.ctx.device), part.y[i:i + bs].to(self.ctx.device)
-            logits = self.model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-        return {f"{split}_acc": correct / len(part), f"{split}_loss": loss_sum / len(part)}
+        return classification_scores(self.model, part, split, self.recipe.data.eval_batch_size, self.ctx.device)
 
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
         """``genotype.json``: the derived cells (``darts_net`` keys ``normal``/``reduce``) and softmax(alpha);

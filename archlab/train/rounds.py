@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data import Dataset, Split
 from ..engine.loop import Context, Loop, register_loop
@@ -55,7 +54,7 @@ from ..federated.server import ServerName
 from ..io import atomic_write_bytes, pyplot
 from ..models.base import ArchModel
 from ..privacy import epsilon
-from .supervised import Supervised
+from .supervised import Supervised, classification_scores
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -361,14 +360,7 @@ class Federated(Loop):
     @torch.no_grad()
     def _score(self, part: Split, split: str) -> dict[str, float]:
         self.model.eval()
-        correct, loss_sum = 0, 0.0
-        bs = self.recipe.data.eval_batch_size
-        for i in range(0, len(part), bs):
-            x, y = part.x[i:i + bs].to(self.ctx.device), part.y[i:i + bs].to(self.ctx.device)
-            logits = self.model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-        return {f"{split}_acc": correct / len(part), f"{split}_loss": loss_sum / len(part)}
+        return classification_scores(self.model, part, split, self.recipe.data.eval_batch_size, self.ctx.device)
 
     def evaluate(self, split: str) -> dict[str, float]:
         if split != "val":

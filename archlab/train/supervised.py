@@ -12,7 +12,9 @@ position in the checkpoint so a resumed run sees exactly the batches an uninterr
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +64,23 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
         self.epoch, self.pos, self.perm = state["epoch"], state["pos"], state["perm"]
+
+
+@torch.no_grad()
+def classification_scores(forward: Callable[[torch.Tensor], torch.Tensor], part: Split, split: str, batch_size: int,
+                          device: torch.device,
+                          autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
+    """``{split}_acc`` and ``{split}_loss`` (mean cross-entropy) of ``forward`` over ``part``, in batches of
+    ``batch_size`` moved to ``device``; each forward pass runs under ``autocast()``, the logits in fp32."""
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(part), batch_size):
+        x = part.x[i:i + batch_size].to(device)
+        y = part.y[i:i + batch_size].to(device)
+        with autocast():
+            logits = forward(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+    return {f"{split}_acc": correct / len(part), f"{split}_loss": loss_sum / len(part)}
 
 
 def total_steps(recipe: Recipe, n_train: int) -> tuple[int, int]:
@@ -155,16 +174,8 @@ class Supervised(Loop):
         if len(part) == 0:
             return {}
         self.model.eval()
-        correct, loss_sum = 0, 0.0
-        bs = self.recipe.data.eval_batch_size
-        for i in range(0, len(part), bs):
-            x = part.x[i:i + bs].to(self.ctx.device)
-            y = part.y[i:i + bs].to(self.ctx.device)
-            with self.ctx.precision.autocast():
-                logits = self.forward(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-        return {f"{split}_acc": correct / len(part), f"{split}_loss": loss_sum / len(part)}
+        return classification_scores(self.forward, part, split, self.recipe.data.eval_batch_size, self.ctx.device,
+                                     self.ctx.precision.autocast)
 
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
         """Pictures of a few test examples from models that draw them (``plot_examples(x, y, folder)``,
