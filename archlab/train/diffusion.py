@@ -33,7 +33,7 @@ from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..models.generative.fid import load_feature_network, sample_quality
-from ..models.generative.images import save_grid
+from ..models.generative.images import pixel_range, save_grid
 from .supervised import BatchStream
 
 if TYPE_CHECKING:
@@ -104,10 +104,7 @@ class Diffusion(Loop):
             raise ArchlabError("the diffusion loop runs in one process; drop --nproc")
         super().__init__(recipe, model.to(ctx.device), data, ctx)
         tc, dc = recipe.train, recipe.data
-        lo, hi = float(data.train.x.min()), float(data.train.x.max())
-        if hi <= lo:
-            raise ArchlabError(f"data {dc.name!r}: the training images are constant; nothing to model")
-        self.scale = (lo, hi)
+        self.scale = pixel_range(data.train.x, dc.name)
         self.train_x = self._signed(data.train.x).to(ctx.device)
         n = self.cfg.eval_examples
         self.eval_x = {"val": self._signed(data.val.x[:n]).to(ctx.device),

@@ -35,7 +35,7 @@ from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..models.generative.fid import load_feature_network, sample_quality
-from ..models.generative.images import lerp, save_gif, save_grid, slerp
+from ..models.generative.images import lerp, pixel_range, save_gif, save_grid, slerp
 from .supervised import BatchStream
 
 if TYPE_CHECKING:
@@ -106,10 +106,7 @@ class ELBO(Loop):
             raise ArchlabError("the elbo loop runs in one process; drop --nproc")
         super().__init__(recipe, model.to(ctx.device), data, ctx)
         tc, dc = recipe.train, recipe.data
-        lo, hi = float(data.train.x.min()), float(data.train.x.max())
-        if hi <= lo:
-            raise ArchlabError(f"data {dc.name!r}: the training images are constant; nothing to model")
-        self.scale = (lo, hi)
+        self.scale = pixel_range(data.train.x, dc.name)
         self.train_x = self._unit(data.train.x).to(ctx.device)
         fixed = torch.Generator().manual_seed(12345)
         self.eval_x = {split: self._binarize(self._unit(getattr(data, split).x), fixed).to(ctx.device)

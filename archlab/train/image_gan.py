@@ -38,7 +38,7 @@ from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..models.generative.fid import frechet_distance, load_feature_network, sample_quality
-from ..models.generative.images import lerp, save_grid, slerp
+from ..models.generative.images import lerp, pixel_range, save_grid, slerp
 from .supervised import BatchStream
 
 if TYPE_CHECKING:
@@ -108,10 +108,7 @@ class ImageGAN(Loop):
             raise ArchlabError("the image_gan loop runs in one process; drop --nproc")
         super().__init__(recipe, model.to(ctx.device), data, ctx)
         tc, dc = recipe.train, recipe.data
-        lo, hi = float(data.train.x.min()), float(data.train.x.max())
-        if hi <= lo:
-            raise ArchlabError(f"data {dc.name!r}: the training images are constant; nothing to model")
-        self.scale = (lo, hi)
+        self.scale = lo, hi = pixel_range(data.train.x, dc.name)
         self.train_x = ((data.train.x - lo) / (hi - lo) * 2 - 1).to(ctx.device)
         self.stream = BatchStream(len(data.train), dc.batch_size, seed=ctx.seed)
         self.noise = torch.Generator().manual_seed(ctx.seed + 1)

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ArchlabError
 from ...io import atomic_write_bytes, pyplot
+
+
+def pixel_range(x: torch.Tensor, dataset: str) -> tuple[float, float]:
+    """(min, max) of the training images, which the generative loops map to [0, 1] or [-1, 1]; one line if the
+    images are constant (nothing to model)."""
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        raise ArchlabError(f"data {dataset!r}: the training images are constant; nothing to model")
+    return lo, hi
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
