@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import ArchlabError, NonFiniteLoss
 
@@ -50,10 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change the run's recipe for this evaluation, e.g. --set data.name=omniglot_runs")
 
-    from .train import pictures, probe
-
-    probe.add_parser(sub)
-    pictures.add_parser(sub)  # sample, interpolate
+    _add_command_modules(sub, COMMAND_MODULES[:2])  # probe, sample, interpolate after eval in --help
 
     s = sub.add_parser("generate", help="continue a prompt with the language model of a run directory")
     s.add_argument("run_dir")
@@ -90,17 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="results folder (default reports/bench/<spec>)")
     s.add_argument("--update-results", action="store_true", help="also overwrite the committed benchmarks/results/")
 
-    from .search import cv, tune
-    from .toolbox import ensemble
-
-    tune.add_parser(sub)
-    cv.add_parser(sub)
-    ensemble.add_parser(sub)
-
-    from .explain import command as explain_command
-
-    explain_command.add_parser(sub)
+    _add_command_modules(sub, COMMAND_MODULES[2:])
     return p
+
+
+# Commands that live beside their family: each module has ``add_parser(sub)``, which gives every
+# subcommand it adds ``set_defaults(run=handler)``; a new command is one line here.
+COMMAND_MODULES = [
+    "archlab.train.probe",
+    "archlab.train.pictures",  # sample, interpolate
+    "archlab.search.tune",
+    "archlab.search.cv",
+    "archlab.toolbox.ensemble",
+    "archlab.explain.command",
+]
+
+
+def _add_command_modules(sub: Any, modules: list[str]) -> None:
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name).add_parser(sub)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -290,24 +298,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    from .train import probe
-
-    return probe.run(args)
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    from .train import pictures
-
-    return pictures.run_sample(args)
-
-
-def cmd_interpolate(args: argparse.Namespace) -> int:
-    from .train import pictures
-
-    return pictures.run_interpolate(args)
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from .train.lm import generate_from_run
 
@@ -345,37 +335,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import command as explain_command
-
-    return explain_command.run(args)
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    from .search import tune
-
-    return tune.run(args)
-
-
-def cmd_cv(args: argparse.Namespace) -> int:
-    from .search import cv
-
-    return cv.run(args)
-
-
-def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .toolbox import ensemble
-
-    return ensemble.run(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
-               "probe": cmd_probe, "sample": cmd_sample, "interpolate": cmd_interpolate,
-               "reproduce": cmd_reproduce, "bench": cmd_bench, "generate": cmd_generate,
-               "rollout": cmd_rollout, "tune": cmd_tune, "cv": cmd_cv, "ensemble": cmd_ensemble,
-               "explain": cmd_explain}[args.command]
+    handler = getattr(args, "run", None) or {
+        "list": cmd_list, "info": cmd_info, "train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce,
+        "bench": cmd_bench, "generate": cmd_generate, "rollout": cmd_rollout}[args.command]
     try:
         return handler(args)
     except ArchlabError as exc:

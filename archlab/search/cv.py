@@ -91,6 +91,7 @@ def cross_validate(recipe_path: str | os.PathLike, folds: int = 5, stratified: b
 
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("cv", help="k-fold cross-validation of a recipe (mean ± std over folds, per-fold table)")
+    s.set_defaults(run=run)
     s.add_argument("recipe", help="recipe TOML file (array dataset)")
     s.add_argument("--folds", type=int, default=5, help="number of folds K (default 5)")
     s.add_argument("--plain", action="store_true", help="plain k-fold instead of stratified by class")

@@ -585,6 +585,7 @@ def write_reports(study: Any, space: SpaceConfig, out: Path, log: Any = print) -
 # -- command line --------------------------------------------------------------------------------
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("tune", help="hyperparameter search over recipe keys (Optuna; resumable, parallel)")
+    s.set_defaults(run=run)
     s.add_argument("recipe", help="recipe TOML file")
     s.add_argument("--space", help="search space TOML (default: the recipe's [tune] table)")
     s.add_argument("--trials", type=int, default=20, help="finished trials the study ends with (default 20)")

@@ -101,6 +101,7 @@ def ensemble(run_dirs: list[str | os.PathLike], split: str = "test") -> dict[str
 
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("ensemble", help="average the class probabilities of trained runs; accuracy, NLL, ECE")
+    s.set_defaults(run=run)
     s.add_argument("run_dirs", nargs="+", help="finished run directories of classifiers on the same data")
     s.add_argument("--split", default="test", help="val or test (default test)")
     s.add_argument("--out", help="also write the result as JSON to this file")

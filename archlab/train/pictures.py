@@ -25,6 +25,7 @@ from ..models.generative.images import lerp, save_gif, save_grid, slerp
 
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("sample", help="a grid of samples from the generative model of a run directory")
+    s.set_defaults(run=run_sample)
     s.add_argument("run_dir")
     s.add_argument("--n", type=int, default=64, help="images (default 64)")
     s.add_argument("--steps", type=int, default=50, help="diffusion models: DDIM steps (default 50)")
@@ -33,6 +34,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="PNG file to write")
     s = sub.add_parser("interpolate", help="latent walks (linear and spherical) of a run's generative model")
+    s.set_defaults(run=run_interpolate)
     s.add_argument("run_dir")
     s.add_argument("--pairs", type=int, default=4, help="pairs of end points (default 4)")
     s.add_argument("--frames", type=int, default=10, help="images per walk (default 10)")

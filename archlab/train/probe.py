@@ -155,6 +155,7 @@ def plot_embedding(features: Tensor, labels: Tensor, path: str | os.PathLike, ti
 
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("probe", help="linear probe / k-NN accuracy of the frozen features of a run's model")
+    s.set_defaults(run=run)
     s.add_argument("run_dir")
     s.add_argument("--method", choices=["linear", "knn", "both"], default="both", help="default: both")
     s.add_argument("--data", help="dataset to probe on (default: the run's own [data])")
