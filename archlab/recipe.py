@@ -104,6 +104,9 @@ class TrainConfig:
     """Also log scalars to TensorBoard (needs the tensorboard extra)."""
     threads: int = 0
     """torch CPU threads (0: leave PyTorch's default)."""
+    init_from: str = ""
+    """Start from the weights of this finished run directory (or save_pretrained folder): tensors are
+    copied by name; keys the saved model lacks (adapters, new heads) keep their initialization."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):

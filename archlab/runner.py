@@ -99,6 +99,12 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if data is None:
         data = loop_cls.load_data(recipe) if loop_cls.uses_data else None
     model = loop_cls.build_model(recipe, data, dev)
+    if tc.init_from and not resume:  # a resumed run gets every tensor from its checkpoint
+        from .engine.init import init_from
+
+        fresh = init_from(model, tc.init_from)
+        log(f"archlab: initialized from {tc.init_from}" + (f"; {len(fresh)} tensor(s) keep their fresh "
+            f"initialization ({', '.join(fresh[:3])}{', ...' if len(fresh) > 3 else ''})" if fresh else ""))
     loop_cls.check_fit(recipe, data, model)
     ctx = Context(device=dev, precision=precision, dist=dist, seed=seed)
     loop = loop_cls(recipe, model, data, ctx)

@@ -496,3 +496,36 @@ def test_bench_bad_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str], edit
     assert code == 2
     assert_one_line_error(err, fragment)
     assert not (tmp_path / "results").exists()
+
+
+def test_init_from_starts_from_the_weights_of_a_finished_run(trained: dict[str, Any], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``train.init_from``: a run with lr 0 from a finished run keeps its parameters exactly (batch-norm
+    running statistics still move, as they do in any training step)."""
+    out = tmp_path / "tuned"
+    code, stdout, err = run(capsys, "train", str(DIGITS_CNN), *TINY_TRAIN, "--set", "train.steps=2",
+                            "--set", "optim.lr=0", "--set", f"train.init_from={trained['dir']}", "--out", str(out))
+    assert code == 0, err
+    assert f"initialized from {trained['dir']}" in stdout
+    before = dict(archlab.load(trained["dir"]).named_parameters())
+    after = dict(archlab.load(out).named_parameters())
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    first = next(iter(before))  # and the copy is not what a fresh build would give anyway
+    assert not torch.equal(dict(archlab.load(trained["dir"]).__class__.create(
+        **archlab.registry.read_saved(out)["config"]).named_parameters())[first], after[first])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.channels=[4, 8]", "has shape"),
+    ("train.init_from=/nonexistent/run", "has no model.safetensors"),
+])
+def test_init_from_mismatch_is_one_line(trained: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        override: str, fragment: str) -> None:
+    out = tmp_path / "bad"
+    code, _, err = run(capsys, "train", str(DIGITS_CNN), *TINY_TRAIN, "--set", f"train.init_from={trained['dir']}",
+                       "--set", override, "--out", str(out))
+    assert code == 2
+    assert_one_line_error(err, fragment)
+    assert not out.exists()

@@ -1,0 +1,50 @@
+"""``train.init_from``: start a run from the weights of an earlier run (fine-tuning, compression,
+adapters), for every loop alike.
+
+Tensors are copied by name from ``DIR/model.safetensors`` (a finished run directory or any folder
+written by ``save_pretrained``). Keys the new model has and the saved one lacks -- a LoRA adapter, a
+fresh head -- keep their fresh initialization and are reported; a saved tensor the new model has no
+place for, or one of another shape, is an error, since silently dropping weights would hide a
+mismatched architecture.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import ArchlabError
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def init_from(model: object, directory: str | os.PathLike) -> list[str]:
+    """Copy the saved weights of ``directory`` into ``model`` in place; return the model's keys that
+    kept their initialization (sorted)."""
+    if not isinstance(model, nn.Module):
+        raise ArchlabError(f"train.init_from: a {type(model).__name__} has no weights to initialize")
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArchlabError(f"train.init_from: {str(directory)[:200]} has no {WEIGHTS_FILE} "
+                           "(give a finished run directory or a save_pretrained folder)")
+    try:
+        saved = load_file(str(weights), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise ArchlabError(f"train.init_from: {weights} is damaged: {exc}") from None
+    own = model.state_dict()
+    extra = sorted(set(saved) - set(own))
+    if extra:
+        raise ArchlabError(f"train.init_from: {weights} has {len(extra)} tensor(s) this model lacks "
+                           f"(first: {extra[0]}); the architectures differ")
+    for key, value in saved.items():
+        if own[key].shape != value.shape:
+            raise ArchlabError(f"train.init_from: {key} has shape {tuple(value.shape)} in {weights}, "
+                               f"{tuple(own[key].shape)} in this model")
+    with torch.no_grad():
+        for key, value in saved.items():
+            own[key].copy_(value)  # state_dict tensors share storage with the parameters and buffers
+    return sorted(set(own) - set(saved))
