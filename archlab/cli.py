@@ -101,6 +101,7 @@ COMMAND_MODULES = [
     "archlab.search.cv",
     "archlab.toolbox.ensemble",
     "archlab.explain.command",
+    "archlab.compress.command",
 ]
 
 

@@ -117,7 +117,9 @@ class Registry(Generic[T]):
 
 
 # Models and RL algorithms (what a run trains). RL algorithms need gymnasium: without it they are absent.
-MODELS: Registry[type] = Registry("model", ("archlab.models", "archlab.rl.algorithms", "archlab.meta"))
+# archlab.compress registers the compressed networks (a structurally pruned net is a narrower copy of its base).
+MODELS: Registry[type] = Registry("model", ("archlab.models", "archlab.rl.algorithms", "archlab.meta",
+                                             "archlab.compress"))
 
 
 def register(name: str, family: str, description: str | None = None) -> Callable[[type], type]:

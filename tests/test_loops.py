@@ -151,7 +151,8 @@ LAYERS = [
     {"data"},
     {"engine", "plots"},
     # algorithms use engine services (progress); the registry finds them by name, not by import
-    {"rl", "federated", "privacy", "meta", "continual"},
+    # compress: pruning/quantization need only torch and the registry; its command reads runs through data/engine
+    {"rl", "federated", "privacy", "meta", "continual", "compress"},
     {"train"},
     {"recipe"},
     {"runner"},
