@@ -5,12 +5,14 @@
 By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
 ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``, ``elbo``, ``diffusion``;
 self-supervised ``ssl``; meta-learning ``episodic``; continual ``stream``; federated ``rounds`` (and DP-SGD
-``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``."""
+``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
+compression ``distill``."""
 
 from . import (  # noqa: F401
     born,
     darts,
     diffusion,
+    distill,
     elbo,
     episodic,
     gan,
