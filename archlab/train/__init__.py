@@ -6,7 +6,7 @@ By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``
 ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``, ``elbo``, ``diffusion``;
 self-supervised ``ssl``; meta-learning ``episodic``; continual ``stream``; federated ``rounds`` (and DP-SGD
 ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
-compression ``distill``."""
+compression ``distill``, ``prune``."""
 
 from . import (  # noqa: F401
     born,
@@ -23,6 +23,7 @@ from . import (  # noqa: F401
     mlm,
     node,
     private,
+    prune,
     qaoa,
     rl,
     rounds,
