@@ -1,5 +1,6 @@
-"""Likelihood training of latent-variable image models: VAEs (the negative ELBO) and autoencoders
-(reconstruction error), with one optimizer.
+"""Likelihood training of image models with one optimizer: VAEs (the negative ELBO), autoregressive
+models such as PixelCNN (the exact negative log-likelihood) and autoencoders (reconstruction error).
+Whatever the model, its ``terms(x)`` gives per-image losses in nats; the loop minimises their mean.
 
 One step:
 
@@ -15,16 +16,18 @@ once, with a fixed seed, so every evaluation scores the same binary images.
 Evaluation (nats per image, mean over the split): ``{split}_loss`` (the training objective: -ELBO for a
 VAE with beta = 1), ``{split}_rec``, ``{split}_kl``; at the end, ``test_nll`` = -L_k, the
 importance-weighted bound of Burda et al. (eq. 8) with ``loop.nll_k`` samples, for models that have a
-likelihood (``iwae_bound``), and with ``loop.fid_classifier`` ``test_fid``, ``test_is`` and the floor
-``fid_floor`` (FID of training vs test images) over ``loop.fid_samples`` samples. The run directory
-gets ``samples.png`` (models with a prior) and
+likelihood bound (``iwae_bound``), or the exact -log p(x) for models that have one (``log_prob``:
+PixelCNN), over the first ``loop.nll_examples`` test images; with ``loop.fid_classifier`` ``test_fid``,
+``test_is`` and the floor ``fid_floor`` (FID of training vs test images) over ``loop.fid_samples``
+samples. The run directory gets ``samples.png`` (models that sample) and, for models with a latent code,
 ``interpolation.png`` / ``interpolation.gif``: codes of test images walked linearly and spherically.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -85,15 +88,20 @@ class ELBO(Loop):
 
     @classmethod
     def model_defaults(cls, recipe: Recipe, data: Dataset) -> dict[str, Any]:
+        """The image shape (and the flattened size, for models whose config has ``input_dim``)."""
+        from ..registry import get
+
         shape = list(data.input_shape)
-        return {"input_dim": int(torch.tensor(shape).prod()), "image_shape": shape}
+        defaults = {"input_dim": math.prod(shape), "image_shape": shape}
+        keys = {f.name for f in fields(get(recipe.model_name).cls.config_class)}
+        return {k: v for k, v in defaults.items() if k in keys}
 
     @classmethod
     def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
         terms = getattr(model, "terms", None)
         if terms is None:
             raise ArchlabError(f"model {recipe.model_name!r} has no per-image loss terms; the elbo loop trains "
-                               "vae and autoencoder models")
+                               "vae, autoencoder and pixelcnn models")
         if list(data.input_shape) != list(model.config.image_shape):
             raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
                                f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
@@ -157,9 +165,10 @@ class ELBO(Loop):
 
     @torch.no_grad()
     def test_nll(self) -> dict[str, float]:
-        """-L_k on the first ``nll_examples`` test images (models with a likelihood; k = ``nll_k``)."""
-        bound = getattr(self.model, "iwae_bound", None)
-        if not self.cfg.nll_k or bound is None:
+        """On the first ``nll_examples`` test images: the exact -log p(x) of models with ``log_prob``, else
+        -L_k of models with ``iwae_bound`` (k = ``nll_k``; 0: none)."""
+        exact, bound = getattr(self.model, "log_prob", None), getattr(self.model, "iwae_bound", None)
+        if exact is None and (not self.cfg.nll_k or bound is None):
             return {}
         self.model.eval()
         x = self.eval_x["test"]
@@ -168,12 +177,17 @@ class ELBO(Loop):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(2)
             for i in range(0, len(x), 100):
-                total += float(bound(x[i:i + 100], self.cfg.nll_k).double().sum())
+                chunk = x[i:i + 100]
+                total += float((exact(chunk) if exact is not None else bound(chunk, self.cfg.nll_k)).double().sum())
         return {"test_nll": -total / len(x)}
 
     @torch.no_grad()
     def final_metrics(self) -> dict[str, float]:
-        metrics = {**self.evaluate("val"), **self.evaluate("test"), **self.test_nll()}
+        metrics = {**self.evaluate("val"), **self.evaluate("test")}
+        if getattr(self.model, "log_prob", None) is not None and not self.cfg.nll_examples and "test_loss" in metrics:
+            metrics["test_nll"] = metrics["test_loss"]  # an exact likelihood over the whole split: already scored
+        else:
+            metrics.update(self.test_nll())
         if self.fid is not None and getattr(self.model, "can_sample", False):
             n, (lo, hi) = self.cfg.fid_samples, self.scale
             fake = self.model.eval().sample(n, torch.Generator().manual_seed(1))
@@ -188,12 +202,14 @@ class ELBO(Loop):
         name = self.recipe.name
         if getattr(self.model, "can_sample", False):
             gen = torch.Generator().manual_seed(0)
-            save_grid(self.model.sample(self.cfg.samples, gen), run_dir / "samples.png",
-                      title=f"{name}: samples (Bernoulli means)")
+            with self.ctx.precision.autocast():
+                images = self.model.sample(self.cfg.samples, gen)
+            save_grid(images, run_dir / "samples.png", title=f"{name}: samples")
         x = self.eval_x["test"][:8]
-        if len(x) < 2:
+        latent = getattr(self.model, "latent", None)
+        if len(x) < 2 or latent is None:
             return
-        z = self.model.latent(x)
+        z = latent(x)
         s = torch.linspace(0, 1, 10, device=z.device)
         rows = []
         for i in range(0, len(z) - 1, 2):
