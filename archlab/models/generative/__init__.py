@@ -1,3 +1,3 @@
 """Generative models. Importing this package registers them."""
 
-from . import autoencoder, cgan, cyclegan, dcgan, ddpm, gated_pixelcnn, pixelcnn, progan, stylegan, toy_gan, vae  # noqa: F401
+from . import autoencoder, dcgan, ddpm, gated_pixelcnn, pixelcnn, toy_gan, vae  # noqa: F401
