@@ -6,7 +6,7 @@ By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``
 ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``, ``elbo``, ``diffusion``;
 self-supervised ``ssl``; meta-learning ``episodic``; continual ``stream``; federated ``rounds`` (and DP-SGD
 ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
-compression ``distill``, ``prune``."""
+compression ``distill``, ``prune``, ``qat``."""
 
 from . import (  # noqa: F401
     born,
@@ -24,6 +24,7 @@ from . import (  # noqa: F401
     node,
     private,
     prune,
+    qat,
     qaoa,
     rl,
     rounds,
