@@ -3,13 +3,15 @@
 :class:`~archlab.engine.driver.Driver` runs them.
 
 By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
-``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``, ``elbo``, ``diffusion``;
+``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``,
+``cycle_gan``, ``elbo``, ``diffusion``;
 self-supervised ``ssl``; meta-learning ``episodic``; continual ``stream``; federated ``rounds`` (and DP-SGD
 ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
 compression ``distill``, ``prune``, ``qat``."""
 
 from . import (  # noqa: F401
     born,
+    cycle_gan,
     darts,
     diffusion,
     distill,

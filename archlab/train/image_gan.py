@@ -20,13 +20,29 @@ needs ``loop.fid_classifier`` (a trained classifier of the same images, e.g. an 
 validation images; the final metrics add ``test_fid``, ``test_is`` and the floor ``fid_floor`` (FID of
 training vs test images). Samples come from the EMA generator when there is one (it is what the run
 saves). The run directory gets ``samples.png`` and ``interpolation.png`` (latent walks, linear / spherical).
+
+Class-conditional models (a config with ``n_classes``, e.g. ``cgan``) get the labels: G(z, y) with y drawn
+uniformly, D(x, y) on the real images' own labels and the fakes' drawn ones (Mirza & Osindero 2014). Their
+evaluation adds ``test_class_acc``: the classifier's accuracy on generated images of each class, averaged
+over the classes (``test_class_acc_min`` the worst class, ``test_class_acc_K`` each), and the sample grid
+has one class per column.
+
+Growing models (``progan``: ``set_growth(stage, alpha)``, ``resolution(stage)``, ``num_stages``) follow
+the schedule ``loop.grow_at`` (the steps at which stage 1, 2, ... begin) with a linear fade-in over
+``loop.fade_steps`` steps (Karras et al. 2018, Sec. 2):
+
+    stage(t) = #{g in grow_at : g <= t},   alpha(t) = min(1, (t - grow_at[stage - 1]) / fade_steps)
+    real images at stage s: x_s = avgpool to resolution(s); while fading, alpha x_s + (1 - alpha) up2(pool2(x_s))
+
+Both are pure functions of the step, so a run resumed mid-fade continues on the same alpha. The
+optimizers hold every parameter; a stage's unused layers simply get no gradient.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,6 +79,10 @@ class ImageGANConfig:
     """Generated images (and data images) each FID compares."""
     samples: int = 64
     """Images in ``samples.png``."""
+    grow_at: list[int] = field(default_factory=list)
+    """Growing models: the steps at which stages 1, 2, ... begin (increasing; one per growth); []: no growth."""
+    fade_steps: int = 0
+    """Growing models: steps over which a new stage's alpha ramps from 0 to 1 (0: switch at once)."""
 
     def __post_init__(self) -> None:
         if self.loss not in ("bce", "wgan_gp"):
@@ -71,16 +91,30 @@ class ImageGANConfig:
             raise ValueError("need 1 <= n_critic <= 100, 0 <= gp_weight <= 1e4 and 0 <= ema_decay < 1")
         if not 2 <= self.fid_samples <= 10**6 or not 1 <= self.samples <= 1024:
             raise ValueError("need 2 <= fid_samples <= 1e6 and 1 <= samples <= 1024")
+        steps = self.grow_at
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or any(g < 1 for g in steps):
+            raise ValueError(f"grow_at must be increasing steps >= 1, got {self.grow_at}")
+        if not 0 <= self.fade_steps <= 10**7:
+            raise ValueError("need 0 <= fade_steps <= 1e7")
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, module: torch.nn.Module, decay: float) -> None:
+    """theta_ema <- decay theta_ema + (1 - decay) theta; buffers (batch-norm statistics, stages) copied."""
+    for e, p in zip(ema.parameters(), module.parameters(), strict=True):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, p in zip(ema.buffers(), module.buffers(), strict=True):
+        e.copy_(p)
 
 
 @register_loop("image_gan")
 class ImageGAN(Loop):
-    """GANs on images (DCGAN, WGAN-GP): two optimizers, n_critic, FID."""
+    """GANs on images (DCGAN, WGAN-GP, conditional, style-based, growing): two optimizers, n_critic, FID."""
 
     Config = ImageGANConfig
     model_families = ("generative",)
     trainables = ("generator", "discriminator")
-    metrics = ("val_fid", "test_fid", "test_is", "fid_floor")
+    metrics = ("val_fid", "test_fid", "test_is", "fid_floor", "test_class_acc", "test_class_acc_min")
     monitor = ("val_fid", "min")
     progress_keys = ("loss", "d_loss")
 
@@ -97,9 +131,20 @@ class ImageGAN(Loop):
             raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
                                f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
                                f"shape {tuple(data.input_shape)}")
-        if recipe.loop.loss == "wgan_gp" and model.config.critic_norm == "batch":
+        if recipe.loop.loss == "wgan_gp" and getattr(model.config, "critic_norm", None) == "batch":
             raise ArchlabError("model.critic_norm: the WGAN-GP penalty needs a critic without batch norm; "
                                "set critic_norm = \"layer\" or \"none\"")
+        classes = getattr(model.config, "n_classes", 0)
+        if classes and (data.train.y.dim() != 1 or int(data.train.y.max()) >= classes or int(data.train.y.min()) < 0):
+            raise ArchlabError(f"model.n_classes: {recipe.model_name!r} is conditioned on {classes} classes, but "
+                               f"{recipe.data.name!r} has labels outside 0..{classes - 1}")
+        stages = getattr(model, "num_stages", 1)
+        if recipe.loop.grow_at and len(recipe.loop.grow_at) != stages - 1:
+            raise ArchlabError(f"loop.grow_at: {recipe.model_name!r} grows through {stages} stages, so grow_at needs "
+                               f"{stages - 1} steps, got {recipe.loop.grow_at}")
+        if stages > 1 and not recipe.loop.grow_at:
+            raise ArchlabError(f"loop.grow_at: {recipe.model_name!r} grows through {stages} stages; give the "
+                               f"{stages - 1} steps at which they begin")
         if recipe.loop.fid_classifier:
             load_feature_network(recipe.loop.fid_classifier)
 
@@ -116,6 +161,10 @@ class ImageGAN(Loop):
         self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
         self.fid = load_feature_network(self.cfg.fid_classifier) if self.cfg.fid_classifier else None
         self.eval_every = (tc.eval_every or per_epoch) if self.fid is not None and len(data.val) else 0
+        self.classes = getattr(model.config, "n_classes", 0)
+        self.train_y = data.train.y.to(ctx.device) if self.classes else None
+        if self.cfg.grow_at:  # the stage schedule freezes unused layers; the optimizers must hold them all
+            model.requires_grad_(True)
         self.g = self.trainable("generator", model.generator)
         self.d = self.trainable("discriminator", model.discriminator)
         self.ema = (copy.deepcopy(model.generator).eval().requires_grad_(False)
@@ -124,42 +173,72 @@ class ImageGAN(Loop):
     def _z(self, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.model.config.latent_dim, generator=gen).to(self.ctx.device)
 
-    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def _y(self, n: int, gen: torch.Generator) -> torch.Tensor | None:
+        """Labels for n fakes, uniform over the classes (None for unconditional models)."""
+        return torch.randint(0, self.classes, (n,), generator=gen).to(self.ctx.device) if self.classes else None
+
+    def _fake(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.model.generator(z) if y is None else self.model.generator(z, y)
+
+    def _critic(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.model.critic(x) if y is None else self.model.critic(x, y)
+
+    def growth(self, step: int) -> tuple[int, float]:
+        """(stage, alpha) of the schedule at 0-based ``step``."""
+        stage = sum(g <= step for g in self.cfg.grow_at)
+        if stage == 0 or not self.cfg.fade_steps:
+            return stage, 1.0
+        return stage, min(1.0, (step - self.cfg.grow_at[stage - 1]) / self.cfg.fade_steps)
+
+    def _real_at(self, x: torch.Tensor, stage: int, alpha: float) -> torch.Tensor:
+        """Real images at the stage's resolution, blended with the previous resolution while fading."""
+        x = F.adaptive_avg_pool2d(x, self.model.resolution(stage))
+        if alpha < 1:
+            x = torch.lerp(F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest"), x, alpha)
+        return x
+
+    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         u = torch.rand(len(real), 1, 1, 1, generator=self.noise).to(real.device)
         mix = (u * real + (1 - u) * fake).requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.model.critic(mix).sum(), mix, create_graph=True)
+        (grad,) = torch.autograd.grad(self._critic(mix, y).sum(), mix, create_graph=True)
         return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
     def train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
         b, wgan = self.recipe.data.batch_size, self.cfg.loss == "wgan_gp"
+        if self.cfg.grow_at:
+            stage, alpha = self.growth(step)
+            self.model.set_growth(stage, alpha)
         for _ in range(self.cfg.n_critic):
-            real = self.train_x[self.stream.next().to(self.ctx.device)]
+            idx = self.stream.next().to(self.ctx.device)
+            real = self.train_x[idx]
+            if self.cfg.grow_at:
+                real = self._real_at(real, stage, alpha)
+            y_real, y_fake = (self.train_y[idx] if self.classes else None), self._y(b, self.noise)
             with torch.no_grad():
-                fake = self.model.generator(self._z(b, self.noise))
+                fake = self._fake(self._z(b, self.noise), y_fake)
             self.d.zero_grad()
             with self.ctx.precision.autocast():
-                d_real, d_fake = self.model.critic(real).float(), self.model.critic(fake).float()
+                d_real, d_fake = self._critic(real, y_real).float(), self._critic(fake, y_fake).float()
             if wgan:
-                d_loss = d_fake.mean() - d_real.mean() + self.cfg.gp_weight * self._gradient_penalty(real, fake)
+                # The penalty's interpolates carry the real labels: mixing two classes' images has no label.
+                d_loss = (d_fake.mean() - d_real.mean()
+                          + self.cfg.gp_weight * self._gradient_penalty(real, fake, y_real))
             else:
                 d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                           + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
             self.d.backward(d_loss)
             d_lr = self.d.step()
         self.g.zero_grad()
+        y = self._y(b, self.noise)
         with self.ctx.precision.autocast():
-            scores = self.model.critic(self.model.generator(self._z(b, self.noise))).float()
+            scores = self._critic(self._fake(self._z(b, self.noise), y), y).float()
         g_loss = -scores.mean() if wgan else F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))
         self.g.backward(g_loss)
         # The generator's backward also filled the critic's gradients; its next zero_grad clears them.
         g_lr = self.g.step()
         if self.ema is not None:
-            with torch.no_grad():
-                for e, p in zip(self.ema.parameters(), self.model.generator.parameters(), strict=True):
-                    e.lerp_(p.detach(), 1 - self.cfg.ema_decay)
-                for e, p in zip(self.ema.buffers(), self.model.generator.buffers(), strict=True):
-                    e.copy_(p)
+            update_ema(self.ema, self.model.generator, self.cfg.ema_decay)
         return {"loss": g_loss.detach(), "d_loss": d_loss.detach(), "lr": g_lr, "d_lr": d_lr}
 
     def _sampling_model(self) -> ArchModel:
@@ -173,10 +252,17 @@ class ImageGAN(Loop):
     def final_object(self) -> ArchModel:
         return self._sampling_model()
 
+    def _labels(self, n: int) -> torch.Tensor | None:
+        """0, 1, ..., K-1, 0, 1, ...: n labels covering every class evenly (None when unconditional)."""
+        return torch.arange(n) % self.classes if self.classes else None
+
     def _images(self, n: int, seed: int) -> torch.Tensor:
-        """n samples in the data's scale (what the classifier was trained on)."""
+        """n samples in the data's scale (what the classifier was trained on); conditional: of labels ``_labels(n)``."""
         lo, hi = self.scale
-        return lo + self._sampling_model().sample(n, torch.Generator().manual_seed(seed)).cpu() * (hi - lo)
+        gen, y = torch.Generator().manual_seed(seed), self._labels(n)
+        model = self._sampling_model()
+        images = model.sample(n, gen) if y is None else model.sample(n, gen, labels=y)
+        return lo + images.cpu() * (hi - lo)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -188,24 +274,41 @@ class ImageGAN(Loop):
         real, _ = self.fid(data.x[:n])
         return {f"{split}_fid": frechet_distance(fake, real)}
 
+    def _class_accuracy(self, images: torch.Tensor) -> dict[str, float]:
+        """The classifier's accuracy on generated images of each class (labels ``_labels(n)``)."""
+        y = self._labels(len(images))
+        _, logits = self.fid(images)
+        hit = (logits.argmax(1).cpu() == y).float()
+        per_class = [float(hit[y == k].mean()) for k in range(self.classes) if (y == k).any()]
+        return {"test_class_acc": sum(per_class) / len(per_class), "test_class_acc_min": min(per_class),
+                **{f"test_class_acc_{k}": a for k, a in enumerate(per_class)}}
+
     @torch.no_grad()
     def final_metrics(self) -> dict[str, float]:
         if self.fid is None:
             return {}
         n = self.cfg.fid_samples
-        return {**self.evaluate("val"),
-                **sample_quality(self.fid, self._images(n, 1), self.data.test.x[:n], self.data.train.x[:n])}
+        fake = self._images(n, 1)
+        return {**self.evaluate("val"), **sample_quality(self.fid, fake, self.data.test.x[:n], self.data.train.x[:n]),
+                **(self._class_accuracy(fake) if self.classes else {})}
 
     @torch.no_grad()
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
-        model, name = self._sampling_model(), self.recipe.name
-        save_grid(model.sample(self.cfg.samples, torch.Generator().manual_seed(0)), Path(run_dir) / "samples.png",
-                  title=f"{name}: samples")
+        model, name, n = self._sampling_model(), self.recipe.name, self.cfg.samples
+        gen = torch.Generator().manual_seed(0)
+        if self.classes:
+            save_grid(model.sample(n, gen, labels=self._labels(n)), Path(run_dir) / "samples.png",
+                      nrow=min(n, self.classes), title=f"{name}: samples, one class per column")
+        else:
+            save_grid(model.sample(n, gen), Path(run_dir) / "samples.png", title=f"{name}: samples")
         z = self._z(8, torch.Generator().manual_seed(3))
         s = torch.linspace(0, 1, 10, device=z.device)
-        rows = [f(z[i], z[i + 1], s) for i in range(0, 8, 2) for f in (lerp, slerp)]
-        save_grid(torch.cat([model.decode_images(r) for r in rows]), Path(run_dir) / "interpolation.png", nrow=10,
-                  title=f"{name}: latent walks, rows alternate linear / spherical")
+        rows = [(f(z[i], z[i + 1], s), i // 2) for i in range(0, 8, 2) for f in (lerp, slerp)]
+        pics = [model.decode_images(r) if not self.classes
+                else model.decode_images(r, torch.full((len(r),), k % self.classes, device=r.device)) for r, k in rows]
+        save_grid(torch.cat(pics), Path(run_dir) / "interpolation.png", nrow=10,
+                  title=f"{name}: latent walks, rows alternate linear / spherical"
+                  + (" (pair k: class k)" if self.classes else ""))
 
     def state_dict(self) -> dict[str, Any]:
         state = {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),

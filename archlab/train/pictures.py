@@ -1,10 +1,11 @@
 """``archlab sample`` and ``archlab interpolate``: pictures from the generative model of a run directory.
 
-    archlab sample RUN_DIR [--n 64] [--steps S] [--eta E] [--seed K] --out grid.png
+    archlab sample RUN_DIR [--n 64] [--class K] [--truncation PSI] [--steps S] [--eta E] [--seed K] --out grid.png
     archlab interpolate RUN_DIR [--pairs 4] [--frames 10] [--seed K] --out interp.png   (and interp.gif)
 
 ``sample`` draws from the model's prior (VAE: Bernoulli means; DDPM: DDIM with ``--steps`` steps, or
-ancestral DDPM over all T steps with ``--ddpm``; DCGAN: G(z)). ``interpolate`` walks between the codes of
+ancestral DDPM over all T steps with ``--ddpm``; DCGAN: G(z); ``--class K`` for class-conditional models,
+``--truncation PSI`` for models with the truncation trick). ``interpolate`` walks between the codes of
 test images (models with an encoder: VAE, autoencoder; the images come from the run's own dataset,
 scaled to [0, 1] as its loop did) or between prior draws (DCGAN), each pair twice: linearly and
 spherically (rows alternate), and writes the spherical walk of the first pair as a GIF next to the PNG.
@@ -31,6 +32,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--steps", type=int, default=50, help="diffusion models: DDIM steps (default 50)")
     s.add_argument("--eta", type=float, default=0.0, help="diffusion models: DDIM eta (default 0)")
     s.add_argument("--ddpm", action="store_true", help="diffusion models: ancestral DDPM sampling over every step")
+    s.add_argument("--class", dest="label", type=int, default=None, help="class-conditional models: the class K")
+    s.add_argument("--truncation", type=float, default=None,
+                   help="models with the truncation trick (stylegan): psi in [0, 1] (1: none, 0: the mean style)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="PNG file to write")
     s = sub.add_parser("interpolate", help="latent walks (linear and spherical) of a run's generative model")
@@ -72,13 +76,34 @@ def run_sample(args: argparse.Namespace) -> int:
         if not args.ddpm and args.steps > model.config.num_steps:
             raise ArchlabError(f"--steps {args.steps} is more than the model's num_steps={model.config.num_steps}")
         images = model.sample(args.n, gen, steps=None if args.ddpm else args.steps,
-                              sampler="ddpm" if args.ddpm else "ddim", eta=args.eta)
+                              sampler="ddpm" if args.ddpm else "ddim", eta=args.eta, **_sample_options(model, args))
         how = "DDPM, every step" if args.ddpm else f"DDIM {args.steps} steps, eta {args.eta:g}"
     else:
-        images, how = model.sample(args.n, gen), "prior samples"
+        images, how = model.sample(args.n, gen, **_sample_options(model, args)), "prior samples"
+    how += f", class {args.label}" if args.label is not None else ""
+    how += f", truncation {args.truncation:g}" if args.truncation is not None else ""
     save_grid(images, out, nrow=min(8, args.n), title=f"{Path(args.run_dir).name}: {how}")
     print(f"wrote {out}")
     return 0
+
+
+def _sample_options(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``labels`` for ``--class``, ``truncation`` for ``--truncation``; one line when the model has no such option."""
+    options: dict[str, Any] = {}
+    if args.label is not None:
+        classes = getattr(model.config, "n_classes", 0)
+        if not classes:
+            raise ArchlabError(f"--class: a {type(model).__name__} is not class-conditional")
+        if not 0 <= args.label < classes:
+            raise ArchlabError(f"--class must be in 0..{classes - 1}, got {args.label}")
+        options["labels"] = torch.full((args.n,), args.label, dtype=torch.long)
+    if args.truncation is not None:
+        if not getattr(model, "truncatable", False):
+            raise ArchlabError(f"--truncation: a {type(model).__name__} has no truncation trick")
+        if not 0 <= args.truncation <= 1:
+            raise ArchlabError(f"--truncation must be in [0, 1], got {args.truncation}")
+        options["truncation"] = args.truncation
+    return options
 
 
 def _test_images(run_dir: str, n: int, seed: int) -> torch.Tensor:

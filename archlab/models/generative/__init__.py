@@ -1,3 +1,15 @@
 """Generative models. Importing this package registers them."""
 
-from . import autoencoder, dcgan, ddpm, gated_pixelcnn, pixelcnn, toy_gan, vae  # noqa: F401
+from . import (  # noqa: F401
+    autoencoder,
+    cgan,
+    cyclegan,
+    dcgan,
+    ddpm,
+    gated_pixelcnn,
+    pixelcnn,
+    progan,
+    stylegan,
+    toy_gan,
+    vae,
+)
