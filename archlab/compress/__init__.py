@@ -5,6 +5,7 @@ Everything here needs only torch and the registry; the training loop for iterati
 ``archlab/train/prune.py`` and the command in :mod:`archlab.compress.command`.
 """
 
+from .lowrank import LowRankNet, factorize, factorize_model, lowrank_net
 from .prune import (
     Group,
     Masks,
@@ -18,5 +19,6 @@ from .prune import (
     structured_plan,
 )
 
-__all__ = ["Group", "Masks", "PrunedNet", "Sparsity", "magnitude_masks", "prunable_weights", "prune_channels",
-           "prune_magnitude", "sparsity_report", "structured_plan"]
+__all__ = ["Group", "LowRankNet", "Masks", "PrunedNet", "Sparsity", "factorize", "factorize_model", "lowrank_net",
+           "magnitude_masks", "prunable_weights", "prune_channels", "prune_magnitude", "sparsity_report",
+           "structured_plan"]

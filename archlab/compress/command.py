@@ -47,6 +47,7 @@ from ..errors import ArchlabError
 #: Compression methods: name -> module with ``HELP``, ``add_arguments(group)`` and ``apply(model, args, ctx)``.
 METHODS: dict[str, str] = {
     "prune": "archlab.compress.prune",
+    "lowrank": "archlab.compress.lowrank",
 }
 
 RECIPE = "recipe.toml"
