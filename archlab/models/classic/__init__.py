@@ -1,6 +1,7 @@
-"""Classic models: logistic regression, MLP, CNNs, LeNet-5, CIFAR ResNets and recurrent networks.
+"""Classic models: logistic regression, MLP, CNNs, LeNet-5, CIFAR ResNets, MobileNetV2, EfficientNet and recurrent
+networks.
 
 Importing this package registers every model of the ``classic`` family.
 """
 
-from . import cnn, dp_cnn, lenet, logistic, mlp, resnet, rnn  # noqa: F401
+from . import cnn, dp_cnn, efficientnet, lenet, logistic, mlp, mobilenetv2, resnet, rnn  # noqa: F401
