@@ -48,6 +48,7 @@ from ..errors import ArchlabError
 METHODS: dict[str, str] = {
     "prune": "archlab.compress.prune",
     "lowrank": "archlab.compress.lowrank",
+    "quantize": "archlab.compress.quantize_method",
 }
 
 RECIPE = "recipe.toml"

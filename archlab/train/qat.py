@@ -2,7 +2,8 @@
 (``train.loop = "qat"``); Jacob et al. 2018, Krishnamoorthi 2018.
 
 Two phases of ordinary supervised steps (cross-entropy, minibatches from one seeded
-:class:`~archlab.train.supervised.BatchStream`), each with its own named optimizer:
+:class:`~archlab.train.supervised.BatchStream`, ``data.augment`` as in the supervised loop), each with its own
+named optimizer:
 
     fp32   train.epochs (or train.steps) with [optim] / [optim.model]            -> theta (fp32 accuracy)
     PTQ    at the phase boundary, no training: static int8 (activation ranges calibrated on loop.calib_batches
@@ -53,7 +54,7 @@ from ..compress.quantize import (
     set_quant_mode,
     to_float_model,
 )
-from ..data import Dataset
+from ..data import Dataset, make_transform
 from ..engine.loop import Context, Loop, Trainable, register_loop
 from ..errors import ArchlabError
 from ..io import atomic_write_bytes, save_tensors_atomic
@@ -130,6 +131,8 @@ class QAT(Loop):
         tc, dc = recipe.train, recipe.data
         self.train_x, self.train_y = data.train.x.to(ctx.device), data.train.y.to(ctx.device)
         self.stream = BatchStream(len(data.train), dc.batch_size, seed=ctx.seed)
+        self.aug_gen = torch.Generator().manual_seed(ctx.seed + 1)
+        self.augment = make_transform(dc.augment) if dc.augment else None
         per_epoch = max(1, len(data.train) // dc.batch_size)
         self.fp32_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
         self.qat_steps = round(cfg.qat_epochs * per_epoch)
@@ -197,11 +200,14 @@ class QAT(Loop):
 
         def micro_loss() -> torch.Tensor:
             idx = self.stream.next().to(self.ctx.device)
+            x, y = self.train_x[idx], self.train_y[idx]
+            if self.augment is not None:
+                x = self.augment(x, self.aug_gen)
             if qat:  # fake quantization simulates int8 in fp32: no lower-precision autocast on top
-                return F.cross_entropy(module(self.train_x[idx]), self.train_y[idx])
+                return F.cross_entropy(module(x), y)
             with self.ctx.precision.autocast():
-                logits = module(self.train_x[idx])
-            return F.cross_entropy(logits.float(), self.train_y[idx])
+                logits = module(x)
+            return F.cross_entropy(logits.float(), y)
 
         out = trainable.accumulated_step(1, 0.0, micro_loss)
         out["phase"] = int(qat)
@@ -314,11 +320,13 @@ class QAT(Loop):
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.opt.state_dict(), "qat": None if self.qopt is None else self.qopt.state_dict(),
-                "observing": self.observing, "scores": dict(self.scores), "stream": self.stream.state_dict()}
+                "observing": self.observing, "scores": dict(self.scores), "stream": self.stream.state_dict(),
+                "aug_gen": self.aug_gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["model"])
         self.stream.load_state_dict(state["stream"])
+        self.aug_gen.set_state(state["aug_gen"])
         self.scores = dict(state["scores"])
         if state["qat"] is not None:
             self._build_qat()

@@ -312,3 +312,36 @@ def test_qat_loop_rejects_a_model_it_cannot_quantize(tmp_path) -> None:
     raw["data"] = {"name": "mnist1d", "batch_size": 32, "val_fraction": 0.1}
     with pytest.raises(ArchlabError, match="torch.fx"):
         train(from_dict(raw), out=tmp_path / "run", progress=False, log=lambda _m: None)
+
+
+# -- archlab compress --method quantize -------------------------------------------------------------------------
+def test_compress_command_quantizes_a_run(tmp_path) -> None:
+    import json
+
+    from archlab.cli import main
+    from archlab.recipe import from_dict
+    from archlab.runner import evaluate, train
+
+    raw = {"name": "digits_cnn_tiny", "seed": 0,
+           "model": {"name": "cnn2d", "image_size": 8, "channels": [8, 16], "hidden": 32, "norm": "batch"},
+           "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1},
+           "optim": {"name": "adam", "lr": 3e-3}, "train": {"loop": "supervised", "steps": 60, "log_every": 30}}
+    run = tmp_path / "run"
+    train(from_dict(raw), out=run, progress=False, log=lambda _m: None)
+    out = tmp_path / "int8"
+    assert main(["compress", str(run), "--method", "quantize", "--per-channel", "--calib-batches", "2",
+                 "--out", str(out), "--latency-repeats", "3"]) == 0
+    report = json.loads((out / "compress.json").read_text())
+    settings = report["settings"]
+    assert settings["scheme"] == "static" and settings["per_channel"] and settings["calib_batches"] == 2
+    assert abs(report["after"]["test_acc"] - report["before"]["test_acc"]) < 0.05
+    if "runtime_integer_ops" in settings:  # the table's "after" ran in onnxruntime's int8 kernels
+        assert settings["runtime_integer_ops"]["QLinearConv"] == 2 and (out / "model.int8.onnx").is_file()
+    assert archlab.load(out) is not None and (out / "quantization.safetensors").is_file()
+    assert evaluate(out, device="cpu")["test_acc"] > 0.5  # the float network with the (BN-folded) weights
+    dyn = tmp_path / "dyn"
+    assert main(["compress", str(run), "--method", "quantize", "--scheme", "dynamic", "--out", str(dyn),
+                 "--latency-repeats", "3"]) == 0
+    assert json.loads((dyn / "compress.json").read_text())["settings"]["calib_batches"] == 0
+    with pytest.raises(SystemExit):
+        main(["compress", str(run), "--method", "quantize", "--scheme", "bogus", "--out", str(tmp_path / "x")])
