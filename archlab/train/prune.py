@@ -319,6 +319,10 @@ def plot_rounds(history: list[dict[str, Any]], mode: str, path: Path) -> None:
     for name, rows, style in curves:
         ax.plot([100 * h["weights_remaining"] for h in rows], [100 * h["test_acc"] for h in rows], style, label=name)
     ax.set_xscale("log")
+    lowest = min(100 * h["weights_remaining"] for h in history)
+    ax.set_xticks([t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= 0.8 * lowest])
+    ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:g}")
+    ax.xaxis.set_minor_formatter(lambda v, _pos: "")
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy (%)")
