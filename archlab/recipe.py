@@ -78,6 +78,9 @@ class TrainConfig:
     precision: Precision = "fp32"
     compile: bool = False
     """Wrap the model in torch.compile."""
+    activation_checkpointing: bool = False
+    """Recompute the model's transformer blocks / residual blocks in the backward pass instead of keeping
+    their activations: less memory, one extra forward (models that offer it: ``archlab.nn.checkpointing``)."""
     grad_clip: float = 0.0
     """Clip the global gradient norm (0 disables)."""
     accumulate: int = 1

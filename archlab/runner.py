@@ -36,6 +36,7 @@ from .engine.metrics import MetricsLogger, require_tensorboard
 from .engine.seed import check_seed, seed_everything
 from .errors import ArchlabError, NonFiniteLoss
 from .io import atomic_write_bytes
+from .nn.checkpointing import enable_activation_checkpointing
 from .recipe import Recipe
 from .registry import CONFIG_FILE
 
@@ -99,6 +100,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if data is None:
         data = loop_cls.load_data(recipe) if loop_cls.uses_data else None
     model = loop_cls.build_model(recipe, data, dev)
+    if tc.activation_checkpointing:  # any loop: the model recomputes its blocks (one line if it cannot)
+        enable_activation_checkpointing(model)
     if tc.init_from and not resume:  # a resumed run gets every tensor from its checkpoint
         from .engine.init import init_from
 

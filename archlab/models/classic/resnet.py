@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...nn import BasicBlock, InitScheme, Shortcut, init_weights
+from ...nn.checkpointing import ActivationCheckpointing
 from ...registry import register
 from ..base import ArchModel
 
@@ -59,7 +60,7 @@ class ResNetConfig:
         return (self.depth - 2) // 6
 
 
-class ResNet(ArchModel):
+class ResNet(ArchModel, ActivationCheckpointing):
     """CIFAR ResNet of depth 6n + 2: stem, three stages of n basic blocks, global average pool, linear.
 
     Shapes:
@@ -94,7 +95,10 @@ class ResNet(ArchModel):
         return torch.randn(batch_size, config.in_channels, 32, 32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stages(self.stem(x))
+        h = self.stem(x)
+        for stage in self.stages:
+            for block in stage:  # each residual block recomputed in the backward with checkpointing
+                h = self.checkpointed(block, h)
         return self.head(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 

@@ -34,6 +34,7 @@ from torch import nn
 from ...errors import ArchlabError
 from ...nn import Activation
 from ...nn.attention import padding_mask
+from ...nn.checkpointing import ActivationCheckpointing
 from ...nn.positional import LearnedPositionalEmbedding
 from ...nn.transformer import TransformerLayer
 from ...registry import register
@@ -102,7 +103,7 @@ class BartConfig:
 
 
 @register("bart", family="transformers")
-class Bart(HFModel):
+class Bart(HFModel, ActivationCheckpointing):
     """BART encoder-decoder (Lewis et al. 2020): post-norm, learned positions, greedy / beam decoding.
 
     Shapes:
@@ -166,7 +167,7 @@ class Bart(HFModel):
         x = self._embed(input_ids, self.encoder_pos, self.encoder_norm, 0)
         mask = padding_mask(attention_mask) if attention_mask is not None else None
         for layer in self.encoder:
-            x = layer(x, mask=mask)
+            x = self.checkpointed(layer, x, mask=mask)
         return x
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor,
@@ -181,9 +182,9 @@ class Bart(HFModel):
         mask = padding_mask(decoder_attention_mask) if decoder_attention_mask is not None else None
         memory_mask = padding_mask(attention_mask) if attention_mask is not None else None
         for i, layer in enumerate(self.decoder):
-            x = layer(x, mask=mask, causal=True, memory=memory, memory_mask=memory_mask,
-                      cache=cache.self_attn[i] if cache is not None else None,
-                      cross_cache=cache.cross_attn[i] if cache is not None else None)
+            x = self.checkpointed(layer, x, mask=mask, causal=True, memory=memory, memory_mask=memory_mask,
+                                  cache=cache.self_attn[i] if cache is not None else None,
+                                  cross_cache=cache.cross_attn[i] if cache is not None else None)
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed.weight)
         return logits + self.final_logits_bias
 

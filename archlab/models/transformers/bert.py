@@ -40,6 +40,7 @@ from torch import nn
 from ...errors import ArchlabError
 from ...nn import Activation, activation_layer
 from ...nn.attention import padding_mask
+from ...nn.checkpointing import ActivationCheckpointing
 from ...nn.transformer import TransformerLayer
 from ...registry import register
 from .hf import ACT_FROM_HF, ACT_TO_HF, HFModel
@@ -252,7 +253,7 @@ _BACKBONE_ROOTS = ("embeddings.", "encoder.", "pooler", "transformer.")
 
 # ------------------------------------------------------------------------------------------- the model
 @register("bert", family="transformers")
-class Bert(HFModel):
+class Bert(HFModel, ActivationCheckpointing):
     """BERT encoder (Devlin et al. 2019) with a masked-LM, sequence-classification or no head.
 
     Shapes:
@@ -348,7 +349,7 @@ class Bert(HFModel):
         mask = padding_mask(attention_mask) if attention_mask is not None else None
         states = [h]
         for layer in self.layer_sequence():
-            h = layer(h, mask=mask)
+            h = self.checkpointed(layer, h, mask=mask)
             states.append(h)
         return (h, states) if output_hidden_states else h
 

@@ -42,6 +42,7 @@ from torch import nn
 from ...errors import ArchlabError
 from ...nn import Activation
 from ...nn.attention import AttentionKind, AttentionOptions, Backend, KVCache, causal_mask, padding_mask
+from ...nn.checkpointing import ActivationCheckpointing
 from ...nn.positional import LearnedPositionalEmbedding, RotaryEmbedding
 from ...nn.transformer import TransformerLayer
 from ...registry import register
@@ -155,7 +156,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 
 @register("gpt", family="transformers")
-class GPT(HFModel):
+class GPT(HFModel, ActivationCheckpointing):
     """GPT decoder-only language model (GPT-2 architecture; equations in the module docstring).
 
     Submodules: ``wte`` (token embedding), ``wpe`` (learned positions; absent with rotary), ``drop``,
@@ -258,7 +259,7 @@ class GPT(HFModel):
         elif tq == 1:
             causal = False  # one query after the cache sees every key: no mask at all
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask=mask, causal=causal, cache=caches[i] if caches else None)
+            x = self.checkpointed(layer, x, mask=mask, causal=causal, cache=caches[i] if caches else None)
         x = self.ln_f(x)
         return x[:, :t] if pad else x
 

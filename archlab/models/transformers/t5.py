@@ -38,6 +38,7 @@ from torch import nn
 from ...errors import ArchlabError
 from ...nn import Activation
 from ...nn.attention import padding_mask
+from ...nn.checkpointing import ActivationCheckpointing
 from ...nn.positional import RelativePositionBias
 from ...nn.transformer import TransformerLayer
 from ...registry import register
@@ -101,7 +102,7 @@ class T5Config:
 
 
 @register("t5", family="transformers")
-class T5(HFModel):
+class T5(HFModel, ActivationCheckpointing):
     """T5 encoder-decoder (Raffel et al. 2020) with relative position bias and greedy / beam decoding.
 
     Shapes:
@@ -110,6 +111,9 @@ class T5(HFModel):
     """
 
     config_class = T5Config
+    export_blocker: ClassVar[str | None] = (
+        "torch 2.13 decomposes scaled_dot_product_attention with a bias computed in the graph (the relative "
+        "position bias) into a layout the traced reshape after it cannot view (exporter limitation)")
     hf_model_types: ClassVar[tuple[str, ...]] = ("t5",)
 
     def __init__(self, config: T5Config) -> None:
@@ -172,7 +176,7 @@ class T5(HFModel):
         bias = self.encoder_bias(s, s)                  # computed once, shared by every layer
         mask = padding_mask(attention_mask) if attention_mask is not None else None
         for layer in self.encoder:
-            x = layer(x, mask=mask, bias=bias)
+            x = self.checkpointed(layer, x, mask=mask, bias=bias)
         return self.dropout(self.encoder_norm(x))
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor,
@@ -189,9 +193,9 @@ class T5(HFModel):
         mask = padding_mask(decoder_attention_mask) if decoder_attention_mask is not None else None
         memory_mask = padding_mask(attention_mask) if attention_mask is not None else None
         for i, layer in enumerate(self.decoder):
-            x = layer(x, mask=mask, bias=bias, causal=True, memory=memory, memory_mask=memory_mask,
-                      cache=cache.self_attn[i] if cache is not None else None,
-                      cross_cache=cache.cross_attn[i] if cache is not None else None)
+            x = self.checkpointed(layer, x, mask=mask, bias=bias, causal=True, memory=memory, memory_mask=memory_mask,
+                                  cache=cache.self_attn[i] if cache is not None else None,
+                                  cross_cache=cache.cross_attn[i] if cache is not None else None)
         h = self.dropout(self.decoder_norm(x))
         if self.config.scale_decoder_outputs:
             h = h * self.config.d_model ** -0.5

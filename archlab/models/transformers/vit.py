@@ -42,6 +42,7 @@ from torch import nn
 
 from ...errors import ArchlabError
 from ...nn.attention import attention
+from ...nn.checkpointing import ActivationCheckpointing
 from ...nn.transformer import TransformerLayer
 from ...registry import register
 from .hf import HFModel
@@ -107,7 +108,7 @@ class ViTFeatures(NamedTuple):
 
 
 @register("vit", family="transformers")
-class ViT(HFModel):
+class ViT(HFModel, ActivationCheckpointing):
     """Vision Transformer (Dosovitskiy et al. 2021): patch embedding, class token, pre-norm encoder.
 
     Shapes:
@@ -170,7 +171,7 @@ class ViT(HFModel):
                 h, w = layer(h, need_weights=True)
                 attentions.append(w)
             else:
-                h = layer(h)
+                h = self.checkpointed(layer, h)
             if hidden is not None:
                 hidden.append(h)
         return ViTFeatures(self.norm(h), hidden, attentions)
@@ -208,8 +209,8 @@ class ViT(HFModel):
             return (out, feats.attentions) if output_attentions else out
         h = self.embed(x)
         for layer in self.layers[:-1]:
-            h = layer(h)
-        return self.head(self.norm(self._class_token_last_layer(h))[:, 0])
+            h = self.checkpointed(layer, h)
+        return self.head(self.norm(self.checkpointed(self._class_token_last_layer, h))[:, 0])
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``forward(x, output_attentions=True)``: (logits, per-layer attention weights)."""
