@@ -209,8 +209,9 @@ def integer_ops(ops: Counter) -> dict[str, int]:
 
 def latency_ms(fns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, warmup: int = 20,
                rounds: int = 7, iters: int = 50) -> dict[str, float]:
-    """Median milliseconds per call of each function on ``x``, measured side by side: ``rounds`` rounds,
-    each timing every function for ``iters`` calls in turn (so load on a shared machine hits all alike)."""
+    """Median milliseconds per call of each function on ``x``, measured side by side: ``rounds`` rounds, each
+    timing ``iters`` single calls of every function in turn. The median over all single calls ignores the
+    calls a busy shared machine preempts (a mean over a round of calls does not)."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
         for fn in fns.values():
@@ -218,10 +219,10 @@ def latency_ms(fns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, w
                 fn(x)
         for _ in range(rounds):
             for name, fn in fns.items():
-                t0 = time.perf_counter()
                 for _ in range(iters):
+                    t0 = time.perf_counter()
                     fn(x)
-                samples[name].append((time.perf_counter() - t0) / iters * 1e3)
+                    samples[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
