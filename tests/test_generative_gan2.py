@@ -107,6 +107,16 @@ def test_class_and_truncation_flags_refuse_models_without_them(tmp_path, capsys)
 # --------------------------------------------------------------------------------------------- StyleGAN
 
 
+def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
+    from archlab.train.image_gan import ImageGANConfig, r1_penalty
+
+    w = torch.randn(16)
+    x = torch.randn(5, 1, 4, 4, requires_grad=True)
+    assert float(r1_penalty(x.flatten(1) @ w, x)) == pytest.approx(float(w @ w), rel=1e-5)
+    with pytest.raises(ValueError):
+        ImageGANConfig(loss="wgan_gp", r1_weight=1.0)
+
+
 def _stylegan():
     torch.manual_seed(0)
     model = archlab.create("stylegan", latent_dim=8, w_dim=8, mapping_layers=2, channels=[8, 8, 8])
@@ -180,11 +190,11 @@ def test_style_mixing_regularisation_in_training_and_the_running_mean():
 
 def test_stylegan_trains_and_resumes_exactly(tmp_path, assert_resume_exact, capsys):
     out = tmp_path / "sg"
-    raw = _gan_recipe(tmp_path, {**STYLEGAN}, steps=10, ema_decay=0.9)
+    raw = _gan_recipe(tmp_path, {**STYLEGAN}, steps=10, ema_decay=0.9, r1_weight=10.0)
     metrics = _train(raw, out)
     assert metrics["test_fid"] >= 0
     assert main(["sample", str(out), "--n", "4", "--truncation", "0.5", "--out", str(tmp_path / "t.png")]) == 0
-    assert_resume_exact(_gan_recipe(tmp_path, {**STYLEGAN}, ema_decay=0.5))
+    assert_resume_exact(_gan_recipe(tmp_path, {**STYLEGAN}, ema_decay=0.5, r1_weight=1.0))
 
 
 # ------------------------------------------------------------------------------------- progressive GAN

@@ -14,6 +14,9 @@ One step:
         wgan_gp:  L_G = -D(G(z))
     theta_G_ema <- d theta_G_ema + (1 - d) theta_G                       (loop.ema_decay; 0: no EMA)
 
+``loop.r1_weight`` = gamma > 0 adds the R1 penalty to the bce critic loss, gamma / 2 E_x |grad_x D(x)|^2 on real
+images (Mescheder et al. 2018, eq. 9; StyleGAN's regulariser, Karras et al. 2019 Appendix C, gamma = 10).
+
 Images are scaled affinely onto [-1, 1] by the training split's smallest and largest value. Evaluation
 needs ``loop.fid_classifier`` (a trained classifier of the same images, e.g. an ``archlab train`` run of
 ``recipes/classic/mnist_lenet5.toml``): ``val_fid`` compares ``loop.fid_samples`` samples with as many
@@ -71,6 +74,8 @@ class ImageGANConfig:
     """Discriminator (critic) updates per generator update (WGAN-GP: 5)."""
     gp_weight: float = 10.0
     """lambda of the gradient penalty (wgan_gp only; Gulrajani et al. use 10)."""
+    r1_weight: float = 0.0
+    """gamma of the R1 penalty on real images (bce only; StyleGAN uses 10); 0: none."""
     ema_decay: float = 0.0
     """Decay of the generator's weight average; 0: no EMA (samples from the trained generator)."""
     fid_classifier: str = ""
@@ -89,6 +94,8 @@ class ImageGANConfig:
             raise ValueError(f"loss must be 'bce' or 'wgan_gp', got {self.loss!r}")
         if not 1 <= self.n_critic <= 100 or not 0 <= self.gp_weight <= 1e4 or not 0 <= self.ema_decay < 1:
             raise ValueError("need 1 <= n_critic <= 100, 0 <= gp_weight <= 1e4 and 0 <= ema_decay < 1")
+        if not 0 <= self.r1_weight <= 1e4 or (self.r1_weight and self.loss != "bce"):
+            raise ValueError("r1_weight must be in [0, 1e4], and only with loss = 'bce'")
         if not 2 <= self.fid_samples <= 10**6 or not 1 <= self.samples <= 1024:
             raise ValueError("need 2 <= fid_samples <= 1e6 and 1 <= samples <= 1024")
         steps = self.grow_at
@@ -96,6 +103,12 @@ class ImageGANConfig:
             raise ValueError(f"grow_at must be increasing steps >= 1, got {self.grow_at}")
         if not 0 <= self.fade_steps <= 10**7:
             raise ValueError("need 0 <= fade_steps <= 1e7")
+
+
+def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """E_x |grad_x D(x)|^2 of critic ``scores`` (B,) computed from ``real`` (B, ...) (which requires grad)."""
+    (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()
 
 
 @torch.no_grad()
@@ -218,6 +231,8 @@ class ImageGAN(Loop):
             with torch.no_grad():
                 fake = self._fake(self._z(b, self.noise), y_fake)
             self.d.zero_grad()
+            if self.cfg.r1_weight:
+                real = real.detach().requires_grad_(True)
             with self.ctx.precision.autocast():
                 d_real, d_fake = self._critic(real, y_real).float(), self._critic(fake, y_fake).float()
             if wgan:
@@ -227,6 +242,8 @@ class ImageGAN(Loop):
             else:
                 d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                           + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+                if self.cfg.r1_weight:
+                    d_loss = d_loss + self.cfg.r1_weight / 2 * r1_penalty(d_real, real)
             self.d.backward(d_loss)
             d_lr = self.d.step()
         self.g.zero_grad()

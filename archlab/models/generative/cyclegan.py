@@ -2,12 +2,13 @@
 two generators G: A -> B, F: B -> A and two discriminators D_B (is it a real B?), D_A (a real A?).
 
 Generator (their Appendix 7.2, ResNet generator of Johnson et al. 2016, shrunk to 28 px): c7s1-w, d2w, d4w,
-``res_blocks`` x R4w, u2w, uw, c7s1-C, tanh:
+``res_blocks`` x R4w, u2w, uw, c7s1-C, tanh (with ``downsample`` = 2, the paper's; 1 keeps a 14x14 bottleneck:
+c7s1-w, d2w, R2w, uw, c7s1-C):
 
     reflect-pad 3, conv7x7 -> IN -> ReLU                       (B, w, 28, 28)
-    conv3x3 /2 -> IN -> ReLU, conv3x3 /2 -> IN -> ReLU         (B, 4w, 7, 7)
+    downsample x (conv3x3 /2 -> IN -> ReLU)                    (B, 2^k w, 28 / 2^k, 28 / 2^k)
     residual blocks: x + IN(conv3(ReLU(IN(conv3(x)))))         reflection padding
-    convT3x3 x2 -> IN -> ReLU, convT3x3 x2 -> IN -> ReLU       (B, w, 28, 28)
+    downsample x (convT3x3 x2 -> IN -> ReLU)                   (B, w, 28, 28)
     reflect-pad 3, conv7x7 -> tanh                             (B, C, 28, 28) in [-1, 1]
 
 Discriminator: a PatchGAN (their 70x70 one cut to two strided layers for 28 px: an 18x18 receptive field):
@@ -40,7 +41,9 @@ class CycleGANConfig:
     width: int = 16
     """Generator channels at full resolution (4w in the residual blocks)."""
     res_blocks: int = 3
-    """Residual blocks at H/4 (the paper uses 6 at 128 px and 9 at 256 px)."""
+    """Residual blocks at the bottleneck (the paper uses 6 at 128 px and 9 at 256 px)."""
+    downsample: int = 2
+    """Stride-2 convolutions before the residual blocks (and transposed ones after): 2 as the paper, or 0 / 1."""
     d_width: int = 16
     """Discriminator channels of its first layer."""
 
@@ -50,6 +53,8 @@ class CycleGANConfig:
             raise ValueError(f"image_shape must be [C, H, W] with H, W >= 8 multiples of 4, got {self.image_shape}")
         if not 1 <= self.width <= 1024 or not 1 <= self.d_width <= 1024 or not 0 <= self.res_blocks <= 64:
             raise ValueError("need 1 <= width, d_width <= 1024 and 0 <= res_blocks <= 64")
+        if self.downsample not in (0, 1, 2):
+            raise ValueError(f"downsample must be 0, 1 or 2, got {self.downsample}")
 
 
 class ResidualBlock(nn.Module):
@@ -66,13 +71,15 @@ class ResidualBlock(nn.Module):
 
 def resnet_generator(c: CycleGANConfig) -> nn.Sequential:
     ch, w = c.image_shape[0], c.width
+    down: list[nn.Module] = []
+    up: list[nn.Module] = []
+    for k in range(c.downsample):
+        a, b = w * 2 ** k, w * 2 ** (k + 1)
+        down += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.InstanceNorm2d(b), nn.ReLU()]
+        up = [nn.ConvTranspose2d(b, a, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(a), nn.ReLU()] + up
     return nn.Sequential(
         nn.ReflectionPad2d(3), nn.Conv2d(ch, w, 7), nn.InstanceNorm2d(w), nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.InstanceNorm2d(2 * w), nn.ReLU(),
-        nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.InstanceNorm2d(4 * w), nn.ReLU(),
-        *[ResidualBlock(4 * w) for _ in range(c.res_blocks)],
-        nn.ConvTranspose2d(4 * w, 2 * w, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(2 * w), nn.ReLU(),
-        nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(w), nn.ReLU(),
+        *down, *[ResidualBlock(w * 2 ** c.downsample) for _ in range(c.res_blocks)], *up,
         nn.ReflectionPad2d(3), nn.Conv2d(w, ch, 7), nn.Tanh(),
     )
 
