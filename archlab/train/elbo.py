@@ -14,13 +14,16 @@ normalised pixels map back to pixel / 255 exactly); the validation and test imag
 once, with a fixed seed, so every evaluation scores the same binary images.
 
 Evaluation (nats per image, mean over the split): ``{split}_loss`` (the training objective: -ELBO for a
-VAE with beta = 1), ``{split}_rec``, ``{split}_kl``; at the end, ``test_nll`` = -L_k, the
-importance-weighted bound of Burda et al. (eq. 8) with ``loop.nll_k`` samples, for models that have a
-likelihood bound (``iwae_bound``), or the exact -log p(x) for models that have one (``log_prob``:
-PixelCNN), over the first ``loop.nll_examples`` test images; with ``loop.fid_classifier`` ``test_fid``,
-``test_is`` and the floor ``fid_floor`` (FID of training vs test images) over ``loop.fid_samples``
-samples. The run directory gets ``samples.png`` (models that sample) and, for models with a latent code,
-``interpolation.png`` / ``interpolation.gif``: codes of test images walked linearly and spherically.
+VAE with beta = 1), ``{split}_rec``, ``{split}_kl`` (and the other :data:`TERMS` a model returns); for
+models with a discrete code (``code_counts``: VQ-VAE) ``{split}_usage``, the fraction of codebook
+entries the split uses, and ``{split}_perplexity`` exp(H(p)) of the code frequencies p. At the end,
+``test_nll`` over the first ``loop.nll_examples`` test images: the exact -log p(x) for models that
+have one (``log_prob``: PixelCNN), else -L_k, the importance-weighted bound of Burda et al. (eq. 8)
+with ``loop.nll_k`` samples, for models with a bound (``iwae_bound``: VAE); with
+``loop.fid_classifier`` ``test_fid``, ``test_is`` and the floor ``fid_floor`` (FID of training vs test
+images) over ``loop.fid_samples`` samples. The run directory gets ``samples.png`` (models that
+sample) and, for models with a latent code, ``interpolation.png`` / ``interpolation.gif``: codes of
+test images walked linearly and spherically.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ from .supervised import BatchStream
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
+
+
+#: Per-image terms a model's ``terms(x)`` may return that evaluations average (nats or the model's units):
+#: the loss, reconstruction error, KL (VAE), commitment (VQ-VAE), MMD (WAE), adversarial term (AAE).
+TERMS = ("loss", "rec", "kl", "commit", "mmd", "adv")
 
 
 @dataclass
@@ -82,7 +90,7 @@ class ELBO(Loop):
     Config = ELBOConfig
     model_families = ("generative",)
     metrics = ("val_loss", "val_rec", "val_kl", "test_loss", "test_rec", "test_kl", "test_nll", "test_fid", "test_is",
-               "fid_floor")
+               "fid_floor", "val_perplexity", "val_usage", "test_perplexity", "test_usage")
     monitor = ("val_loss", "min")
     progress_keys = ("loss", "kl")
 
@@ -143,8 +151,7 @@ class ELBO(Loop):
         loss = terms["loss"].float().mean()
         self.opt.backward(loss)
         out = {"loss": loss.detach(), "lr": self.opt.step()}
-        if "kl" in terms:
-            out["kl"] = terms["kl"].detach().float().mean()
+        out.update({k: v.detach().float().mean() for k, v in terms.items() if k in TERMS and k not in ("loss", "rec")})
         return out
 
     @torch.no_grad()
@@ -154,14 +161,24 @@ class ELBO(Loop):
             return {}
         self.model.eval()
         sums: dict[str, float] = {}
+        code_counts = getattr(self.model, "code_counts", None)
+        counts = None
         # One fixed noise stream per split: evaluations are comparable and leave training's RNG alone.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed({"val": 0, "test": 1}[split])
             for i in range(0, len(x), self.cfg.eval_batch):
-                for key, value in self.model.terms(x[i:i + self.cfg.eval_batch]).items():
-                    if key in ("loss", "rec", "kl"):
+                chunk = x[i:i + self.cfg.eval_batch]
+                for key, value in self.model.terms(chunk).items():
+                    if key in TERMS:
                         sums[key] = sums.get(key, 0.0) + float(value.double().sum())
-        return {f"{split}_{k}": v / len(x) for k, v in sums.items()}
+                if code_counts is not None:
+                    counts = code_counts(chunk) if counts is None else counts + code_counts(chunk)
+        out = {f"{split}_{k}": v / len(x) for k, v in sums.items()}
+        if counts is not None:  # a discrete code (VQ-VAE): how much of the codebook the split uses
+            p = counts.double() / counts.sum()
+            out[f"{split}_usage"] = float((counts > 0).double().mean())
+            out[f"{split}_perplexity"] = float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))
+        return out
 
     @torch.no_grad()
     def test_nll(self) -> dict[str, float]:

@@ -12,4 +12,5 @@ from . import (  # noqa: F401
     stylegan,
     toy_gan,
     vae,
+    vqvae,
 )
