@@ -102,6 +102,7 @@ COMMAND_MODULES = [
     "archlab.toolbox.ensemble",
     "archlab.explain.command",
     "archlab.compress.command",
+    "archlab.export",
 ]
 
 

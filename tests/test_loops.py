@@ -157,7 +157,8 @@ LAYERS = [
     {"recipe"},
     {"runner"},
     # explain: attribution methods need only torch; its command reads runs. toolbox: ensembles load finished runs
-    {"reproduce", "bench", "search", "explain", "toolbox"},
+    # export: ONNX export of a finished run's model
+    {"reproduce", "bench", "search", "explain", "toolbox", "export"},
     {"cli", "__init__", "__main__"},
 ]
 

@@ -25,6 +25,8 @@ class ArchModel(nn.Module):
 
     config_class: ClassVar[type]
     registry_name: ClassVar[str]
+    export_blocker: ClassVar[str | None] = None
+    """Why ``archlab export`` cannot make an ONNX graph of this model (one line), or None when it can."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()

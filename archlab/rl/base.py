@@ -86,6 +86,9 @@ class Agent:
     """Base class of every RL algorithm (see the module docstring)."""
 
     algo: ClassVar[str] = ""
+    export_blocker: ClassVar[str | None] = ("an RL agent acts in an environment (rollouts, buffers, several "
+                                            "networks); it is not one network with a tensor input")
+    """Why ``archlab export`` does not apply (see :attr:`archlab.models.base.ArchModel.export_blocker`)."""
     Config: ClassVar[type[AgentConfig]] = AgentConfig
     optim_defaults: ClassVar[dict[str, Any]] = {"name": "adam", "lr": 3e-4}
     """The optimizer of every trainable unless ``[optim]`` says otherwise (Stable-Baselines3's)."""

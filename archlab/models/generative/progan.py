@@ -135,6 +135,8 @@ class ProGAN(ArchModel):
     trained by the ``image_gan`` loop with ``grow_at`` / ``fade_steps``."""
 
     config_class = ProGANConfig
+    export_blocker = ("progressive growing: the forward picks its layers from the stage and fade-in buffers "
+                      "(int(stage), float(alpha)), data-dependent control flow torch.export cannot capture")
     can_sample: ClassVar[bool] = True
 
     def __init__(self, config: ProGANConfig) -> None:

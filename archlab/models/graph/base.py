@@ -40,6 +40,9 @@ class GraphModel(ArchModel):
     """
 
     accepts_sparse: ClassVar[bool] = False
+    export_blocker: ClassVar[str | None] = ("message passing sizes its sparse adjacency (or the number of graphs) "
+                                            "from the values of edge_index / batch: data-dependent shapes "
+                                            "torch.export cannot capture")
     data_fields: ClassVar[dict[str, str]] = {"in_channels": "num_features", "out_channels": "num_classes"}
     sparse_features_below: float = SPARSE_FEATURES_BELOW
     """:meth:`input_features` converts dense ``x`` with fewer non-zeros than this fraction; 0 turns it off."""

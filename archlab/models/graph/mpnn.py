@@ -90,6 +90,7 @@ class MPNN(GraphModel):
     """
 
     config_class = MPNNConfig
+    export_blocker = None  # scatter sums over index_add: static shapes, exports
     data_fields: ClassVar[dict[str, str]] = {"in_channels": "num_features", "out_channels": "num_classes",
                                              "edge_channels": "num_edge_features"}
 

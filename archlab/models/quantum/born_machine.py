@@ -57,6 +57,8 @@ class BornMachine(ArchModel):
     """Quantum circuit Born machine (Benedetti et al. 2019) for the bars-and-stripes distribution."""
 
     config_class = BornMachineConfig
+    export_blocker = ("statevector simulation in complex128 arithmetic: the ONNX exporter does not translate complex "
+                      "tensors")
 
     def __init__(self, config: BornMachineConfig) -> None:
         super().__init__(config)

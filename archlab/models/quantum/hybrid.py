@@ -50,6 +50,8 @@ class HybridQNN(ArchModel):
     """Hybrid classifier: linear encoder to one angle per qubit, a hardware-efficient circuit, linear readout."""
 
     config_class = HybridConfig
+    export_blocker = ("statevector simulation in complex128 arithmetic: the ONNX exporter does not translate complex "
+                      "tensors")
 
     def __init__(self, config: HybridConfig) -> None:
         super().__init__(config)

@@ -58,6 +58,8 @@ class QAOAMaxCut(ArchModel):
     """QAOA (Farhi et al. 2014) maximizing the expected cut of a ring or random regular graph."""
 
     config_class = QAOAMaxCutConfig
+    export_blocker = ("statevector simulation in complex128 arithmetic: the ONNX exporter does not translate complex "
+                      "tensors")
 
     def __init__(self, config: QAOAMaxCutConfig) -> None:
         super().__init__(config)

@@ -53,6 +53,8 @@ class ReuploadingClassifier(ArchModel):
     """Data re-uploading quantum classifier (Pérez-Salinas et al. 2020): Rot(phi + w * x) layers, fidelity readout."""
 
     config_class = ReuploadingConfig
+    export_blocker = ("statevector simulation in complex128 arithmetic: the ONNX exporter does not translate complex "
+                      "tensors")
 
     def __init__(self, config: ReuploadingConfig) -> None:
         super().__init__(config)

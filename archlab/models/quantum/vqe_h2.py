@@ -70,6 +70,8 @@ class VQEH2(ArchModel):
     """VQE on the H2 (STO-3G, 4 qubits) potential energy curve: one circuit's angles per bond length."""
 
     config_class = VQEH2Config
+    export_blocker = ("statevector simulation in complex128 arithmetic: the ONNX exporter does not translate complex "
+                      "tensors")
 
     def __init__(self, config: VQEH2Config) -> None:
         super().__init__(config)

@@ -97,6 +97,8 @@ class MAE(SSLModel):
     """MAE (He et al. 2022): ViT encoder on the visible 25% of patches, light decoder, pixel loss on the rest."""
 
     config_class = MAEConfig
+    export_blocker = ("its forward draws a random patch mask from the model's own torch.Generator: the output "
+                      "is not a function of the input alone")
     num_views = 1
 
     def __init__(self, config: MAEConfig) -> None:
