@@ -208,10 +208,16 @@ def integer_ops(ops: Counter) -> dict[str, int]:
 
 
 def latency_ms(fns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, warmup: int = 20,
-               rounds: int = 7, iters: int = 50) -> dict[str, float]:
+               rounds: int = 7, iters: int = 50, clock: str = "wall") -> dict[str, float]:
     """Median milliseconds per call of each function on ``x``, measured side by side: ``rounds`` rounds, each
     timing ``iters`` single calls of every function in turn. The median over all single calls ignores the
-    calls a busy shared machine preempts (a mean over a round of calls does not)."""
+    calls a busy shared machine preempts (a mean over a round of calls does not). ``clock = "thread"``
+    counts the CPU time of the calling thread instead of wall time: with one intra-op thread (torch and
+    onnxruntime both compute in the caller) it leaves out the time other processes hold the core, which on an
+    overloaded machine inflates calls longer than a scheduler slice."""
+    if clock not in ("wall", "thread"):
+        raise ValueError(f"clock must be wall or thread, got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.thread_time
     samples: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
         for fn in fns.values():
@@ -220,9 +226,9 @@ def latency_ms(fns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, w
         for _ in range(rounds):
             for name, fn in fns.items():
                 for _ in range(iters):
-                    t0 = time.perf_counter()
+                    t0 = now()
                     fn(x)
-                    samples[name].append((time.perf_counter() - t0) * 1e3)
+                    samples[name].append((now() - t0) * 1e3)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
