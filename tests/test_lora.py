@@ -161,3 +161,71 @@ def test_bert_injection_by_name():
     assert names and all(n.endswith(("attn.qkv", "ffn.fc1")) for n in names)
     with pytest.raises(ValueError, match="no Linear layer matches targets"):
         inject_lora(bert, LoRAConfig(targets=["q_proj"]))
+
+
+# ------------------------------------------------------------------------------ the lm_finetune loop
+FT = {
+    "name": "lora_tiny", "seed": 0,
+    "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "bias": False},
+    "data": {"name": "text_toy", "batch_size": 8,
+             "options": {"pattern": "the quick brown fox jumps over the lazy dog.\n", "repeats": 60}},
+    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0},
+    "train": {"loop": "lm_finetune", "steps": 8, "eval_every": 4, "log_every": 2, "checkpoint_every": 6},
+    "loop": {"eval_iters": 2, "pretrain_steps": 8, "split": 0.5, "lora_rank": 2, "lora_alpha": 4.0},
+}
+
+
+def _train(raw, out, resume=False):
+    import copy
+
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    return train(from_dict(copy.deepcopy(raw)), out=out, resume=resume, progress=False, log=lambda _m: None)
+
+
+def test_lm_finetune_lora_run_shares_pretraining_with_full_finetuning_and_resumes(tmp_path, assert_resume_exact):
+    lora = _train(FT, tmp_path / "lora")["metrics"]
+    full = _train({**FT, "loop": {**FT["loop"], "lora_rank": 0}}, tmp_path / "fullft")["metrics"]
+    # the pretraining phase is the same run in both; then only the adapters (or every weight) train
+    assert lora["pretrained_val_loss"] == full["pretrained_val_loss"]
+    n = archlab.load(tmp_path / "fullft").num_parameters()
+    assert full["trainable_params"] == n and full["trainable_fraction"] == 1.0
+    assert lora["trainable_params"] == 2 * (2 * (32 + 96) + 2 * (32 + 32))
+    assert lora["trainable_fraction"] == pytest.approx(lora["trainable_params"] / n)
+    assert lora["val_loss"] < lora["pretrained_val_loss"]
+    # the saved model is a plain GPT with the adapters merged in: same keys as the pretrained architecture
+    saved = archlab.load(tmp_path / "lora")
+    assert not lora_layers(saved) and set(saved.state_dict()) == set(archlab.load(tmp_path / "fullft").state_dict())
+    assert (tmp_path / "lora" / "samples.txt").is_file()
+    # cut back to the checkpoint in the pretraining phase (step 6): LoRA is injected on the way, exactly
+    assert_resume_exact(FT)
+
+
+def test_lm_finetune_from_init_from_run(tmp_path):
+    pre = {**FT, "train": {**FT["train"], "loop": "lm"}, "loop": {"eval_iters": 2}}
+    _train(pre, tmp_path / "pre")
+    raw = {**FT, "train": {**FT["train"], "init_from": str(tmp_path / "pre")},
+           "loop": {"eval_iters": 2, "split": 0.0, "lora_rank": 2, "lora_targets": ["ffn.fc1"]}}
+    m = _train(raw, tmp_path / "ft")["metrics"]
+    assert m["trainable_params"] == 2 * 2 * (32 + 128) and m["val_loss"] < m["pretrained_val_loss"]
+
+
+@pytest.mark.parametrize("loop, match", [
+    ({"pretrain_steps": 5, "split": 0.0}, "split must be in"),
+    ({"lora_rank": 2, "lora_targets": []}, "targets must name"),
+    ({"lora_rank": -1}, "lora_rank must be >= 0"),
+])
+def test_lm_finetune_bad_loop_table(loop, match):
+    from archlab.errors import ArchlabError
+    from archlab.recipe import from_dict
+
+    with pytest.raises(ArchlabError, match=match):
+        from_dict({**FT, "loop": loop})
+
+
+def test_lm_finetune_unknown_targets_are_one_line(tmp_path):
+    from archlab.errors import ArchlabError
+
+    with pytest.raises(ArchlabError, match="loop.lora_targets: no Linear layer matches"):
+        _train({**FT, "loop": {**FT["loop"], "lora_targets": ["q_proj"]}}, tmp_path / "bad")

@@ -3,7 +3,7 @@
 :class:`~archlab.engine.driver.Driver` runs them.
 
 By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
-``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``,
+``lm_finetune``, ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``,
 ``cycle_gan``, ``elbo``, ``diffusion``;
 self-supervised ``ssl``; meta-learning ``episodic``; continual ``stream``; federated ``rounds`` (and DP-SGD
 ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
@@ -22,6 +22,7 @@ from . import (  # noqa: F401
     image_gan,
     link,
     lm,
+    lm_finetune,
     mlm,
     node,
     private,
