@@ -132,8 +132,12 @@ class ELBO(Loop):
         per_epoch = max(1, len(data.train) // dc.batch_size)
         self.total_steps = tc.steps or max(1, round(tc.epochs * per_epoch))
         self.eval_every = (tc.eval_every or per_epoch) if len(data.val) else 0
-        self.opt = self.trainable("model", self.model)
+        self.opt = self.trainable("model", self.trained_module())
         self.fid = load_feature_network(self.cfg.fid_classifier) if self.cfg.fid_classifier else None
+
+    def trained_module(self) -> torch.nn.Module:
+        """What the ``model`` optimizer updates (a subclass with more optimizers hands it a part)."""
+        return self.model
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.scale
@@ -142,12 +146,17 @@ class ELBO(Loop):
     def _binarize(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return torch.bernoulli(x, generator=gen) if self.cfg.binarize == "dynamic" else x
 
+    def next_batch(self) -> torch.Tensor:
+        """The next training batch, scaled to [0, 1] (and binarized afresh), on the device."""
+        return self._binarize(self.train_x[self.stream.next().to(self.ctx.device)].cpu(), self.bin_gen).to(
+            self.ctx.device)
+
     def train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
-        x = self._binarize(self.train_x[self.stream.next().to(self.ctx.device)].cpu(), self.bin_gen)
+        x = self.next_batch()
         self.opt.zero_grad()
         with self.ctx.precision.autocast():
-            terms = self.model.terms(x.to(self.ctx.device))
+            terms = self.model.terms(x)
         loss = terms["loss"].float().mean()
         self.opt.backward(loss)
         out = {"loss": loss.detach(), "lr": self.opt.step()}

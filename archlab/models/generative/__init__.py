@@ -1,8 +1,10 @@
 """Generative models. Importing this package registers them."""
 
 from . import (  # noqa: F401
+    aae,
     autoencoder,
     cgan,
+    conv_autoencoder,
     cyclegan,
     dcgan,
     ddpm,
@@ -13,4 +15,5 @@ from . import (  # noqa: F401
     toy_gan,
     vae,
     vqvae,
+    wae,
 )
