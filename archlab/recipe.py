@@ -23,6 +23,7 @@ import tomli_w
 
 from . import config as _config
 from .engine.optim import OptimConfig
+from .engine.parallel import ParallelConfig, PipelineSchedule, StrategyName
 from .errors import ArchlabError
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -110,6 +111,21 @@ class TrainConfig:
     init_from: str = ""
     """Start from the weights of this finished run directory (or save_pretrained folder): tensors are
     copied by name; keys the saved model lacks (adapters, new heads) keep their initialization."""
+    parallel: StrategyName = "ddp"
+    """How ``--nproc`` workers share the run (docs/scale.md): ddp (data parallel) | fsdp (sharded
+    parameters, gradients and optimizer state) | tensor (heads and MLP split; transformer family) |
+    pipeline (layers split in stages; GPT) | local_sgd (periodic averaging / DiLoCo)."""
+    local_sgd_every: int = 1
+    """local_sgd: local steps between outer steps (H)."""
+    outer_lr: float = 1.0
+    """local_sgd: outer learning rate on the averaged pseudo-gradient (1 with momentum 0: plain averaging;
+    DiLoCo: 0.7)."""
+    outer_momentum: float = 0.0
+    """local_sgd: outer Nesterov momentum (DiLoCo: 0.9)."""
+    microbatches: int = 2
+    """pipeline: micro-batches each global batch is split into (the batch size must divide by it)."""
+    pipeline_schedule: PipelineSchedule = "1f1b"
+    """pipeline: gpipe (all forwards, then all backwards) | 1f1b (needs microbatches >= processes)."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
@@ -132,6 +148,12 @@ class TrainConfig:
             raise ValueError(f"checkpoint_minutes must be in [0, 1e6], got {self.checkpoint_minutes}")
         if not 0 <= self.grad_clip <= 1e6 or not 0 <= self.l1 <= 100:
             raise ValueError(f"need 0 <= grad_clip <= 1e6 and 0 <= l1 <= 100, got {self.grad_clip}, {self.l1}")
+        self.parallel_config()  # range checks of the parallel keys
+
+    def parallel_config(self) -> ParallelConfig:
+        """The ``parallel*`` keys as the engine's :class:`~archlab.engine.parallel.ParallelConfig`."""
+        return ParallelConfig(self.parallel, self.local_sgd_every, self.outer_lr, self.outer_momentum,
+                              self.microbatches, self.pipeline_schedule)
 
 
 @dataclass
@@ -378,6 +400,9 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
                            f"{', '.join(sorted(allowed))}")
 
     train = _config.build(TrainConfig, train_raw, "train")
+    if train.parallel not in cls.parallel:
+        raise ArchlabError(f"train.parallel: loop {loop_name!r} supports {', '.join(cls.parallel)}, not "
+                           f"{train.parallel!r} (see docs/scale.md)")
     model = _table(raw, cls.model_table, True, f"; loop {loop_name!r} needs [{cls.model_table}] with a name")
     if not isinstance(model.get("name"), str):
         raise ArchlabError(f"{cls.model_table}.name: required string naming a registered "
@@ -408,6 +433,9 @@ def from_dict(raw: dict[str, Any], default_name: str = "run") -> Recipe:
             make_transform(data.augment)
         except ArchlabError as exc:
             raise ArchlabError(f"data.augment: {exc}") from None
+        if train.parallel == "pipeline" and data.batch_size % train.microbatches:
+            raise ArchlabError(f"data.batch_size {data.batch_size} must be divisible by train.microbatches "
+                               f"{train.microbatches}")
         if ds.kind != cls.data_kind:
             fitting = sorted(n for n in dataset_names() if get_entry(n).kind == cls.data_kind)
             raise ArchlabError(f"data.name: {data.name!r} is a dataset of kind {ds.kind!r} but loop "

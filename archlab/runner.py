@@ -143,6 +143,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     try:
         outcome = driver.run(start)
         final = driver.final_metrics()
+        loop.unshard()  # every worker: plain modules with the full weights, for rank 0 to save
     except (Interrupted, NonFiniteLoss):
         if dist.is_main:
             atomic_write_bytes(wall_file, str(prior_wall + time.perf_counter() - t0).encode())

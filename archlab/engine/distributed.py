@@ -138,6 +138,8 @@ def init(device_type: str) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    else:  # a later run in the same workers (tests, benchmarks): meet as a fresh join would
+        dist.barrier()
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)

@@ -132,9 +132,14 @@ class Driver:
 
     def save(self, step: int) -> str | None:
         self._last_save = time.monotonic()
-        if self.ckpt is None or not self.dist.is_main:
+        if self.ckpt is None:
             return None
-        return str(self.ckpt.save(step, self._state(step)))
+        # Every worker builds the state (sharded train.parallel strategies gather their shards here, a
+        # collective); rank 0 writes it.
+        state = self._state(step)
+        if not self.dist.is_main:
+            return None
+        return str(self.ckpt.save(step, state))
 
     def restore(self, warn: Any = None) -> int:
         """Load the newest valid checkpoint; return its step (0 when there is none)."""

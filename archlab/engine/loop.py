@@ -32,8 +32,9 @@ from torch import nn
 
 from ..registry import Registry
 from .device import Precision
-from .distributed import DistInfo, average_gradients, mean_across_workers
-from .optim import OptimConfig, build_optimizer, build_scheduler, l1_penalty
+from .distributed import DistInfo, mean_across_workers
+from .optim import OptimConfig, build_scheduler, l1_penalty
+from .parallel import ParallelConfig, Strategy, make_strategy
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -67,9 +68,13 @@ class Trainable:
     """
 
     def __init__(self, name: str, module: nn.Module, cfg: OptimConfig, total_steps: int, ctx: Context,
-                 grad_clip: float = 0.0) -> None:
+                 grad_clip: float = 0.0, parallel: Strategy | None = None) -> None:
         self.name, self.module, self.cfg, self.ctx, self.grad_clip = name, module, cfg, ctx, grad_clip
-        self.optimizer = build_optimizer(module, cfg)
+        # How the --nproc workers share the work (train.parallel; default: data parallel). It shards or
+        # splits the module in place, so it comes before the optimizer.
+        self.parallel = parallel or Strategy(ParallelConfig(), ctx.dist, ctx.device, total_steps)
+        self.parallel.prepare(module)
+        self.optimizer = self.parallel.build_optimizer(module, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, total_steps)
         # fp16 needs one loss scaler per optimizer (a shared one would skip both after one overflow).
         self.precision = Precision(ctx.precision.name, ctx.device)
@@ -85,16 +90,18 @@ class Trainable:
         self.precision.backward(loss)
 
     def step(self) -> float:
-        """After the backward pass: average gradients over workers, unscale (fp16), clip the global
-        norm to ``grad_clip`` (0: no clipping), step the optimizer, then the schedule. Returns the
-        learning rate the step used."""
-        average_gradients(self.module, self.ctx.dist)
+        """After the backward pass: combine gradients over workers (ddp: average; see
+        :mod:`~archlab.engine.parallel`), unscale (fp16), clip the global norm to ``grad_clip`` (0: no
+        clipping), step the optimizer, then the schedule (local SGD: then the periodic outer step).
+        Returns the learning rate the step used."""
+        self.parallel.reduce_gradients(self.module)
         self.precision.unscale(self.optimizer)
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            self.parallel.clip_grad_norm(self.module, self.grad_clip)
         self.precision.step(self.optimizer)
         lr = self.lr
         self.scheduler.step()
+        self.parallel.after_step(self.module)
         return lr
 
     def accumulated_step(self, accumulate: int, l1: float, micro_loss: Callable[[], torch.Tensor]) -> dict[str, Any]:
@@ -116,15 +123,39 @@ class Trainable:
         mean_across_workers(total, self.ctx.dist)
         return {"loss": total, "lr": self.step()}
 
+    def batch_step(self, accumulate: int, l1: float, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                   forward: Callable[[torch.Tensor], torch.Tensor],
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+        """One optimizer step over ``accumulate`` micro-batches under any ``train.parallel`` strategy.
+
+        ``next_batch()`` draws the *global* micro-batch ``(x, y)`` (the same on every worker); the
+        strategy decides which part this worker computes (ddp, fsdp, local SGD: rows ``r B/N ..``;
+        tensor, pipeline: all of it) and how: ``loss_fn(forward(x), y)`` (a mean over the examples, the
+        forward pass under autocast) plus ``l1 * sum|W|``, scaled by ``1 / accumulate`` and
+        backpropagated. The logged loss is the global batch's. Returns ``{"loss", "lr"}``."""
+        self.module.train()
+        self.zero_grad()
+        total = torch.zeros((), device=self.ctx.device)
+        for _ in range(accumulate):
+            x, y = next_batch()
+            total += self.parallel.forward_backward(self, x, y, forward, loss_fn, l1, accumulate)
+        return {"loss": self.parallel.global_loss(total), "lr": self.step()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+        # every worker calls this (sharded strategies gather their shards); rank 0 writes it
+        return {**self.parallel.state_dict(self.module, self.optimizer),
                 "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_state_dict(self.module, self.optimizer, state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.load_state_dict(state["precision"])
+
+    def unshard(self) -> tuple[nn.Module, nn.Module]:
+        """After the last step, on every worker: (the trained module, a plain module with its full weights;
+        the same one unless the strategy sharded it). The plain one becomes :attr:`module`."""
+        old, self.module = self.module, self.parallel.unshard(self.module)
+        return old, self.module
 
 
 class Loop:
@@ -158,6 +189,9 @@ class Loop:
     """With ``keep_best``: on equal monitor values the lower value of this metric wins (e.g. ``val_loss``)."""
     progress_keys: ClassVar[tuple[str, ...]] = ("loss",)
     """Logged keys the progress line shows."""
+    parallel: ClassVar[tuple[str, ...]] = ("ddp",)
+    """``train.parallel`` strategies the loop supports (:mod:`archlab.engine.parallel`). Beyond ddp a loop
+    must step through :meth:`Trainable.batch_step` and train what :meth:`trainable` returns."""
 
     # -- before the loop exists --------------------------------------------------------------------
     @classmethod
@@ -202,12 +236,27 @@ class Loop:
         """Steps of a complete run (an upper bound when :meth:`finished` ends runs early)."""
         self.eval_every = 0
         """``evaluate("val")`` every this many steps; 0: never during training."""
+        self._trainables: list[Trainable] = []
 
     def trainable(self, name: str, module: nn.Module) -> Trainable:
         """The :class:`Trainable` ``name`` (one of :attr:`trainables`) over ``module``, configured
-        by the recipe's ``[optim]`` / ``[optim.NAME]``; call it once ``total_steps`` is known."""
-        return Trainable(name, module, self.recipe.optim[name], self.total_steps, self.ctx,
-                         self.recipe.train.grad_clip)
+        by the recipe's ``[optim]`` / ``[optim.NAME]`` and run under ``train.parallel`` (which may shard
+        ``module`` in place); call it once ``total_steps`` and ``eval_every`` are known."""
+        tc = self.recipe.train
+        strategy = make_strategy(tc.parallel_config(), self.ctx.dist, self.ctx.device, self.total_steps)
+        strategy.check(module, tc, self.eval_every)
+        t = Trainable(name, module, self.recipe.optim[name], self.total_steps, self.ctx, tc.grad_clip, strategy)
+        self._trainables.append(t)
+        return t
+
+    def unshard(self) -> None:
+        """After the last step (the runner calls it on every worker, before saving): modules a
+        ``train.parallel`` strategy sharded are replaced by plain ones with the full weights --
+        :attr:`model` too when it was one of them -- so rank 0 alone can save, sample and plot."""
+        for t in self._trainables:
+            old, new = t.unshard()
+            if self.model is old:
+                self.model = new
 
     @property
     def log_every(self) -> int:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..data.text import TextDataset, load_text_dataset
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..engine.loop import Context, Loop, register_loop
+from ..engine.parallel import STRATEGIES
 from ..errors import ArchlabError
 from ..io import atomic_write_bytes
 from ..models.base import ArchModel
@@ -83,6 +84,7 @@ class LanguageModeling(Loop):
     Config = LMConfig
     data_kind = "text"
     model_families = ("transformers",)
+    parallel = STRATEGIES
     metrics = ("train_loss", "val_loss", "val_ppl")
     monitor = ("val_loss", "min")
 
@@ -129,22 +131,21 @@ class LanguageModeling(Loop):
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.ctx.precision.autocast():
             logits = self.forward(x)
+        return self._token_loss(logits, y)
+
+    @staticmethod
+    def _token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy per token. Shapes: logits ``[B, T, V]``, y ``[B, T]``."""
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
     def train_step(self, step: int) -> dict[str, Any]:
-        d = self.ctx.dist
-
-        def micro_loss() -> torch.Tensor:
-            # Every worker draws the same global batch (same generator) and keeps its own slice.
-            x, y = random_windows(self.ids["train"], self.block_size, self.recipe.data.batch_size, self.gen,
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            # Every worker draws the same global batch (same generator); train.parallel picks its part.
+            return random_windows(self.ids["train"], self.block_size, self.recipe.data.batch_size, self.gen,
                                   self.offsets)
-            if d.enabled:
-                b = len(x) // d.world_size
-                x, y = x[d.rank * b:(d.rank + 1) * b], y[d.rank * b:(d.rank + 1) * b]
-            return self._loss(x, y)
 
         tc = self.recipe.train
-        return self.opt.accumulated_step(tc.accumulate, tc.l1, micro_loss)
+        return self.opt.batch_step(tc.accumulate, tc.l1, next_batch, self.forward, self._token_loss)
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..data import Dataset, Split, make_transform
 from ..engine.loop import Context, Loop, register_loop
+from ..engine.parallel import STRATEGIES
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 
@@ -108,6 +109,7 @@ class Supervised(Loop):
 
     Config = SupervisedConfig
     model_families = ("classic", "transformers", "search", "quantum")  # search: networks derived by NAS (darts_net)
+    parallel = STRATEGIES
 
     @classmethod
     def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
@@ -147,26 +149,19 @@ class Supervised(Loop):
         self.forward = torch.compile(self.model) if tc.compile else self.model
 
     def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global micro-batch (every worker draws the same; train.parallel picks each one's part)."""
         idx = self.stream.next().to(self.ctx.device)
         x, y = self.train_x[idx], self.train_y[idx]
         if self.augment is not None:
             x = self.augment(x, self.aug_gen)  # on the global batch, so workers agree with one process
-        d = self.ctx.dist
-        if d.enabled:
-            b = len(idx) // d.world_size
-            x, y = x[d.rank * b:(d.rank + 1) * b], y[d.rank * b:(d.rank + 1) * b]
         return x, y
+
+    def _batch_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
 
     def train_step(self, step: int) -> dict[str, Any]:
         tc = self.recipe.train
-
-        def micro_loss() -> torch.Tensor:
-            x, y = self._micro_batch()
-            with self.ctx.precision.autocast():
-                logits = self.forward(x)
-                return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-
-        return self.opt.accumulated_step(tc.accumulate, tc.l1, micro_loss)
+        return self.opt.batch_step(tc.accumulate, tc.l1, self._micro_batch, self.forward, self._batch_loss)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
