@@ -1,8 +1,10 @@
-"""Variational autoencoder with a Bernoulli decoder (Kingma & Welling 2014, "Auto-Encoding Variational
-Bayes"), and its beta-VAE weighting (Higgins et al. 2017).
+"""Variational autoencoder with a Bernoulli or Gaussian decoder (Kingma & Welling 2014, "Auto-Encoding
+Variational Bayes"), and its beta-VAE weighting (Higgins et al. 2017).
 
-Encoder q(z | x) = N(mu(x), diag sigma^2(x)), decoder p(x | z) = prod_i Bernoulli(x_i; sigmoid(f(z)_i)),
-prior p(z) = N(0, I). The default sizes are the one-stochastic-layer model of Burda et al. 2016
+Encoder q(z | x) = N(mu(x), diag sigma^2(x)), decoder p(x | z) = prod_i Bernoulli(x_i; sigmoid(f(z)_i))
+for binary images (``likelihood = "bernoulli"``) or prod_i N(x_i; f(z)_i, s_i^2) for continuous data
+(``"gaussian"``; their Appendix C.2; s_i a learned per-pixel scale, so -log p(x | z) is a density in nats
+and may be negative), prior p(z) = N(0, I). The default sizes are the one-stochastic-layer model of Burda et al. 2016
 ("Importance Weighted Autoencoders", Sec. 5): 784-200-200-50 with tanh hidden units, mirrored in the
 decoder.
 
@@ -16,16 +18,16 @@ decoder.
 L_1 is the ELBO; L_k <= L_{k+1} <= log p(x) in expectation, so -L_5000 is the test NLL bound papers
 report (nats per image).
 
-Shapes: ``forward(x)``: x (B, 1, 28, 28) or (B, 784) in [0, 1] -> (logits (B, 784), mu (B, latent),
-logvar (B, latent)); in training mode z is sampled, in eval mode z = mu. ``sample(n)`` -> Bernoulli means
-(n, 1, 28, 28); ``decode(z)`` -> logits (B, 784).
+Shapes: ``forward(x)``: x (B, 1, 28, 28) or (B, 784) in [0, 1] -> (logits or means (B, 784), mu (B, latent),
+logvar (B, latent)); in training mode z is sampled, in eval mode z = mu. ``sample(n)`` -> decoder means
+(n, 1, 28, 28); ``decode(z)`` -> logits (Bernoulli) or means (Gaussian) (B, 784).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,12 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
+def gaussian_log_likelihood(mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(log_scale)^2) summed over the last dimension: (..., D) -> (...), nats (broadcasting)."""
+    mean, x = torch.broadcast_tensors(mean, x)
+    return (-0.5 * ((x - mean) * torch.exp(-log_scale)).pow(2) - log_scale - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per example: (B, J) -> (B,)."""
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1)
@@ -72,6 +80,8 @@ class VAEConfig:
     """Hidden activation: tanh (Burda et al.), relu or softplus."""
     beta: float = 1.0
     """Weight of the KL term in the training loss (beta-VAE); 1 is the ELBO."""
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    """Decoder distribution: Bernoulli logits (binary pixels) or Gaussian means with learned per-pixel scales."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.input_dim <= 10**6 or not 1 <= self.latent_dim <= 65536:
@@ -84,11 +94,13 @@ class VAEConfig:
             raise ValueError(f"image_shape {self.image_shape} does not hold input_dim={self.input_dim} pixels")
         if not 0 <= self.beta <= 1000:
             raise ValueError(f"beta must be in [0, 1000], got {self.beta}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
 
 
 @register("vae", family="generative")
 class VAE(ArchModel):
-    """MLP VAE with a diagonal Gaussian encoder and a Bernoulli decoder (binarized images)."""
+    """MLP VAE with a diagonal Gaussian encoder and a Bernoulli (binary images) or Gaussian decoder."""
 
     config_class = VAEConfig
     can_sample: ClassVar[bool] = True
@@ -100,6 +112,18 @@ class VAE(ArchModel):
         self.encoder.append(_ACTIVATIONS[c.activation]())
         self.to_stats = nn.Linear(c.hidden[-1], 2 * c.latent_dim)  # -> (mu, log sigma^2)
         self.decoder = mlp([c.latent_dim, *reversed(c.hidden), c.input_dim], c.activation)
+        if c.likelihood == "gaussian":
+            self.log_scale = nn.Parameter(torch.zeros(c.input_dim))  # log s_i, one per pixel
+
+    def log_likelihood(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) from the decoder's output (..., D) for x (..., D): (...) nats."""
+        if self.config.likelihood == "gaussian":
+            return gaussian_log_likelihood(out, self.log_scale, x)
+        return bernoulli_log_likelihood(out, x)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder distribution's mean from its output: sigmoid(logits) or the Gaussian mean."""
+        return out if self.config.likelihood == "gaussian" else out.sigmoid()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, ...) -> mu, logvar, each (B, latent)."""
@@ -120,7 +144,7 @@ class VAE(ArchModel):
         x = x.flatten(1)
         mu, logvar = self.encode(x)
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
-        rec = -bernoulli_log_likelihood(self.decode(z), x)
+        rec = -self.log_likelihood(self.decode(z), x)
         kl = gaussian_kl(mu, logvar)
         return {"loss": rec + self.config.beta * kl, "rec": rec, "kl": kl, "elbo": -(rec + kl)}
 
@@ -133,7 +157,7 @@ class VAE(ArchModel):
         z = mu + std * e
         log_q = (-0.5 * e.pow(2) - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prior = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return bernoulli_log_likelihood(self.decode(z), x) + log_prior - log_q
+        return self.log_likelihood(self.decode(z), x) + log_prior - log_q
 
     def iwae_bound(self, x: torch.Tensor, k: int, chunk: int = 500) -> torch.Tensor:
         """L_k(x) per example (B,) in nats, drawing the k samples ``chunk`` at a time."""
@@ -142,14 +166,14 @@ class VAE(ArchModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` images of Bernoulli means (n, *image_shape), z ~ N(0, I)."""
+        """``n`` images of decoder means (n, *image_shape), z ~ N(0, I)."""
         z = torch.randn(n, self.config.latent_dim, generator=generator).to(next(self.parameters()).device)
-        return self.decode(z).sigmoid().view(n, *self.config.image_shape)
+        return self.mean(self.decode(z)).view(n, *self.config.image_shape)
 
     @torch.no_grad()
     def decode_images(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli means of latent codes: (n, latent) -> (n, *image_shape)."""
-        return self.decode(z).sigmoid().view(len(z), *self.config.image_shape)
+        """Decoder means of latent codes: (n, latent) -> (n, *image_shape)."""
+        return self.mean(self.decode(z)).view(len(z), *self.config.image_shape)
 
     @torch.no_grad()
     def latent(self, x: torch.Tensor) -> torch.Tensor:
