@@ -46,8 +46,10 @@ FINETUNE_SEED = 3
 
 @dataclass
 class LMFinetuneConfig(LMConfig):
-    """``[loop]`` of the lm_finetune loop (plus the lm loop's ``eval_iters``)."""
+    """``[loop]`` of the lm_finetune loop."""
 
+    eval_iters: int = 200
+    """Random batches of train and of val averaged per evaluation (as in the lm loop)."""
     pretrain_steps: int = 0
     """Steps of the pretraining phase on the first ``split`` of the text (0: none; use train.init_from)."""
     split: float = 0.5
