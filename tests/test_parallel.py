@@ -272,6 +272,9 @@ def test_checkpoints_hold_full_tensors_in_the_model_layout(runs: Path, single: d
 @pytest.mark.parametrize(("raw", "message"), [
     (_with(MLP, parallel="pipeline"), "pipeline needs a GPT model"),
     (_with(MLP, parallel="tensor"), "tensor parallel supports the transformer family"),
+    (_with({**MLP, "model": {"name": "vit", "image_size": 8, "patch_size": 4, "in_channels": 1, "num_classes": 10,
+                             "dim": 16, "depth": 1, "heads": 2, "mlp_dim": 32}}, parallel="fsdp"),
+     "cannot shard ViT: its class-token shortcut"),
     (_with(GPT, parallel="fsdp", compile=True), "does not support train.compile"),
     (_with(GPT, parallel="local_sgd", local_sgd_every=4, eval_every=6), "make train.eval_every a multiple of 4"),
 ])

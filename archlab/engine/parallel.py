@@ -219,6 +219,10 @@ class _Sharded(Strategy):
 
     def check(self, module: nn.Module, train: Any, eval_every: int) -> None:
         _unsupported(self.cfg.parallel, train)
+        blocker = getattr(type(module), "sharding_blocker", None)  # declared by archlab models, absent elsewhere
+        if blocker:
+            raise ArchlabError(f"train.parallel = {self.cfg.parallel!r} cannot shard {type(module).__name__}: "
+                               f"{blocker}")
 
     def prepare(self, module: nn.Module) -> None:
         from torch.distributed.device_mesh import init_device_mesh

@@ -27,6 +27,8 @@ class ArchModel(nn.Module):
     registry_name: ClassVar[str]
     export_blocker: ClassVar[str | None] = None
     """Why ``archlab export`` cannot make an ONNX graph of this model (one line), or None when it can."""
+    sharding_blocker: ClassVar[str | None] = None
+    """Why ``train.parallel = "fsdp"`` / ``"tensor"`` cannot shard this model (one line), or None when they can."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()

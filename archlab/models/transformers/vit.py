@@ -118,6 +118,8 @@ class ViT(HFModel, ActivationCheckpointing):
 
     config_class = ViTConfig
     hf_model_types: ClassVar[tuple[str, ...]] = ("vit",)
+    sharding_blocker = ("its class-token shortcut in the last layer slices attn.qkv.weight directly, which "
+                        "bypasses FSDP's hooks and the tensor-parallel layout (use ddp or local_sgd)")
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
