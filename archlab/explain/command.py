@@ -28,6 +28,10 @@ For node-classification runs (graph family) the method is GNNExplainer: ``--node
 explanatory subgraph of test node I (:mod:`archlab.explain.graph_command`) and ``--faithfulness N``
 scores fidelity on N test nodes against random edge rankings.
 
+For graph-classification runs (``train.loop = "graph"``) ``--index I`` draws graph I of the split with its
+explanatory subgraph (the ``--top-k`` edges by occlusion) and node attributions, and ``--faithfulness N``
+scores fidelity against random edges (:mod:`archlab.explain.graph_level_command`).
+
 For language-model runs (``train.loop = "lm"``) the command explains the next token after ``--prompt``
 with Integrated Gradients over the token embedding and draws the tokens coloured by attribution
 (:mod:`archlab.explain.text_command`).
@@ -107,10 +111,13 @@ def _load(run_dir: str) -> tuple[torch.nn.Module, Any, str]:
         return model.eval(), data, "text"
     if getattr(data, "task", None) == "node":
         return model.eval(), data, "graph"
+    if getattr(data, "task", None) == "graph":
+        return model.eval(), data, "graph_level"
     shape = getattr(data, "input_shape", ())
     if len(shape) != 3:
-        raise ArchlabError(f"{run_dir}: archlab explain explains image classifiers ([C, H, W] examples) and node "
-                           f"classifiers; {recipe.data.name!r} examples have shape {tuple(shape)}")
+        raise ArchlabError(f"{run_dir}: archlab explain explains image classifiers ([C, H, W] examples), node and "
+                           f"graph classifiers and language models; {recipe.data.name!r} examples have shape "
+                           f"{tuple(shape)}")
     return model.eval(), data, "image"
 
 
@@ -176,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
         from .graph_command import run_graph
 
         return run_graph(model, data, args)
+    if kind == "graph_level":
+        from .graph_level_command import run_graph_level
+
+        return run_graph_level(model, data, args)
     if kind == "text":
         from .text_command import run_text
 
