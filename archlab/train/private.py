@@ -61,6 +61,7 @@ class PrivateSGD(Supervised):
     Config = DPSGDConfig
     model_families = ("classic",)
     metrics = ("val_acc", "val_loss", "test_acc", "test_loss", "epsilon")
+    parallel = ("ddp",)  # per-example clipping and noise are one process's (it refuses --nproc > 1 anyway)
 
     @classmethod
     def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
