@@ -50,11 +50,13 @@ def test_resnet20_by_hand():
             + 16 * 16 * 144 * 32 + 5 * 16 * 16 * 288 * 32  # stage 2: 16 -> 32 (stride 2), five 32 -> 32
             + 8 * 8 * 288 * 64 + 5 * 8 * 8 * 576 * 64  # stage 3: 32 -> 64 (stride 2), five 64 -> 64
             + 64 * 10)  # classifier
-    count = count_flops(model, (1, 3, 32, 32), depth=1)
+    count = count_flops(model, (1, 3, 32, 32), depth=3)
     assert count.macs == hand == 40_551_040
     assert count.by_module[""] == count.flops
-    assert sum(v for k, v in count.by_module.items() if k) == count.flops
-    assert set(count.by_module) == {"", "stem", "stages", "head"}
+    assert count.by_module["stem"] == 2 * 32 * 32 * 27 * 16 and count.by_module["head"] == 2 * 64 * 10
+    blocks = {k: v for k, v in count.by_module.items() if k.count(".") == 2}  # stages.<i>.<j>: the nine blocks
+    assert len(blocks) == 9 and blocks["stages.0.0"] == 2 * 2 * 32 * 32 * 144 * 16
+    assert sum(blocks.values()) + count.by_module["stem"] + count.by_module["head"] == count.flops
     assert count_flops(model, (4, 3, 32, 32)).macs == 4 * hand  # linear in the batch
 
 

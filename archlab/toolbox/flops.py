@@ -39,7 +39,8 @@ class FlopCount:
     by_operator: dict[str, int] = field(default_factory=dict)
     """FLOPs per aten operator, e.g. ``{"convolution": ..., "addmm": ...}``"""
     by_module: dict[str, int] = field(default_factory=dict)
-    """FLOPs per submodule path (``""`` is the whole model), down to the requested depth"""
+    """FLOPs per submodule path (``""`` is the whole model) down to the requested depth, each inclusive of its
+    children; a container the model iterates instead of calling (no forward of its own) has no entry"""
 
     @property
     def macs(self) -> int:
@@ -71,22 +72,32 @@ def count_flops(model: nn.Module, *inputs: torch.Tensor | Sequence[int], depth: 
         raise ValueError(f"depth must be >= 0, got {depth}")
     like = next(iter(model.parameters()), None)
     args = [_as_input(s, like) for s in inputs]
-    was_training = model.training
     counter = FlopCounterMode(display=False)
+    # FLOPs per module = the counter's running total after its forward minus before it (inclusive of its
+    # children). Our own hooks rather than the counter's module table, which skips some nested containers.
+    by_module: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name.count(".") + 1 > depth and name:
+            continue
+        start: list[int] = []
+
+        def pre(_m: nn.Module, _a: object, start: list[int] = start) -> None:
+            start.append(counter.get_total_flops())
+
+        def post(_m: nn.Module, _a: object, _o: object, name: str = name, start: list[int] = start) -> None:
+            by_module[name] = by_module.get(name, 0) + counter.get_total_flops() - start.pop()
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    was_training = model.training
     try:
         model.eval()
         with torch.no_grad(), counter:
             model(*args)
     finally:
         model.train(was_training)
-    counts = counter.get_flop_counts()
-    by_operator = {getattr(op, "__name__", str(op)).split(".")[0]: int(n) for op, n in counts.get("Global", {}).items()}
-    root = type(model).__name__
-    by_module: dict[str, int] = {}
-    for name, ops in sorted(counts.items()):
-        if name == "Global" or not (name == root or name.startswith(root + ".")):
-            continue
-        path = name[len(root) + 1:]
-        if path.count(".") + 1 <= depth or not path:
-            by_module[path] = int(sum(ops.values()))
-    return FlopCount(int(counter.get_total_flops()), by_operator, by_module)
+        for handle in handles:
+            handle.remove()
+    counts = counter.get_flop_counts().get("Global", {})
+    by_operator = {getattr(op, "__name__", str(op)).split(".")[0]: int(n) for op, n in counts.items()}
+    return FlopCount(int(counter.get_total_flops()), by_operator, dict(sorted(by_module.items())))
