@@ -62,6 +62,11 @@ class Compressed:
     """The compressed network; saved with its ``save_pretrained`` unless ``save`` is given."""
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None
     """What computes its logits when that is not ``model`` itself (e.g. an int8 runtime session)."""
+    runtime: str = "torch eager"
+    """What runs ``forward``; the before/after latencies are both measured in it."""
+    reference_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """The uncompressed model in that same runtime (required when ``runtime`` is not torch eager), so the
+    latency ratio compares like with like."""
     save: Callable[[Path], None] | None = None
     """Writes ``config.json`` + ``model.safetensors`` into a folder (default ``model.save_pretrained``)."""
     nonzero: int | None = None
@@ -190,7 +195,8 @@ def _measure(ctx: CompressContext, model: nn.Module, forward: Callable[[torch.Te
             "size_bytes": _file_size(folder), "latency_ms": batch1_latency_ms(forward, x, repeats)}
 
 
-def _markdown(method: str, before: dict[str, Any], after: dict[str, Any], threads: int) -> str:
+def _markdown(method: str, before: dict[str, Any], after: dict[str, Any], threads: int,
+              runtime: str = "torch eager") -> str:
     rows = [("test accuracy", "test_acc", "{:.4f}"), ("parameters", "params", "{:,}"),
             ("nonzero parameters", "params_nonzero", "{:,}"), ("size on disk (bytes)", "size_bytes", "{:,}"),
             ("batch-1 CPU latency (ms)", "latency_ms", "{:.3f}")]
@@ -200,7 +206,7 @@ def _markdown(method: str, before: dict[str, Any], after: dict[str, Any], thread
         b, a = before[key], after[key]
         ratio = f"{a / b:.3f}" if b else "-"
         lines.append(f"| {label} | {fmt.format(b)} | {fmt.format(a)} | {ratio} |")
-    lines += ["", f"Latency: median of timed single-example forwards, torch eager, {threads} CPU thread(s)."]
+    lines += ["", f"Latency: median of timed single-example forwards, both in {runtime}, {threads} CPU thread(s)."]
     return "\n".join(lines) + "\n"
 
 
@@ -243,10 +249,17 @@ def compress_run(run_dir: str | Path, method: str, args: argparse.Namespace, out
     (result.save or result.model.save_pretrained)(dest)
     shutil.copyfile(run / RECIPE, dest / RECIPE)
     after = _measure(ctx, result.model, result.forward or result.model, dest, result.nonzero, latency_repeats)
+    if result.reference_forward is not None:  # time the uncompressed model in the compressed one's runtime too
+        x = ctx.data.test.x[:1].to(ctx.device)
+        before = {**before, "latency_ms": batch1_latency_ms(result.reference_forward, x, latency_repeats),
+                  "latency_ms_torch_eager": before["latency_ms"]}
+    elif result.runtime != "torch eager":
+        raise ArchlabError(f"compress method {method!r} runs in {result.runtime} but gave no reference_forward")
     report = {"method": method, "source": str(run), "settings": result.settings, "seconds": seconds,
-              "threads": torch.get_num_threads(), "before": before, "after": after}
+              "threads": torch.get_num_threads(), "runtime": result.runtime, "before": before, "after": after}
     atomic_write_bytes(dest / "compress.json", (json.dumps(report, indent=2) + "\n").encode())
-    atomic_write_bytes(dest / "compress.md", _markdown(method, before, after, torch.get_num_threads()).encode())
+    table = _markdown(method, before, after, torch.get_num_threads(), result.runtime)
+    atomic_write_bytes(dest / "compress.md", table.encode())
     summary = {"recipe": recipe.get("name", run.name), "compressed_from": str(run), "method": method,
                "metrics": {k: v for k, v in after.items()}, "before": before, "settings": result.settings}
     atomic_write_bytes(dest / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())

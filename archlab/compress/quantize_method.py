@@ -52,7 +52,7 @@ def apply(model: torch.nn.Module, args: Any, ctx: CompressContext) -> Compressed
     settings: dict[str, Any] = {"scheme": cfg.scheme, "per_channel": cfg.per_channel, "observer": cfg.observer,
                                 "calib_batches": args.calib_batches if cfg.scheme == "static" else 0,
                                 "fake_quant_test_acc": ctx.evaluate(gm)}
-    forward = gm
+    forward, reference, runtime = gm, None, "torch eager"
     files: dict[str, bytes] = {}
     if cfg.scheme == "static" and rt.runtime_available():
         with tempfile.TemporaryDirectory() as tmp:
@@ -69,7 +69,7 @@ def apply(model: torch.nn.Module, args: Any, ctx: CompressContext) -> Compressed
                          "latency_batch1_ms": lat,
                          "runtime_speedup_batch1": lat["onnxruntime_fp32"] / lat["onnxruntime_int8"],
                          "onnx_bytes": {k: len(v) for k, v in files.items()}})
-        forward = int8
+        forward, reference, runtime = int8, fp32, settings["runtime"]
     elif cfg.scheme == "static":
         settings["runtime"] = "none (install the extra 'export' for onnxruntime's int8 kernels)"
 
@@ -80,4 +80,5 @@ def apply(model: torch.nn.Module, args: Any, ctx: CompressContext) -> Compressed
         for name, data in files.items():
             atomic_write_bytes(folder / name, data)
 
-    return Compressed(model=gm, forward=forward, save=save, settings=settings)
+    return Compressed(model=gm, forward=forward, save=save, settings=settings, runtime=runtime,
+                      reference_forward=reference)

@@ -337,6 +337,9 @@ def test_compress_command_quantizes_a_run(tmp_path) -> None:
     assert abs(report["after"]["test_acc"] - report["before"]["test_acc"]) < 0.05
     if "runtime_integer_ops" in settings:  # the table's "after" ran in onnxruntime's int8 kernels
         assert settings["runtime_integer_ops"]["QLinearConv"] == 2 and (out / "model.int8.onnx").is_file()
+        # both latencies in onnxruntime (fp32 session vs int8 session), the eager one kept beside them
+        assert report["runtime"].startswith("onnxruntime") and "latency_ms_torch_eager" in report["before"]
+        assert "both in onnxruntime" in (out / "compress.md").read_text()
     assert archlab.load(out) is not None and (out / "quantization.safetensors").is_file()
     assert evaluate(out, device="cpu")["test_acc"] > 0.5  # the float network with the (BN-folded) weights
     dyn = tmp_path / "dyn"
