@@ -1,4 +1,5 @@
-"""A restricted unpickler for the Planetoid files, which exist only as Python 2 pickles.
+"""A restricted unpickler for the Planetoid files, which exist only as Python 2 pickles, and the
+NAS-Bench-Graph tables (``archlab.search.nasbench``), which are Python 3 pickles of plain dicts.
 
 Unpickling runs code: a pickle names callables (``module.name``) and calls them with arguments of its
 choosing, so ``pickle.load`` on a downloaded file can run ``os.system``. :class:`RestrictedUnpickler`
@@ -15,6 +16,8 @@ name in the file                          resolved to
                                           needed, and no scipy code runs
 ``collections.defaultdict``               the adjacency dict of lists
 ``__builtin__.list``                      its ``list`` default factory
+``numpy.core.multiarray.scalar``          :func:`_numpy_scalar`: one numeric numpy scalar from
+                                          its raw bytes (the NAS-Bench-Graph tables' ``para``)
 ========================================  =================================================
 
 None of these can reach the file system, the network or the interpreter; numpy refuses object
@@ -101,6 +104,19 @@ def _numpy_reconstruct() -> Any:
         return importlib.import_module("numpy.core.multiarray")._reconstruct
 
 
+def _numpy_scalar(dtype: Any, payload: Any = None) -> Any:
+    """numpy's scalar reconstructor, limited to numeric dtypes and a raw-bytes payload of the right size.
+
+    ``numpy.core.multiarray.scalar(dtype('O'), obj)`` returns ``obj`` itself; refusing object (and any
+    non-numeric) dtype keeps this name from smuggling anything the allow-list does not already permit.
+    """
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
+        raise pickle.UnpicklingError(f"numpy scalar: only numeric dtypes are allowed, got {dtype!r}")
+    if not isinstance(payload, bytes) or len(payload) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"numpy scalar: expected {dtype.itemsize} raw bytes for {dtype}")
+    return np.frombuffer(payload, dtype=dtype)[0]
+
+
 #: ``(module, name)`` as written in the pickle -> the object it resolves to. Both spellings of
 #: renamed modules are listed (Python 2 ``__builtin__`` / 3 ``builtins``; scipy's ``csr`` /
 #: ``_csr``; numpy's ``core`` / ``_core``) because :meth:`RestrictedUnpickler.find_class` sees the
@@ -110,6 +126,8 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("scipy.sparse.csr", "csr_matrix"): CSRMatrix,
     ("scipy.sparse._csr", "csr_matrix"): CSRMatrix,
     ("collections", "defaultdict"): collections.defaultdict,
@@ -134,8 +152,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return ALLOWED[(module, name)]
         except KeyError:
             raise ArchlabError(
-                f"{self.source}: refusing to unpickle {module}.{name} (not a name the Planetoid files use; "
-                "the file may be corrupt or malicious)"
+                f"{self.source}: refusing to unpickle {module}.{name} (not a name the Planetoid or "
+                "NAS-Bench-Graph files use; the file may be corrupt or malicious)"
             ) from None
 
 

@@ -1,0 +1,288 @@
+"""NAS-Bench-Graph (Qin et al. 2022, "NAS-Bench-Graph: Benchmarking Graph Neural Architecture Search",
+NeurIPS Datasets & Benchmarks): a table of trained GNN architectures, read with archlab's restricted
+unpickler, and the tabular search driver.
+
+**Space.** An architecture is a DAG of 4 computing nodes; node ``i`` reads exactly one earlier node
+(``link[i]``: 0 = the input, ``j`` = computing node ``j``), every leaf feeds the output, and each node
+applies one of 9 operations (:data:`OPS`; the proteins table uses 5 of them). The benchmark keeps one
+canonical encoding per isomorphism class: the link pattern is one of the 9 in :data:`LINKS` and the table
+key is ``link_index * 10**4 + sum_i op_index_i * 10**(3 - i)`` (26,206 architectures per dataset,
+2,021 for proteins). Here a genotype is the tuple ``(link_index, op_0, op_1, op_2, op_3)`` over
+``choices = (9, 9, 9, 9, 9)``; ``contains(g)`` is "g is a key of the table", so equivalent
+non-canonical encodings are simply not part of the space (they are not re-canonicalized).
+
+**Files.** ``nas-bench-graph`` (an optional extra, ``pip install archlab[nas]``) ships
+``nas_bench_graph/light/<dataset>.bench``: a pickled ``{key: {"valid_perf", "perf", "latency",
+"para"}}`` (accuracies as fractions, latency in seconds, parameters in millions). The files are found
+with ``importlib.util.find_spec`` (which does not run the package) and read with
+:mod:`archlab.data.safe_pickle`; the package's own loader (``pickle.load``) is never imported.
+
+**Driver.** ``python -m archlab.search.nasbench`` runs random search, regularized evolution and the RL
+controller for ``--queries`` table look-ups over ``--seeds`` seeds and writes the test-regret curves::
+
+    regret(t) = max_table test_acc - test_acc(argmax_{s <= t} valid_acc(a_s))
+
+(the strategies see only validation accuracy; regret is in accuracy points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import safe_pickle
+from ..errors import ArchlabError
+from .categorical import Genotype
+from .evolution import EvolutionConfig, RegularizedEvolution
+from .random_search import RandomSearch
+from .rl_controller import ControllerConfig, RLController
+
+#: the node operations, in the benchmark's index order
+OPS = ("gat", "gcn", "gin", "cheb", "sage", "arma", "graph", "fc", "skip")
+#: the canonical link patterns (input node of each computing node), in the benchmark's index order
+LINKS = (
+    (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 1), (0, 0, 1, 2), (0, 0, 1, 3),
+    (0, 1, 1, 1), (0, 1, 1, 2), (0, 1, 2, 2), (0, 1, 2, 3),
+)
+DATASETS = ("cora", "citeseer", "pubmed", "cs", "physics", "photo", "computers", "arxiv", "proteins")
+#: the table's key base: one decimal digit per operation
+_BASE = 10
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: ``link[i]`` is the input of computing node ``i`` (0 = the graph's features),
+    ``ops[i]`` its operation name."""
+
+    link: tuple[int, ...]
+    ops: tuple[str, ...]
+
+    @property
+    def genotype(self) -> Genotype:
+        try:
+            return (LINKS.index(tuple(self.link)),) + tuple(OPS.index(o) for o in self.ops)
+        except ValueError:
+            raise ArchlabError(
+                f"NAS-Bench-Graph: {self} is not in canonical form (links one of {LINKS}, ops from {OPS})"
+            ) from None
+
+    @classmethod
+    def from_genotype(cls, g: Genotype) -> Arch:
+        return cls(LINKS[g[0]], tuple(OPS[i] for i in g[1:]))
+
+    def __str__(self) -> str:
+        return f"{list(self.link)} {list(self.ops)}"
+
+
+def genotype_key(g: Genotype) -> int:
+    """The benchmark's table key of a genotype."""
+    key = g[0]
+    for op in g[1:]:
+        key = key * _BASE + op
+    return key
+
+
+def key_genotype(key: int) -> Genotype:
+    """The genotype of a table key (inverse of :func:`genotype_key`)."""
+    ops = []
+    for _ in range(4):
+        key, op = divmod(key, _BASE)
+        ops.append(op)
+    return (key,) + tuple(reversed(ops))
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the table holds for one architecture: accuracies in [0, 1], latency in seconds, parameters
+    in millions."""
+
+    valid_acc: float
+    test_acc: float
+    latency: float
+    params: float
+
+
+def bench_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """``<root>/<dataset>.bench``; without ``root``, ``$ARCHLAB_NASBENCH_GRAPH`` or the installed
+    package's ``light/`` folder."""
+    if dataset not in DATASETS:
+        raise ArchlabError(f"NAS-Bench-Graph: unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
+    if root is None:
+        root = os.environ.get("ARCHLAB_NASBENCH_GRAPH")
+    if root is None:
+        spec = importlib.util.find_spec("nas_bench_graph")  # locates, does not import
+        if spec is None or not spec.submodule_search_locations:
+            raise ArchlabError(
+                "NAS-Bench-Graph tables not found: pip install 'archlab[nas]' (nas-bench-graph==1.4.0) "
+                "or set ARCHLAB_NASBENCH_GRAPH to a folder of <dataset>.bench files"
+            )
+        root = Path(next(iter(spec.submodule_search_locations))) / "light"
+    path = Path(root) / f"{dataset}.bench"
+    if not path.is_file():
+        raise ArchlabError(f"NAS-Bench-Graph: no table {path}")
+    return path
+
+
+class NASBenchGraph:
+    """One dataset's table, as arrays aligned with :attr:`keys` (sorted), and the search space.
+
+    Attributes (shape ``(N,)``, N = 26,206; 2,021 for proteins): ``keys`` (int64), ``valid_acc``,
+    ``test_acc``, ``latency``, ``params`` (float64). ``choices = (9, 9, 9, 9, 9)``.
+    """
+
+    choices: tuple[int, ...] = (len(LINKS),) + (len(OPS),) * 4
+
+    def __init__(self, table: dict[int, dict[str, Any]], dataset: str = "") -> None:
+        self.dataset = dataset
+        fields = ("valid_perf", "perf", "latency", "para")
+        keys = sorted(table)
+        for key in keys:
+            entry = table[key]
+            if not isinstance(key, int) or not isinstance(entry, dict) or any(f not in entry for f in fields):
+                raise ArchlabError(f"NAS-Bench-Graph {dataset}: malformed entry {key!r}")
+        self.keys = np.asarray(keys, dtype=np.int64)
+        cols = {f: np.asarray([float(table[k][f]) for k in keys], dtype=np.float64) for f in fields}
+        self.valid_acc, self.test_acc = cols["valid_perf"], cols["perf"]
+        self.latency, self.params = cols["latency"], cols["para"]
+        self.index = {int(k): i for i, k in enumerate(keys)}
+
+    @classmethod
+    def load(cls, dataset: str = "cora", root: str | os.PathLike | None = None) -> NASBenchGraph:
+        """Read ``<dataset>.bench`` with the restricted unpickler (see :func:`bench_file`)."""
+        path = bench_file(dataset, root)
+        table = safe_pickle.load(path)
+        if not isinstance(table, dict):
+            raise ArchlabError(f"{path}: expected a dict of architectures, got {type(table).__name__}")
+        return cls(table, dataset)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def contains(self, genotype: Genotype) -> bool:
+        return genotype_key(genotype) in self.index
+
+    def architectures(self) -> list[Arch]:
+        return [Arch.from_genotype(key_genotype(int(k))) for k in self.keys]
+
+    def position(self, arch: Arch | Genotype) -> int:
+        g = arch.genotype if isinstance(arch, Arch) else tuple(arch)
+        try:
+            return self.index[genotype_key(g)]
+        except KeyError:
+            raise ArchlabError(
+                f"NAS-Bench-Graph {self.dataset}: {Arch.from_genotype(g)} is not in the table "
+                "(not canonical, or an op outside this dataset's list)"
+            ) from None
+
+    def query(self, arch: Arch | Genotype) -> Record:
+        """The table's record of ``arch`` (an :class:`Arch` or a genotype)."""
+        i = self.position(arch)
+        return Record(float(self.valid_acc[i]), float(self.test_acc[i]), float(self.latency[i]),
+                      float(self.params[i]))
+
+    @property
+    def oracle_test(self) -> float:
+        """The best test accuracy in the table."""
+        return float(self.test_acc.max())
+
+
+STRATEGIES = {
+    "random": lambda space, seed: RandomSearch(space, seed),
+    "evolution": lambda space, seed: RegularizedEvolution(space, seed, EvolutionConfig()),
+    "rl": lambda space, seed: RLController(space, seed, ControllerConfig()),
+}
+
+
+def run_search(bench: NASBenchGraph, strategy: Any, queries: int) -> dict[str, np.ndarray]:
+    """``queries`` ask/tell rounds, the strategy told the validation accuracy. Returns per-query arrays:
+    ``position`` (row in the table), ``valid``, ``test`` and ``regret`` (oracle test minus the test
+    accuracy of the best-validation architecture so far, ties to the earlier query)."""
+    positions = np.empty(queries, dtype=np.int64)
+    for t in range(queries):
+        g = strategy.ask()
+        positions[t] = bench.position(g)
+        strategy.tell(g, bench.valid_acc[positions[t]])
+    valid, test = bench.valid_acc[positions], bench.test_acc[positions]
+    incumbent = np.empty(queries, dtype=np.int64)
+    best = 0
+    for t in range(queries):
+        if valid[t] > valid[best]:
+            best = t
+        incumbent[t] = best
+    regret = bench.oracle_test - test[incumbent]
+    return {"position": positions, "valid": valid, "test": test, "regret": regret}
+
+
+def regret_curves(bench: NASBenchGraph, strategies: list[str], queries: int, seeds: list[int]) -> dict[str, np.ndarray]:
+    """``{strategy: (len(seeds), queries) regret array}``, seed ``s`` seeding strategy ``s``."""
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ArchlabError(f"unknown strategy {unknown[0]!r}; one of {', '.join(STRATEGIES)}")
+    return {name: np.stack([run_search(bench, STRATEGIES[name](bench, seed), queries)["regret"]
+                            for seed in seeds]) for name in strategies}
+
+
+def plot_curves(curves: dict[str, np.ndarray], oracle: float, dataset: str, path: Path) -> None:
+    """Mean test regret (points) +- one standard error over seeds, per strategy, log-scaled y."""
+    from ..io import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, r in curves.items():
+        pts = 100 * r
+        n = len(pts)
+        mean = pts.mean(0)
+        std = pts.std(0, ddof=1) if n > 1 else np.zeros_like(mean)
+        se = std / math.sqrt(n)
+        x = np.arange(1, pts.shape[1] + 1)
+        ax.plot(x, mean, label=f"{name} (final {mean[-1]:.2f} ± {std[-1]:.2f} std)")
+        ax.fill_between(x, mean - se, mean + se, alpha=0.2)
+    ax.set_xlabel("queries (architectures evaluated)")
+    ax.set_ylabel("test regret (accuracy points)")
+    ax.set_yscale("log")
+    ax.set_title(f"NAS-Bench-Graph {dataset}: regret vs oracle {100 * oracle:.2f}% "
+                 f"({len(next(iter(curves.values())))} seeds, mean ± s.e.)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m archlab.search.nasbench", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="cora", choices=DATASETS)
+    p.add_argument("--strategies", default="random,evolution,rl")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--out", type=Path, default=Path("docs/results/search"))
+    args = p.parse_args(argv)
+    bench = NASBenchGraph.load(args.dataset)
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    curves = regret_curves(bench, names, args.queries, list(range(args.seeds)))
+    summary: dict[str, Any] = {"dataset": args.dataset, "queries": args.queries, "seeds": args.seeds,
+                               "oracle_test": bench.oracle_test, "final_regret_points": {}}
+    print(f"{args.dataset}: {len(bench)} architectures, oracle test {100 * bench.oracle_test:.2f}%")
+    for name, r in curves.items():
+        final = 100 * r[:, -1]
+        summary["final_regret_points"][name] = {"mean": float(final.mean()), "std": float(final.std(ddof=1)),
+                                                "per_seed": [float(v) for v in final]}
+        summary.setdefault("mean_curve_points", {})[name] = [float(v) for v in 100 * r.mean(0)]
+        print(f"  {name:10s} final test regret {final.mean():.3f} ± {final.std(ddof=1):.3f} points")
+    stem = f"nasbench_graph_{args.dataset}"
+    plot_curves(curves, bench.oracle_test, args.dataset, args.out / f"{stem}_regret.png")
+    (args.out / f"{stem}_regret.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

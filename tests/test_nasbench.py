@@ -1,0 +1,175 @@
+"""NAS-Bench-Graph reader (restricted unpickler), the tabular search strategies and the regret driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+from archlab.data import safe_pickle
+from archlab.errors import ArchlabError
+from archlab.search.categorical import mutate, sample
+from archlab.search.evolution import EvolutionConfig, RegularizedEvolution
+from archlab.search.nasbench import (
+    LINKS,
+    OPS,
+    Arch,
+    NASBenchGraph,
+    bench_file,
+    genotype_key,
+    key_genotype,
+    main,
+    run_search,
+)
+from archlab.search.random_search import RandomSearch
+from archlab.search.rl_controller import ControllerConfig, RLController
+
+pytest.importorskip("importlib.util")
+if __import__("importlib.util").util.find_spec("nas_bench_graph") is None:
+    pytest.skip("nas-bench-graph (test extra) not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def cora() -> NASBenchGraph:
+    return NASBenchGraph.load("cora")
+
+
+def test_cora_table_statistics(cora):
+    # issue 21: best test 83.13%, median 78.53%, the best-validation architecture's test 82.63%
+    assert len(cora) == 26206
+    assert round(100 * cora.oracle_test, 2) == 83.13
+    assert round(100 * float(np.median(cora.test_acc)), 2) == 78.53
+    best_val = int(np.argmax(cora.valid_acc))
+    assert (cora.valid_acc == cora.valid_acc[best_val]).sum() == 1
+    assert round(100 * cora.test_acc[best_val], 2) == 82.63
+    assert np.all((cora.params > 0) & (cora.latency > 0))
+
+
+def test_loader_is_not_imported(cora):
+    assert "nas_bench_graph" not in sys.modules
+
+
+def test_keys_round_trip_and_decode(cora):
+    for key in cora.keys:
+        g = key_genotype(int(key))
+        assert genotype_key(g) == key and cora.contains(g)
+        assert g[0] < len(LINKS) and all(op < len(OPS) for op in g[1:])
+    arch = Arch.from_genotype(key_genotype(int(cora.keys[123])))
+    assert cora.query(arch) == cora.query(arch.genotype)
+
+
+def test_query_equals_package_reader(cora):
+    """The package (its pickle.load and its canonical hash) as the oracle."""
+    from nas_bench_graph import Arch as PkgArch
+    from nas_bench_graph import light_read
+
+    table = light_read("cora")
+    for link, ops in [([0, 1, 2, 1], ["gcn", "gin", "fc", "cheb"]), ([0, 0, 0, 0], ["gcn"] * 4),
+                      ([0, 1, 2, 3], ["skip", "skip", "gat", "gat"])]:
+        key = PkgArch(link, ops).valid_hash()
+        rec = cora.query(key_genotype(key))
+        assert (rec.valid_acc, rec.test_acc, rec.latency, rec.params) == (
+            table[key]["valid_perf"], table[key]["perf"], table[key]["latency"], float(table[key]["para"]))
+    del sys.modules["nas_bench_graph"]
+
+
+def test_non_canonical_and_unknown_are_one_line_errors(cora):
+    with pytest.raises(ArchlabError, match="not in canonical form"):
+        cora.query(Arch((0, 1, 2, 1), ("gcn",) * 4))
+    with pytest.raises(ArchlabError, match="not in the table"):
+        cora.query((0, 8, 8, 8, 8))  # all-skip: no architecture
+    with pytest.raises(ArchlabError, match="unknown dataset"):
+        bench_file("imagenet")
+
+
+def test_proteins_uses_its_five_ops():
+    p = NASBenchGraph.load("proteins")
+    assert len(p) == 2021
+    used = {op for k in p.keys for op in key_genotype(int(k))[1:]}
+    assert used == {OPS.index(o) for o in ("gcn", "sage", "arma", "fc", "skip")}
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_malicious_pickles_are_refused():
+    with pytest.raises(ArchlabError, match="refusing to unpickle"):
+        safe_pickle.loads(pickle.dumps({0: _Evil()}), "evil.bench")
+    # the allowed scalar reconstructor refuses object dtype (which would hand back any object)
+    obj_scalar = b"cnumpy.core.multiarray\nscalar\n(cnumpy\ndtype\n(VO\nI00\nI01\ntRVany object\ntR."
+    with pytest.raises(ArchlabError, match="only numeric dtypes"):
+        safe_pickle.loads(obj_scalar, "odd.bench")
+    assert safe_pickle.loads(pickle.dumps({"para": np.float64(1.5)})) == {"para": 1.5}
+
+
+class _Toy:
+    """A 3-position space where position 0 == 2 is invalid."""
+
+    choices = (3, 4, 5)
+
+    def contains(self, g):
+        return g[0] != 2
+
+
+def test_sample_and_mutate_stay_valid():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        g = sample(_Toy(), rng)
+        assert _Toy().contains(g)
+        child = mutate(_Toy(), g, rng)
+        assert _Toy().contains(child) and sum(a != b for a, b in zip(g, child, strict=True)) == 1
+
+
+@pytest.mark.parametrize("cls", [RandomSearch, RegularizedEvolution, RLController])
+def test_strategies_are_deterministic(cora, cls):
+    runs = [run_search(cora, cls(cora, seed), 40)["position"] for seed in (3, 3, 4)]
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+
+
+def test_evolution_removes_the_oldest_and_mutates_the_winner():
+    evo = RegularizedEvolution(_Toy(), 0, EvolutionConfig(population=3, sample_size=3))
+    for g, s in [((0, 0, 0), 0.9), ((1, 1, 1), 0.1), ((0, 2, 2), 0.2)]:
+        assert len(evo.ask()) == 3
+        evo.tell(g, s)
+    child = evo.ask()  # S = P: the tournament is the whole population, the winner (0, 0, 0)
+    assert sum(a != b for a, b in zip(child, (0, 0, 0), strict=True)) == 1
+    evo.tell(child, 0.0)
+    assert [m[0] for m in evo.population] == [(1, 1, 1), (0, 2, 2), child]  # the best was the oldest
+    with pytest.raises(ArchlabError):
+        EvolutionConfig(population=3, sample_size=4)
+
+
+def test_rl_controller_learns_and_tracks_the_baseline():
+    ctl = RLController(_Toy(), 0, ControllerConfig(lr=0.1, baseline_decay=0.5))
+    scores = []
+    for _ in range(150):
+        g = ctl.ask()
+        score = 1.0 if g[1] == 3 else 0.0
+        before = ctl.baseline
+        ctl.tell(g, score)
+        expected = score if before is None else 0.5 * before + 0.5 * score
+        assert ctl.baseline == pytest.approx(expected)
+        scores.append(score)
+    assert ctl.probabilities()[1][3] > 0.9 and ctl.probabilities()[0][2] < 1 / 3 + 0.2
+
+
+def test_regret_is_against_the_best_validation_so_far(cora):
+    out = run_search(cora, RandomSearch(cora, 0), 30)
+    for t in (0, 9, 29):
+        best = int(np.argmax(out["valid"][: t + 1]))  # first maximum
+        assert out["regret"][t] == pytest.approx(cora.oracle_test - out["test"][best])
+    assert np.all(out["regret"] >= 0)
+
+
+def test_driver_writes_curves_and_plot(tmp_path):
+    assert main(["--queries", "15", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "nasbench_graph_cora_regret.json").read_text())
+    assert set(summary["final_regret_points"]) == {"random", "evolution", "rl"}
+    assert all(len(v["per_seed"]) == 2 for v in summary["final_regret_points"].values())
+    assert (tmp_path / "nasbench_graph_cora_regret.png").stat().st_size > 0
