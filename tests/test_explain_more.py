@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import archlab
 from archlab.errors import ArchlabError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -119,3 +120,83 @@ def test_explain_command_on_a_graph_classification_run(tmp_path, capsys):
     recipe = recipe_mod.load(run / "recipe.toml")
     labels = np.array([int(g.y) for g in recipe.loop_class.load_data(recipe).graphs])
     assert len(split_indices(str(run), labels, "test")) == 6
+
+
+# ----------------------------------------------------------------------------- masked language models
+
+
+@pytest.fixture(scope="module")
+def bert_run(tmp_path_factory):
+    from archlab.recipe import from_dict
+    from archlab.runner import train
+
+    raw = {"name": "bert_tiny", "seed": 0,
+           "model": {"name": "bert", "hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32,
+                     "dropout": 0.0, "attention_dropout": 0.0},
+           "data": {"name": "text_toy", "batch_size": 4}, "optim": {"name": "adamw", "lr": 1e-3},
+           "train": {"loop": "mlm", "steps": 3, "eval_every": 3}, "loop": {"seq_len": 8}}
+    run = tmp_path_factory.mktemp("bert") / "run"
+    train(from_dict(raw), out=run, progress=False, log=lambda _m: None)
+    return run
+
+
+def test_masked_token_attributions_are_complete_against_the_all_masked_baseline(bert_run):
+    from archlab.explain.text_command import MaskedToken, masked_token_attributions
+    from archlab.train.mlm import SpecialTokens
+
+    model = archlab.load(bert_run).eval()
+    special = SpecialTokens(model.config.vocab_size - 4)
+    ids = torch.tensor([1, 2, 3, 4, 5])
+    attr, inputs, target = masked_token_attributions(model, ids, 2, special, steps=64)
+    assert inputs.tolist() == [special.cls, 1, 2, special.mask, 4, 5, special.sep]
+    assert attr.shape == (7,) and 0 <= target < special.num_text
+    baseline = inputs.clone()
+    baseline[1:-1] = special.mask
+    with torch.no_grad():
+        f = MaskedToken(model, 3)
+        gap = f(inputs[None])[0, target] - f(baseline[None])[0, target]
+    assert abs(float(attr.sum() - gap)) < 1e-3          # completeness in embedding space
+    # the special tokens and the masked position equal the baseline: exactly zero attribution
+    assert attr[[0, 3, 6]].abs().max() == 0
+    assert not model.training
+
+
+def test_explain_command_on_a_masked_lm_run(bert_run, tmp_path, capsys):
+    from archlab.cli import main
+
+    png = tmp_path / "masked.png"
+    capsys.readouterr()
+    assert main(["explain", str(bert_run), "--prompt", "abcab", "--mask-at", "-1", "--steps", "16",
+                 "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.stat().st_size > 1000 and "'[MASK]'" in out and "masked position 4" in out
+    assert main(["explain", str(bert_run), "--prompt", "abc", "--mask-at", "3", "--out", str(png)]) == 2
+    assert main(["explain", str(bert_run), "--probe", "60", "--out", str(tmp_path / "probe")]) == 0
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert [r["layer"] for r in result["layers"]] == ["embedding", "block 1", "block 2"]
+    assert result["meta"]["model"] == "Bert"
+    assert all(0 <= r["task"] <= 1 and abs(r["selectivity"] - (r["task"] - r["control"])) < 1e-12
+               for r in result["layers"])
+
+
+def test_probe_skips_the_special_tokens_of_an_encoder():
+    """With prefix/suffix tokens the probed states are those of the text positions (a model that writes each
+    position's previous token into its state gives a perfect probe only if the offsets are right)."""
+    from archlab.explain.probing import language_model_probe
+
+    class PreviousToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings = nn.Identity()
+            self.layers = nn.ModuleList([nn.Identity()])
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            h = self.embeddings(torch.nn.functional.one_hot(ids, 12).float())
+            prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+            return self.layers[0](torch.cat([h, prev], dim=-1))
+
+    stream = torch.randint(0, 10, (3000,), generator=torch.Generator().manual_seed(0))
+    decode = "aeXbc  d!f".__getitem__
+    rows = language_model_probe(PreviousToken(), stream, decode, block=9, n_train=300, n_test=150,
+                                prefix=(10,), suffix=(11,))
+    assert rows[1]["task"] == 1.0 and rows[0]["task"] < 0.8

@@ -33,8 +33,10 @@ explanatory subgraph (the ``--top-k`` edges by occlusion) and node attributions,
 scores fidelity against random edges (:mod:`archlab.explain.graph_level_command`).
 
 For language-model runs (``train.loop = "lm"``) the command explains the next token after ``--prompt``
-with Integrated Gradients over the token embedding and draws the tokens coloured by attribution
-(:mod:`archlab.explain.text_command`).
+with Integrated Gradients over the token embedding and draws the tokens coloured by attribution; for
+masked-LM runs (``train.loop = "mlm"``, BERT) the prediction for the ``--mask-at`` character of the prompt
+replaced by ``[MASK]`` (:mod:`archlab.explain.text_command`). ``--probe N`` trains per-layer linear probes
+with a control task on either.
 
 Image models: runs whose examples are ``[C, H, W]``. Settings per method suit small images: the
 baseline is the darkest value of the training data ("black" after standardisation), occlusion slides
@@ -85,6 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "character's category, with a control task) trained on N positions")
     s.add_argument("--prompt", default="ROMEO:\nWhat say", help="language-model runs: the text whose next token "
                    "is explained")
+    s.add_argument("--mask-at", type=int, help="masked-LM runs: the prompt token replaced by [MASK] and explained "
+                   "(negative: from the end; default the middle)")
     s.add_argument("--node", type=int, action="append", help="graph runs: test node to explain, by position "
                    "among the test nodes (repeatable; default 0-3)")
     s.add_argument("--top-k", type=int, default=6, help="graph runs: edges kept in the explanation (default 6)")
@@ -107,8 +111,8 @@ def _load(run_dir: str) -> tuple[torch.nn.Module, Any, str]:
         raise ArchlabError(f"{run_dir}: archlab explain explains image and node classifiers; this run trained a "
                            f"{type(model).__name__}")
     data = recipe.loop_class.load_data(recipe)
-    if hasattr(data, "tokenizer") and recipe.loop_class.name == "lm":
-        return model.eval(), data, "text"
+    if hasattr(data, "tokenizer") and recipe.loop_class.name in ("lm", "mlm"):
+        return model.eval(), data, "text" if recipe.loop_class.name == "lm" else "masked_text"
     if getattr(data, "task", None) == "node":
         return model.eval(), data, "graph"
     if getattr(data, "task", None) == "graph":
@@ -187,10 +191,10 @@ def run(args: argparse.Namespace) -> int:
         from .graph_level_command import run_graph_level
 
         return run_graph_level(model, data, args)
-    if kind == "text":
+    if kind in ("text", "masked_text"):
         from .text_command import run_text
 
-        return run_text(model, data, args)
+        return run_text(model, data, args, masked=kind == "masked_text")
     split = getattr(data, args.split)
     if len(split) == 0:
         raise ArchlabError(f"the {args.split} split of {args.run_dir} is empty")

@@ -9,9 +9,11 @@ mapped to a random label, the label distribution kept -- and the **selectivity**
 accuracy(control)`` is what the layer adds beyond identity lookup.
 
 For language models (:func:`language_model_probe`) the property here is the category of the *previous*
-character (vowel, consonant, upper case, space or newline, other): a causal model's embedding layer sees
-only the current token, so the property has to be moved there by attention -- the curve shows at which
-layer that happens. Probes: multinomial logistic regression on standardised features, L2 ``1e-3``,
+character (vowel, consonant, upper case, space or newline, other): the embedding layer of a causal model
+(GPT) or of a bidirectional masked-LM encoder (BERT) sees only the current token and its position, so the
+property has to be moved there by attention -- the curve shows at which layer that happens. An encoder's
+windows are wrapped in its special tokens (``prefix`` / ``suffix``, e.g. ``[CLS] ... [SEP]``); the probed
+positions are the text positions only. Probes: multinomial logistic regression on standardised features, L2 ``1e-3``,
 full-batch L-BFGS.
 """
 
@@ -81,9 +83,12 @@ def char_category(ch: str) -> int:
 
 
 def language_model_probe(model: nn.Module, ids: torch.Tensor, decode, block: int, n_train: int = 2000,
-                         n_test: int = 1000, seed: int = 0) -> list[dict[str, float]]:
+                         n_test: int = 1000, seed: int = 0, prefix: tuple[int, ...] = (),
+                         suffix: tuple[int, ...] = ()) -> list[dict[str, float]]:
     """Per layer (embedding, then each block), probe accuracy for the previous character's category, for the
-    control task, and the selectivity. ``ids``: a 1-D token stream; ``decode(id) -> str``."""
+    control task, and the selectivity. ``ids``: a 1-D token stream; ``decode(id) -> str``; ``block``: text
+    tokens per window; ``prefix`` / ``suffix``: token ids put around every window (an encoder's ``[CLS]`` /
+    ``[SEP]``)."""
     layers = _lm_layers(model)
     gen = torch.Generator().manual_seed(seed)
     n_windows = (n_train + n_test) // (block - 1) + 1
@@ -96,10 +101,15 @@ def language_model_probe(model: nn.Module, ids: torch.Tensor, decode, block: int
     prev_ids = windows[:, :-1].flatten()
     control = control_labels(prev_ids, labels, seed)
     model.eval()
-    outs = layer_outputs(model, windows, layers)
+    b = len(windows)
+    wrapped = torch.cat([windows.new_tensor(prefix).expand(b, len(prefix)), windows,
+                         windows.new_tensor(suffix).expand(b, len(suffix))], dim=1)
+    outs = layer_outputs(model, wrapped, layers)
     rows = []
+    first = len(prefix) + 1                           # text positions 1..: those with a previous token
     for name, h in zip(["embedding", *[f"block {i + 1}" for i in range(len(layers) - 1)]], outs, strict=True):
-        feats = h[:, 1:].reshape(-1, h.shape[-1]).float()                              # positions 1..: a previous token
+        h = h[0] if isinstance(h, tuple) else h
+        feats = h[:, first:first + block - 1].reshape(-1, h.shape[-1]).float()
         tr, te = slice(0, n_train), slice(n_train, n_train + n_test)
         task = probe_accuracy(feats[tr], labels[tr], feats[te], labels[te])
         ctrl = probe_accuracy(feats[tr], control[tr], feats[te], control[te])
@@ -108,8 +118,11 @@ def language_model_probe(model: nn.Module, ids: torch.Tensor, decode, block: int
 
 
 def _lm_layers(model: nn.Module) -> list[nn.Module]:
-    """The token embedding and every transformer block of a language model (``wte`` / ``layers``)."""
-    embedding = getattr(model, "wte", None) or next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    """The token embedding and every transformer block of a language model: ``embeddings`` (an encoder's whole
+    embedding module: tokens + positions + LayerNorm, Hugging Face's ``hidden_states[0]``), else ``wte`` or
+    the first ``nn.Embedding``; then ``layers``."""
+    embedding = (getattr(model, "embeddings", None) or getattr(model, "wte", None)
+                 or next((m for m in model.modules() if isinstance(m, nn.Embedding)), None))
     blocks = getattr(model, "layers", None)
     if embedding is None or not isinstance(blocks, nn.ModuleList):
         raise ArchlabError(f"{type(model).__name__}: probing needs a token embedding and a `layers` list of blocks")
