@@ -7,7 +7,7 @@ The model of a run directory (or a ``save_pretrained`` folder) is loaded, put in
 PyTorch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``: ``torch.export`` captures the
 graph, which is decomposed to core ATen operators and translated to ONNX by onnxscript). The input the
 trace is made with is the model's own :meth:`~archlab.models.base.ArchModel.example_input` at batch
-``--batch``; the ONNX graph has these fixed shapes.
+``--batch`` (drawn with seed 0); the ONNX graph has these fixed shapes.
 
 Every export is checked before the file is put in place: onnxruntime (CPU) runs the graph on the
 example input and its outputs are compared with PyTorch's eager outputs. The check passes when
@@ -175,16 +175,22 @@ def export_onnx(model: Any, out: str | os.PathLike, batch: int = 1, opset: int |
     out = Path(out)
     if out.is_dir():
         raise ArchlabError(f"--out {out} is a directory; name the .onnx file to write")
-    model = model.eval()
-    inputs = example_inputs(model, batch)
-    with torch.no_grad():
-        expected = [t.float() for t in flat_tensors(model(*inputs))]
-    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # the same example input on every call, the caller's RNG untouched
+        torch.manual_seed(0)
+        inputs = example_inputs(model, batch)
+    training = model.training
+    model.eval()  # the graph is the inference graph (dropout off, BatchNorm on running statistics)
     try:
-        with _quiet():
-            program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, verbose=False)
-    except Exception as exc:  # the exporter's errors have no common public base class
-        raise _failure(name, exc) from None
+        with torch.no_grad():
+            expected = [t.float() for t in flat_tensors(model(*inputs))]
+        t0 = time.perf_counter()
+        try:
+            with _quiet():
+                program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, verbose=False)
+        except Exception as exc:  # the exporter's errors have no common public base class
+            raise _failure(name, exc) from None
+    finally:
+        model.train(training)  # the caller's model is left as it was
     seconds = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
@@ -216,7 +222,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     s.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
     s.add_argument("--batch", type=int, default=1, help="batch size of the example input (fixed in the graph)")
-    s.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18)")
+    s.add_argument("--opset", type=int, help="ONNX opset, >= 18 (default: the exporter's; 20 with torch 2.13)")
     s.set_defaults(run=_run)
 
 

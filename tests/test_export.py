@@ -56,11 +56,15 @@ def test_export_or_declared_reason(name, tmp_path):
     blocker = type(model).export_blocker
     out = tmp_path / f"{name}.onnx"
     if blocker is None:
-        result = export_onnx(model, out, batch=2)
+        result = export_onnx(model.train(), out, batch=2)
         assert out.is_file() and result.outputs >= 1
+        assert model.training  # exported in eval mode, handed back as it came
         assert result.scaled_diff <= TOLERANCE, result.summary()
         if result.max_abs_output <= 1:  # outputs of order one: the plain absolute bound
             assert result.max_abs_diff <= TOLERANCE
+        # and relative to the output, which also means something for models whose outputs at initialization
+        # are tiny (EfficientNet's are ~1e-11): float32 round-off, not a wrong operator
+        assert result.max_abs_diff <= 1e-4 * result.max_abs_output, result.summary()
         return
     assert isinstance(blocker, str) and blocker and "\n" not in blocker
     with pytest.raises(NotExportable) as err:
