@@ -16,6 +16,12 @@ t and eps (comparable between evaluations), computed with the EMA weights. At th
 gets ``samples.png``: ``loop.samples`` images from ``loop.sample_steps`` DDIM steps (eta = ``loop.eta``);
 with ``loop.fid_classifier`` the final metrics add ``test_fid``, ``test_is`` and the floor ``fid_floor``
 (FID of training vs test images) over ``loop.fid_samples`` images (:mod:`archlab.models.generative.fid`).
+
+Class-conditional models (a config with ``n_classes``: ``cond_ddpm``) get each training image's label
+(``model.loss(x_0, generator, labels=y)``; the model drops labels for classifier-free guidance itself), and
+sample with guidance weight ``loop.guidance``: the grid has one column per class, and with a classifier the
+final metrics add ``test_class_acc``, its accuracy on the samples of each class averaged over the classes
+(``test_class_acc_min``: the worst class, ``test_class_acc_K``: each).
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class DiffusionConfig:
     """Run directory of a trained classifier of the same images (features for FID / IS); "": no FID."""
     fid_samples: int = 1000
     """Generated images (and test / train images) the final FID compares."""
+    guidance: float = 0.0
+    """Class-conditional models: classifier-free guidance weight w of the samples (0: plain conditional)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.ema_decay < 1:
@@ -70,6 +78,8 @@ class DiffusionConfig:
             raise ValueError("need 1 <= samples <= 1024, 1 <= sample_steps <= 100000 and 0 <= eta <= 1")
         if not 2 <= self.fid_samples <= 10**6:
             raise ValueError(f"fid_samples must be in [2, 1e6], got {self.fid_samples}")
+        if not 0 <= self.guidance <= 100:
+            raise ValueError(f"guidance must be in [0, 100], got {self.guidance}")
 
 
 @register_loop("diffusion")
@@ -78,7 +88,7 @@ class Diffusion(Loop):
 
     Config = DiffusionConfig
     model_families = ("generative",)
-    metrics = ("val_loss", "test_loss", "test_fid", "test_is", "fid_floor")
+    metrics = ("val_loss", "test_loss", "test_fid", "test_is", "fid_floor", "test_class_acc", "test_class_acc_min")
     monitor = ("val_loss", "min")
 
     @classmethod
@@ -95,6 +105,10 @@ class Diffusion(Loop):
                                f"shape {tuple(data.input_shape)}")
         if recipe.loop.fid_classifier:
             load_feature_network(recipe.loop.fid_classifier)
+        classes = getattr(model.config, "n_classes", 0)
+        if classes and (data.train.y is None or int(data.train.y.min()) < 0 or int(data.train.y.max()) >= classes):
+            raise ArchlabError(f"model.n_classes: {recipe.model_name!r} is conditioned on {classes} classes, but "
+                               f"{recipe.data.name!r} has no labels in 0..{classes - 1}")
         if recipe.loop.sample_steps > model.config.num_steps:
             raise ArchlabError(f"loop.sample_steps: {recipe.loop.sample_steps} is more than the model's "
                                f"num_steps={model.config.num_steps}")
@@ -106,7 +120,11 @@ class Diffusion(Loop):
         tc, dc = recipe.train, recipe.data
         self.scale = pixel_range(data.train.x, dc.name)
         self.train_x = self._signed(data.train.x).to(ctx.device)
+        self.classes = getattr(model.config, "n_classes", 0)
         n = self.cfg.eval_examples
+        self.train_y = data.train.y.long().to(ctx.device) if self.classes else None
+        self.eval_y = {"val": data.val.y[:n].long().to(ctx.device), "test": data.test.y[:n].long().to(ctx.device)} \
+            if self.classes else {}
         self.eval_x = {"val": self._signed(data.val.x[:n]).to(ctx.device),
                        "test": self._signed(data.test.x[:n]).to(ctx.device)}
         self.stream = BatchStream(len(data.train), dc.batch_size, seed=ctx.seed)
@@ -124,10 +142,11 @@ class Diffusion(Loop):
 
     def train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
-        x0 = self.train_x[self.stream.next().to(self.ctx.device)]
+        idx = self.stream.next().to(self.ctx.device)
+        x0 = self.train_x[idx]
         self.opt.zero_grad()
         with self.ctx.precision.autocast():
-            loss = self.model.loss(x0, self.noise)
+            loss = self.model.loss(x0, self.noise, **self._labels_of(self.train_y, idx))
         self.opt.backward(loss)
         lr = self.opt.step()
         if self.ema is not None:
@@ -136,6 +155,20 @@ class Diffusion(Loop):
                 for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                     e.lerp_(p.detach(), 1 - d)
         return {"loss": loss.detach(), "lr": lr}
+
+    @staticmethod
+    def _labels_of(y: torch.Tensor | None, idx: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        """``{"labels": y[idx]}`` for conditional models, ``{}`` otherwise (the keyword of ``model.loss``)."""
+        return {} if y is None else {"labels": y[idx]}
+
+    def _sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples in [0, 1] from the saved model (conditional: labels 0, 1, ..., K-1, 0, ... and guidance)."""
+        model, gen = self.final_object().eval(), torch.Generator().manual_seed(seed)
+        if not self.classes:
+            return model.sample(n, gen, steps=self.cfg.sample_steps, eta=self.cfg.eta), None
+        y = torch.arange(n) % self.classes
+        return model.sample(n, gen, steps=self.cfg.sample_steps, eta=self.cfg.eta, labels=y,
+                            guidance=self.cfg.guidance), y
 
     def final_object(self) -> ArchModel:
         return self.ema if self.ema is not None else self.model
@@ -149,8 +182,9 @@ class Diffusion(Loop):
         gen = torch.Generator().manual_seed({"val": 0, "test": 1}[split])
         total = 0.0
         for i in range(0, len(x), self.cfg.eval_batch):
-            chunk = x[i:i + self.cfg.eval_batch]
-            total += float(model.loss(chunk, gen)) * len(chunk)
+            part = slice(i, i + self.cfg.eval_batch)
+            chunk = x[part]
+            total += float(model.loss(chunk, gen, **self._labels_of(self.eval_y.get(split), part))) * len(chunk)
         return {f"{split}_loss": total / len(x)}
 
     @torch.no_grad()
@@ -158,19 +192,22 @@ class Diffusion(Loop):
         metrics = {**self.evaluate("val"), **self.evaluate("test")}
         if self.fid is not None:
             n, (lo, hi) = self.cfg.fid_samples, self.scale
-            fake = self.final_object().eval().sample(n, torch.Generator().manual_seed(1),
-                                                     steps=self.cfg.sample_steps, eta=self.cfg.eta)
-            metrics.update(sample_quality(self.fid, lo + fake.cpu() * (hi - lo), self.data.test.x[:n],
-                                          self.data.train.x[:n]))
+            fake, y = self._sample(n, 1)
+            fake = lo + fake.cpu() * (hi - lo)
+            metrics.update(sample_quality(self.fid, fake, self.data.test.x[:n], self.data.train.x[:n]))
+            if y is not None:  # does each class's sample look like that class to the classifier?
+                hit = (self.fid(fake)[1].argmax(1).cpu() == y).double()
+                per_class = [float(hit[y == k].mean()) for k in range(self.classes) if (y == k).any()]
+                metrics.update({"test_class_acc": sum(per_class) / len(per_class), "test_class_acc_min": min(per_class),
+                                **{f"test_class_acc_{k}": a for k, a in enumerate(per_class)}})
         return metrics
 
     @torch.no_grad()
     def write_artifacts(self, run_dir: str | os.PathLike) -> None:
-        model = self.final_object().eval()
-        gen = torch.Generator().manual_seed(0)
-        images = model.sample(self.cfg.samples, gen, steps=self.cfg.sample_steps, eta=self.cfg.eta)
-        save_grid(images, Path(run_dir) / "samples.png",
-                  title=f"{self.recipe.name}: DDIM {self.cfg.sample_steps} steps, eta {self.cfg.eta:g}")
+        images, y = self._sample(self.cfg.samples, 0)
+        how = f", one class per column, guidance {self.cfg.guidance:g}" if y is not None else ""
+        save_grid(images, Path(run_dir) / "samples.png", nrow=self.classes or 8,
+                  title=f"{self.recipe.name}: DDIM {self.cfg.sample_steps} steps, eta {self.cfg.eta:g}{how}")
 
     def state_dict(self) -> dict[str, Any]:
         state = {"model": self.opt.state_dict(), "stream": self.stream.state_dict(), "noise": self.noise.get_state()}

@@ -1,14 +1,16 @@
 """``archlab sample`` and ``archlab interpolate``: pictures from the generative model of a run directory.
 
-    archlab sample RUN_DIR [--n 64] [--class K] [--truncation PSI] [--steps S] [--eta E] [--seed K] --out grid.png
+    archlab sample RUN_DIR [--n 64] [--class K] [--truncation PSI] [--guidance W] [--steps S] [--eta E] [--seed K]
+                   --out grid.png
     archlab interpolate RUN_DIR [--pairs 4] [--frames 10] [--seed K] --out interp.png   (and interp.gif)
 
 ``sample`` draws from the model's prior (VAE: Bernoulli means; DDPM: DDIM with ``--steps`` steps, or
 ancestral DDPM over all T steps with ``--ddpm``; DCGAN: G(z); ``--class K`` for class-conditional models,
-``--truncation PSI`` for models with the truncation trick). ``interpolate`` walks between the codes of
-test images (models with an encoder: VAE, autoencoder; the images come from the run's own dataset,
-scaled to [0, 1] as its loop did) or between prior draws (DCGAN), each pair twice: linearly and
-spherically (rows alternate), and writes the spherical walk of the first pair as a GIF next to the PNG.
+``--truncation PSI`` for models with the truncation trick, ``--guidance W`` for classifier-free guided
+ones). ``interpolate`` walks between the codes of test images (models with an encoder: VAE, autoencoder;
+the images come from the run's own dataset, scaled to [0, 1] as its loop did) or between prior draws
+(DCGAN), each pair twice: linearly and spherically (rows alternate), and writes the spherical walk of
+the first pair as a GIF next to the PNG.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--eta", type=float, default=0.0, help="diffusion models: DDIM eta (default 0)")
     s.add_argument("--ddpm", action="store_true", help="diffusion models: ancestral DDPM sampling over every step")
     s.add_argument("--class", dest="label", type=int, default=None, help="class-conditional models: the class K")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guided models (cond_ddpm): the guidance weight w (default 0: none)")
     s.add_argument("--truncation", type=float, default=None,
                    help="models with the truncation trick (stylegan): psi in [0, 1] (1: none, 0: the mean style)")
     s.add_argument("--seed", type=int, default=0)
@@ -82,6 +86,7 @@ def run_sample(args: argparse.Namespace) -> int:
         images, how = model.sample(args.n, gen, **_sample_options(model, args)), "prior samples"
     how += f", class {args.label}" if args.label is not None else ""
     how += f", truncation {args.truncation:g}" if args.truncation is not None else ""
+    how += f", guidance {args.guidance:g}" if args.guidance is not None else ""
     save_grid(images, out, nrow=min(8, args.n), title=f"{Path(args.run_dir).name}: {how}")
     print(f"wrote {out}")
     return 0
@@ -97,6 +102,12 @@ def _sample_options(model: Any, args: argparse.Namespace) -> dict[str, Any]:
         if not 0 <= args.label < classes:
             raise ArchlabError(f"--class must be in 0..{classes - 1}, got {args.label}")
         options["labels"] = torch.full((args.n,), args.label, dtype=torch.long)
+    if args.guidance is not None:
+        if getattr(model, "guided_eps", None) is None:
+            raise ArchlabError(f"--guidance: a {type(model).__name__} has no classifier-free guidance")
+        if not 0 <= args.guidance <= 100:
+            raise ArchlabError(f"--guidance must be in [0, 100], got {args.guidance}")
+        options["guidance"] = args.guidance
     if args.truncation is not None:
         if not getattr(model, "truncatable", False):
             raise ArchlabError(f"--truncation: a {type(model).__name__} has no truncation trick")

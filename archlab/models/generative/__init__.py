@@ -4,6 +4,7 @@ from . import (  # noqa: F401
     aae,
     autoencoder,
     cgan,
+    cond_ddpm,
     conv_autoencoder,
     cyclegan,
     dcgan,

@@ -142,8 +142,11 @@ class DDPM(ArchModel):
         self.norm_out = nn.GroupNorm(c.groups, ch)
         self.conv_out = nn.Conv2d(ch, c.image_shape[0], 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(x_t, t); ``cond`` (B, 4 channels), e.g. a class embedding, is added to the time embedding."""
         emb = self.time_mlp(timestep_embedding(t, self.config.channels))
+        if cond is not None:
+            emb = emb + cond
         h = self.conv_in(x)
         hs = [h]
         for i, blocks in enumerate(self.down):
