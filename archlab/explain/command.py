@@ -40,7 +40,8 @@ with a control task on either.
 
 Image models: runs whose examples are ``[C, H, W]``. Settings per method suit small images: the
 baseline is the darkest value of the training data ("black" after standardisation), occlusion slides
-a window of a seventh of the image, the Shapley-type methods work on a grid of superpixels.
+a window of a seventh of the image, the Shapley-type methods work on a grid of superpixels, DeepSHAP
+averages DeepLIFT over ``--shap-background`` random training images (the background distribution).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ from .faithfulness import area, curve
 from .gradcam import upsample
 
 KINDS = ("deletion", "insertion", "insertion_black")
-IMAGE_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift", "gradcam",
+IMAGE_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift", "deep_shap",
+                 "gradcam",
                  "guided_gradcam", "occlusion", "lrp", "shapley", "kernel_shap", "lime", "attention_rollout",
                  "attention_flow")
 
@@ -92,6 +94,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--node", type=int, action="append", help="graph runs: test node to explain, by position "
                    "among the test nodes (repeatable; default 0-3)")
     s.add_argument("--top-k", type=int, default=6, help="graph runs: edges kept in the explanation (default 6)")
+    s.add_argument("--shap-background", type=int, default=16, metavar="K", help="deep_shap: K random training "
+                   "examples as the background distribution (default 16)")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampling methods and the random ranking")
     s.add_argument("--out", help="output file (.png) or, with --faithfulness, prefix (default RUN/plots/explain)")
 
@@ -138,6 +142,7 @@ def options(method: str, images: torch.Tensor, background: float, args: argparse
     return {
         "integrated_gradients": {"baselines": background, "n_steps": args.steps},
         "deeplift": {"baselines": background},
+        "deep_shap": {"baselines": _shap_background(args, images, background)},
         "gradcam": {"layer": args.layer}, "guided_gradcam": {"layer": args.layer},
         "smoothgrad": {"stdevs": 0.15 * float(images.max() - images.min()), "n_samples": 16, "generator": gen},
         "occlusion": {"baselines": background, "sliding_window_shapes": (c, max(1, h // 7), max(1, w // 7)),
@@ -147,6 +152,13 @@ def options(method: str, images: torch.Tensor, background: float, args: argparse
                         "generator": gen},
         "lime": {"baselines": background, "feature_mask": grid(7), "n_samples": args.samples, "generator": gen},
     }.get(method, {})
+
+
+def _shap_background(args: argparse.Namespace, images: torch.Tensor, background: float) -> torch.Tensor:
+    """DeepSHAP's background samples: the training examples :func:`run` drew (``args.shap_samples``), or --
+    when called without them -- two constant images at ``background`` (DeepLIFT's black baseline)."""
+    samples = getattr(args, "shap_samples", None)
+    return samples if samples is not None else torch.full((2, *images.shape[1:]), background)
 
 
 def maps(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, method: str, background: float,
@@ -175,7 +187,7 @@ def _methods(args: argparse.Namespace, model: torch.nn.Module, probe: torch.Tens
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag in ("faithfulness", "sanity", "roar", "tcav", "probe", "steps", "samples", "top_k"):
+    for flag in ("faithfulness", "sanity", "roar", "tcav", "probe", "steps", "samples", "top_k", "shap_background"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ArchlabError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -199,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
     if len(split) == 0:
         raise ArchlabError(f"the {args.split} split of {args.run_dir} is empty")
     background = float(data.train.x[:1024].min())
+    draw_gen = torch.Generator().manual_seed(args.seed)
+    pick = torch.randperm(len(data.train.x), generator=draw_gen)[:max(2, args.shap_background)]
+    args.shap_samples = data.train.x[pick]
     names = _methods(args, model, split.x[:1], background)
     default_out = Path(args.run_dir) / "plots" / "explain"
     if args.faithfulness:

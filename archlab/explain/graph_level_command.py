@@ -4,7 +4,7 @@
 spring layout, every node coloured by its attribution (``--method``: integrated_gradients (default),
 saliency, input_x_gradient or smoothgrad over the node features, summed per node; red for the explained
 class, blue against) and the explanatory subgraph: the ``--top-k`` edges whose removal lowers the
-probability of the explained class most (edge occlusion, :mod:`archlab.explain.graph_occlusion`), drawn
+log-odds of the explained class most (edge occlusion, :mod:`archlab.explain.graph_occlusion`), drawn
 thick and dark red with the drop written on them; the other edges thin and grey. The title holds the
 true and predicted class. Node labels are the index of the largest node feature (the atom type for
 one-hot molecule features).
@@ -144,7 +144,7 @@ def draw(panels: list[dict[str, Any]], method: str, k: int, out: Path, seed: int
         ax.set_ylim(-1.15, 1.15)
         ax.set_aspect("equal")
         ax.axis("off")
-    fig.suptitle(f"dark red: top {k} edges by occlusion (drop in P(class) when removed)\n"
+    fig.suptitle(f"dark red: top {k} edges by occlusion (drop in the log-odds of the class when removed)\n"
                  f"nodes: {method.replace('_', ' ')} (red for, blue against); node label: argmax feature",
                  fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.9))

@@ -6,12 +6,16 @@ A graph classifier ``f(X, A) -> [C]`` (GIN, MPNN ...) scores a whole graph. Two 
 **Edge occlusion** (Zeiler & Fergus 2014's occlusion, applied to edges; the "remove one edge" baseline of
 Yuan et al. 2022's survey). For every undirected edge ``{u, v}`` (both directions removed together):
 
-    I(u, v) = P(c | G) - P(c | G without {u, v})                    c: the explained class
+    I(u, v) = L_c(G) - L_c(G without {u, v}),     L_c = log P(c) - log(1 - P(c)) = s_c - logsumexp_{c' != c} s_c'
 
-positive: the edge supports ``c``; the explanatory subgraph is the ``k`` edges of largest ``I``. It needs no
-gradient through edge weights, so it works for any model taking ``(x, edge_index)`` -- GIN's sum
-aggregation has no edge weights to mask, which rules out GNNExplainer's soft edge mask there. One batched
-forward pass over the ``|E|/2`` occluded graphs.
+(``c``: the explained class, ``s``: the model's scores). The log-odds rather than the probability itself:
+a well-trained classifier is often saturated (``P(c) = 0.9999``), where removing one edge moves the
+probability by ~1e-5 for every edge and the ranking drowns in rounding; the log-odds keep the ordering
+(they are a monotone function of ``P(c)``) and stay readable. Positive: the edge supports ``c``; the
+explanatory subgraph is the ``k`` edges of largest ``I``. It needs no gradient through edge weights, so
+it works for any model taking ``(x, edge_index)`` -- GIN's sum aggregation has no edge weights to mask,
+which rules out GNNExplainer's soft edge mask there. One batched forward pass over the ``|E|/2``
+occluded graphs.
 
 **Node-feature attributions**: any gradient method of :mod:`archlab.explain` applied to
 :class:`GraphClassifier`, which makes the node features ``X [N, F]`` of one graph the input ``[1, N, F]``
@@ -78,22 +82,29 @@ class GraphClassifier(nn.Module):
         return self.scores(list(x), [self.edge_index] * b, [self.edge_attr] * b)
 
 
+def log_odds(scores: torch.Tensor, target: int) -> torch.Tensor:
+    """``log P(target) - log(1 - P(target))`` of softmax scores ``[B, C]``, computed from the scores: ``[B]``."""
+    others = torch.cat([scores[:, :target], scores[:, target + 1:]], dim=1)
+    return scores[:, target] - torch.logsumexp(others, dim=1)
+
+
 @torch.no_grad()
 def edge_occlusion(model: nn.Module, x: torch.Tensor, edge_index: torch.Tensor, target: int,
                    edge_attr: torch.Tensor | None = None, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pairs [P, 2], importance [P])``: the drop in ``P(target)`` when each undirected edge is removed."""
+    """``(pairs [P, 2], importance [P])``: the drop in the log-odds of ``target`` when each undirected edge is
+    removed (module docstring)."""
     if edge_index.shape[1] == 0:
         return torch.zeros(0, 2, dtype=torch.long), torch.zeros(0)
     wrapped = GraphClassifier(model, edge_index, edge_attr)
-    p = wrapped.scores([x], [edge_index], [edge_attr]).softmax(-1)[0, target]
+    p = log_odds(wrapped.scores([x], [edge_index], [edge_attr]), target)[0]
     pairs, inverse = undirected_pairs(edge_index)
     drops = []
     for s in range(0, len(pairs), chunk):
         ids = range(s, min(s + chunk, len(pairs)))
         keep = [inverse != i for i in ids]
-        probs = wrapped.scores([x] * len(keep), [edge_index[:, k] for k in keep],
-                               [None if edge_attr is None else edge_attr[k] for k in keep]).softmax(-1)
-        drops.append(p - probs[:, target])
+        scores = wrapped.scores([x] * len(keep), [edge_index[:, k] for k in keep],
+                                [None if edge_attr is None else edge_attr[k] for k in keep])
+        drops.append(p - log_odds(scores, target))
     return pairs, torch.cat(drops)
 
 
