@@ -54,6 +54,23 @@ def test_edge_occlusion_finds_the_deciding_edge_and_fidelity_agrees():
     assert inverse.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
 
 
+def test_edge_occlusion_removes_the_edge_features_with_the_edges():
+    from archlab.explain.graph_occlusion import edge_occlusion
+
+    class SumsEdgeFeatures(nn.Module):
+        """class-1 logit = sum of the edge features of the graph."""
+
+        def forward(self, x, edge_index, edge_attr=None, batch=None, num_graphs=None):
+            graph_of_edge = batch[edge_index[0]]
+            total = torch.zeros(num_graphs).index_add(0, graph_of_edge, edge_attr[:, 0])
+            return torch.stack([torch.zeros(num_graphs), total], dim=1)
+
+    x, edge_index = chain_graph()
+    attr = torch.tensor([[0.0], [0.5], [0.0], [0.0], [0.0], [0.5], [0.0], [0.0]])   # edge (1, 2), both directions
+    pairs, drop = edge_occlusion(SumsEdgeFeatures(), x, edge_index, target=1, edge_attr=attr)
+    assert abs(float(drop[1]) - 1.0) < 1e-6 and drop[[0, 2, 3]].abs().max() < 1e-6   # log-odds 1 -> 0
+
+
 def test_graph_classifier_batches_copies_and_integrated_gradients_is_complete():
     import archlab.explain as E
     from archlab.explain.graph_occlusion import GraphClassifier
