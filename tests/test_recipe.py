@@ -61,7 +61,7 @@ SUPERVISED_MODELS = ", ".join(e.name for e in entries()
                               if e.family in LOOP_REGISTRY.get("supervised").obj.model_families)
 DATASETS = ", ".join(dataset_names())
 LOOPS = ", ".join(LOOP_REGISTRY.names())
-TRAIN_KEYS = "accumulate, checkpoint_every, checkpoint_minutes, compile, deterministic, device"
+TRAIN_KEYS = "accumulate, activation_checkpointing, checkpoint_every, checkpoint_minutes, compile, deterministic"
 
 
 def _drop_table(name: str) -> str:
