@@ -5,13 +5,14 @@
 By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
 ``lm_finetune``, ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``,
 ``cycle_gan``, ``elbo``, ``adversarial_ae``, ``diffusion``;
-self-supervised ``ssl``; meta-learning ``episodic``; continual ``stream``; federated ``rounds`` (and DP-SGD
-``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
+self-supervised ``ssl``, image-text ``clip``; meta-learning ``episodic``; continual ``stream``; federated
+``rounds`` (and DP-SGD ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
 compression ``distill``, ``prune``, ``qat``."""
 
 from . import (  # noqa: F401
     adversarial_ae,
     born,
+    clip,
     cycle_gan,
     darts,
     diffusion,

@@ -78,6 +78,8 @@ class SelfSupervised(Loop):
 
     @classmethod
     def check_fit(cls, recipe: Recipe, data: Dataset, model: SSLModel) -> None:
+        if getattr(model, "paired_text", False):
+            raise ArchlabError(f"{recipe.model_name!r} learns from (image, caption) pairs: use train.loop = \"clip\"")
         x = data.train.x[:2]
         views = make_views(recipe.loop.augment)
         shortest = min(x.shape[2:] or x.shape[1:])
