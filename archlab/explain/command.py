@@ -68,7 +68,8 @@ IMAGE_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradi
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, SHAP ...) of an image model's run")
+    s = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, SHAP ...) of an image, "
+                       "node/graph classifier or language model's run")
     s.set_defaults(run=run)
     s.add_argument("run_dir")
     s.add_argument("--method", action="append", help=f"repeatable; `all`: those of {', '.join(IMAGE_METHODS)} "
