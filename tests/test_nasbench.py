@@ -14,6 +14,7 @@ from archlab.data import safe_pickle
 from archlab.errors import ArchlabError
 from archlab.search.categorical import mutate, sample
 from archlab.search.evolution import EvolutionConfig, RegularizedEvolution
+from archlab.search.mo_evolution import ParetoEvolution
 from archlab.search.nasbench import (
     LINKS,
     OPS,
@@ -23,8 +24,11 @@ from archlab.search.nasbench import (
     genotype_key,
     key_genotype,
     main,
+    pareto_objectives,
+    pareto_search,
     run_search,
 )
+from archlab.search.pareto import hypervolume_2d, non_dominated
 from archlab.search.random_search import RandomSearch
 from archlab.search.rl_controller import ControllerConfig, RLController
 
@@ -173,3 +177,35 @@ def test_driver_writes_curves_and_plot(tmp_path):
     assert set(summary["final_regret_points"]) == {"random", "evolution", "rl"}
     assert all(len(v["per_seed"]) == 2 for v in summary["final_regret_points"].values())
     assert (tmp_path / "nasbench_graph_cora_regret.png").stat().st_size > 0
+
+
+def test_non_dominated_sweep_equals_pairwise_and_hypervolume():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.integers(0, 6, size=(int(rng.integers(1, 30)), 2)).astype(float)
+        le = (p[:, None, :] <= p[None]).all(-1)
+        lt = (p[:, None, :] < p[None]).any(-1)
+        assert np.array_equal(non_dominated(p), ~(le & lt).any(0))
+    # two boxes [1,4]x[3,4] and [2,4]x[1,4] overlap in [2,4]x[3,4]: 3 + 6 - 2 = 7; (5, 0) is outside
+    assert hypervolume_2d(np.array([[1.0, 3.0], [2.0, 1.0], [3.0, 3.5], [5.0, 0.0]]), np.array([4.0, 4.0])) == 7.0
+
+
+def test_pareto_evolution_tournament_takes_a_front_member():
+    evo = ParetoEvolution(_Toy(), 0, EvolutionConfig(population=3, sample_size=3))
+    members = [((0, 0, 0), (0.0, 5.0)), ((1, 1, 1), (5.0, 0.0)), ((0, 3, 4), (6.0, 6.0))]  # last dominated
+    for g, s in members:
+        evo.ask()
+        evo.tell(g, s)
+    for _ in range(20):
+        child = evo.ask()
+        assert min(sum(a != b for a, b in zip(child, g, strict=True)) for g, _ in members[:2]) == 1
+
+
+def test_pareto_driver(tmp_path, cora):
+    out = pareto_search(cora, ParetoEvolution(cora, 0), 40, "latency")
+    objectives = pareto_objectives(cora, "latency")
+    assert 0 < out["hypervolume_ratio"] <= 1
+    assert np.all(non_dominated(objectives[out["front"]]))
+    assert main(["--pareto", "params", "--queries", "25", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "nasbench_graph_cora_pareto_params.json").read_text())
+    assert set(summary["hypervolume_ratio"]) == {"random", "pareto_evolution"}
