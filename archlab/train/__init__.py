@@ -2,7 +2,8 @@
 (``train.loop`` in a recipe). Importing this package registers them all; the engine's
 :class:`~archlab.engine.driver.Driver` runs them.
 
-By family: classic ``supervised``; graph ``node``, ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
+By family: classic ``supervised`` (and ``weighted_supervised``, a weight per example); graph ``node``,
+``graph_level``, ``link``, ``temporal``; transformers ``lm``,
 ``lm_finetune``, ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``,
 ``cycle_gan``, ``elbo``, ``adversarial_ae``, ``diffusion``;
 self-supervised ``ssl``, image-text ``clip``; meta-learning ``episodic``; continual ``stream``; federated
@@ -39,4 +40,5 @@ from . import (  # noqa: F401
     supervised,
     temporal,
     vqe,
+    weighted,
 )
