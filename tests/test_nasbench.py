@@ -53,8 +53,23 @@ def test_cora_table_statistics(cora):
     assert np.all((cora.params > 0) & (cora.latency > 0))
 
 
-def test_loader_is_not_imported(cora):
-    assert "nas_bench_graph" not in sys.modules
+def _forget_package() -> None:
+    for name in [m for m in sys.modules if m == "nas_bench_graph" or m.startswith("nas_bench_graph.")]:
+        del sys.modules[name]
+
+
+def test_loader_is_not_imported():
+    _forget_package()
+    NASBenchGraph.load("citeseer")
+    assert not [m for m in sys.modules if m.startswith("nas_bench_graph")]
+
+
+def test_missing_tables_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARCHLAB_NASBENCH_GRAPH", str(tmp_path))
+    with pytest.raises(ArchlabError, match="no table"):
+        NASBenchGraph.load("cora")
+    assert main(["--queries", "5", "--seeds", "1", "--out", str(tmp_path)]) == 2
+    assert "no table" in capsys.readouterr().err
 
 
 def test_keys_round_trip_and_decode(cora):
@@ -78,7 +93,7 @@ def test_query_equals_package_reader(cora):
         rec = cora.query(key_genotype(key))
         assert (rec.valid_acc, rec.test_acc, rec.latency, rec.params) == (
             table[key]["valid_perf"], table[key]["perf"], table[key]["latency"], float(table[key]["para"]))
-    del sys.modules["nas_bench_graph"]
+    _forget_package()
 
 
 def test_non_canonical_and_unknown_are_one_line_errors(cora):

@@ -32,6 +32,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,9 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pareto", choices=("params", "latency"), default=None,
                    help="instead: multi-objective search, validation accuracy vs this cost")
     args = p.parse_args(argv)
-    bench = NASBenchGraph.load(args.dataset)
-    if args.pareto:
-        return _main_pareto(bench, args)
+    try:
+        bench = NASBenchGraph.load(args.dataset)
+        if args.pareto:
+            return _main_pareto(bench, args)
+        return _main_regret(bench, args)
+    except ArchlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main_regret(bench: NASBenchGraph, args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     curves = regret_curves(bench, names, args.queries, list(range(args.seeds)))
     summary: dict[str, Any] = {"dataset": args.dataset, "queries": args.queries, "seeds": args.seeds,
