@@ -2,12 +2,14 @@
 
 The loop (``train.loop = "continual"``) trains one model on the tasks of a
 :class:`~archlab.continual.streams.TaskStream` one after another. A method shapes that training
-through four hooks:
+through these hooks:
 
 - ``loss(x, target, task)``: the training loss of one batch of the current task (cross-entropy over
   the units the scenario makes active, plus the method's penalty, replay or distillation terms);
 - ``after_backward()``: the gradients of that loss are in ``p.grad`` (SI reads them);
 - ``after_step()``: the optimizer has moved the parameters (SI integrates the path);
+- ``begin_step(task, i)``: step i of the task is about to run;
+- ``forward(x, task)``: logits at evaluation (the model's, or routed by task: PackNet, progressive nets);
 - ``end_task(task)``: the last step of ``task`` is done (EWC's Fisher, SI's importance, LwF's copy).
 
 Everything a method accumulates is in its ``state_dict`` (tensors), so runs resume exactly.
@@ -48,6 +50,11 @@ class MethodContext:
     device: torch.device
     seed: int
     batch_size: int
+    iters: int = 0
+    """Steps per task."""
+    trainable: Callable[[str, nn.Module], Any] | None = None
+    """The loop's named-optimizer factory (``Loop.trainable``): methods that train networks of their own
+    (DGR's generator, progressive columns) get them optimized by ``[optim.generator]`` through it."""
 
 
 def active_cross_entropy(logits: torch.Tensor, target: torch.Tensor, active: torch.Tensor,
@@ -63,6 +70,8 @@ class Method:
     """Fine-tuning: plain training on each task in turn, no protection of earlier tasks (lower bound)."""
 
     name: ClassVar[str] = ""
+    plain_inference: ClassVar[bool] = True
+    """False when :meth:`forward` needs the method's state (masks, extra columns), not just the model."""
 
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx, self.cfg, self.model, self.stream = ctx, ctx.cfg, ctx.model, ctx.stream
@@ -74,6 +83,14 @@ class Method:
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, task: int) -> tuple[torch.Tensor, dict[str, float]]:
         return self.current_loss(x, target, task), {}
+
+    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """Logits (B, outputs) of inputs of task ``task`` at evaluation: the model's, unless the method
+        routes by task (PackNet's masks, progressive columns)."""
+        return self.model(x)
+
+    def begin_step(self, task: int, i: int) -> None:
+        """Step ``i`` (0-based, of ``ctx.iters``) of ``task`` is about to run (PackNet prunes mid-task)."""
 
     def observe(self, task: int, index: torch.Tensor) -> None:
         """The dataset positions of the training batch just drawn for ``task`` (replay fills its buffer)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,7 +52,8 @@ class ContinualConfig:
     """Task-IL (the task is given: its own output units), Domain-IL (shared units), Class-IL (all units so far)."""
     tasks: int = 5
     """Tasks in the stream (split: must divide the number of classes)."""
-    method: Literal["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "replay"] = "finetune"
+    method: Literal["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "replay", "dgr", "packnet",
+                    "progressive"] = "finetune"
     """How earlier tasks are protected (see archlab.continual)."""
     reset_optimizer: bool = False
     """Fresh optimizer state (Adam moments) at every task boundary (the paper's code: off by default)."""
@@ -72,6 +73,19 @@ class ContinualConfig:
     """LwF distillation temperature T."""
     buffer_size: int = 1000
     """Replay: reservoir buffer slots."""
+    dgr_hidden: list[int] = field(default_factory=lambda: [400, 400])
+    """DGR: the VAE generator's hidden widths (encoder; the decoder mirrors them)."""
+    dgr_latent: int = 100
+    """DGR: the VAE generator's latent size."""
+    dgr_targets: Literal["hard", "soft"] = "hard"
+    """DGR: replayed samples labelled by the previous solver's most likely unit (DGR) or its softened
+    outputs at ``lwf_temperature`` (DGR+distill)."""
+    packnet_prune: float = 0.75
+    """PackNet: fraction of the weights a task trained that are pruned (freed for later tasks) after it."""
+    packnet_retrain: float = 0.25
+    """PackNet: fraction of each task's steps spent retraining the kept weights after pruning."""
+    progressive_adapter: int = 100
+    """Progressive nets: hidden width of the lateral adapters (Rusu et al. 2016, eq. 2)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.tasks <= 100:
@@ -80,6 +94,13 @@ class ContinualConfig:
             raise ValueError("need 0 <= ewc_lambda <= 1e15, 0 <= ewc_gamma <= 1 and 0 <= si_c <= 1e15")
         if not 0 < self.si_xi <= 1e6 or not 0 < self.lwf_temperature <= 1e3:
             raise ValueError("need 0 < si_xi <= 1e6 and 0 < lwf_temperature <= 1000")
+        if not 0 < self.packnet_prune < 1 or not 0 < self.packnet_retrain < 1:
+            raise ValueError("need 0 < packnet_prune < 1 and 0 < packnet_retrain < 1")
+        if (not 1 <= self.dgr_latent <= 65536 or not self.dgr_hidden
+                or not all(1 <= h <= 65536 for h in self.dgr_hidden)):
+            raise ValueError("need 1 <= dgr_latent <= 65536 and dgr_hidden a non-empty list of widths in [1, 65536]")
+        if not 1 <= self.progressive_adapter <= 65536:
+            raise ValueError("need 1 <= progressive_adapter <= 65536")
         if (not 1 <= self.buffer_size <= 10**7 or not 0 <= self.fisher_samples <= 10**7
                 or not 0 <= self.perm_seed < 2**32):
             raise ValueError("need 1 <= buffer_size <= 1e7, 0 <= fisher_samples <= 1e7 and 0 <= perm_seed < 2**32")
@@ -91,6 +112,7 @@ class Continual(Loop):
 
     Config = ContinualConfig
     model_families = ("classic",)
+    trainables = ("model", "generator")  # generator: the methods' own networks (DGR's VAE, progressive columns)
     metrics = ("val_acc", "test_acc", "test_bwt", "test_forgetting", "test_fwt")
     monitor = ("val_acc", "max")
     progress_keys = ("loss", "task")
@@ -132,7 +154,8 @@ class Continual(Loop):
         self.iters = self.total_steps // cfg.tasks
         self.eval_every = recipe.train.eval_every or self.iters
         self.opt = self.trainable("model", model)
-        self.method = METHODS[cfg.method](MethodContext(cfg, model, self.stream, ctx.device, ctx.seed, bs))
+        self.method = METHODS[cfg.method](MethodContext(cfg, model, self.stream, ctx.device, ctx.seed, bs,
+                                                        iters=self.iters, trainable=self.trainable))
         T = cfg.tasks
         self.R = torch.full((T, T), float("nan"), dtype=torch.float64)
         self.initial = torch.full((T,), float("nan"), dtype=torch.float64)
@@ -146,6 +169,7 @@ class Continual(Loop):
             self.initial = self.task_accuracies("test", seen=self.cfg.tasks - 1)
         if step % iters == 0 and step and self.cfg.reset_optimizer:
             self.opt.optimizer.state.clear()
+        self.method.begin_step(task, step % iters)
         self.model.train()
         idx = self.stream.index["train"][task][self.batches[task].next()]
         self.method.observe(task, idx)
@@ -177,7 +201,7 @@ class Continual(Loop):
             correct = 0
             for start in range(0, len(idx), 2048):
                 x, target = self.stream.batch(split, t, idx[start:start + 2048])
-                logits = self.model(x.to(self.ctx.device)).float()
+                logits = self.method.forward(x.to(self.ctx.device), t).float()
                 active = self.stream.active(t, seen).to(logits.device)
                 correct += int((active[logits[:, active].argmax(1)] == target.to(logits.device)).sum())
             accs.append(correct / len(idx))
@@ -223,7 +247,9 @@ class Continual(Loop):
     @classmethod
     def evaluate_run(cls, run_dir: str | os.PathLike, recipe: Recipe, ctx: Context) -> dict[str, float]:
         """The summaries of the run's accuracy matrix (``accuracy_matrix.json``), and the saved final model's
-        average accuracy over all tasks recomputed (``test_acc``, equal to the matrix's last row mean)."""
+        average accuracy over all tasks recomputed (``test_acc``, equal to the matrix's last row mean) --
+        for methods whose inference needs their own state (PackNet's masks, progressive columns) the
+        matrix's ``acc`` instead."""
         from ..registry import load
 
         model = load(run_dir, map_location=str(ctx.device))
@@ -231,5 +257,8 @@ class Continual(Loop):
         path = Path(run_dir) / "accuracy_matrix.json"
         saved = json.loads(path.read_text()) if path.is_file() else {}
         out = {f"test_{k}": saved[k] for k in ("bwt", "forgetting", "fwt") if k in saved}
-        out["test_acc"] = float(loop.task_accuracies("test", recipe.loop.tasks - 1).mean())
+        if loop.method.plain_inference:
+            out["test_acc"] = float(loop.task_accuracies("test", recipe.loop.tasks - 1).mean())
+        elif "acc" in saved:  # inference needs the method's state (masks, columns), kept in the checkpoint only
+            out["test_acc"] = saved["acc"]
         return out
