@@ -131,8 +131,13 @@ class FederatedConfig:
     parallel_clients: bool = False
     """Fast path: train a round's clients side by side with torch.func (archlab/federated/parallel.py); needs
     equal client sizes, plain SGD clients, FedAvg or FedProx, no DP, and a model without BatchNorm or dropout."""
-    backend: Literal["inprocess"] = "inprocess"
-    """Where clients run: in this process, one after another (Flower backends are not implemented yet)."""
+    backend: Literal["inprocess", "flower-sim", "flower"] = "inprocess"
+    """Where clients train: in this process, one after another; ``flower-sim``: on Flower's Simulation Engine
+    (Ray workers, ``loop.sim_nodes`` SuperNodes); ``flower``: on the SuperNodes of a Flower deployment, the run
+    started with ``flwr run`` (archlab/federated/flower.py, docs/federated.md). Sampling, weighting and the
+    server step stay here: Flower is the transport."""
+    sim_nodes: int = 2
+    """flower-sim: how many simulated SuperNodes share the clients (client k trains on node k mod sim_nodes)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.clients <= 10**6 or not 0 < self.fraction <= 1 or not 1 <= self.local_epochs <= 1000:
@@ -163,6 +168,14 @@ class FederatedConfig:
             raise ValueError("compression cannot be combined with DP-FedAvg (dp_clip > 0) yet")
         if self.dp_noise and not self.dp_clip:
             raise ValueError("dp_noise needs dp_clip > 0 (the noise is calibrated to the clipping norm)")
+        if not 1 <= self.sim_nodes <= 1000:
+            raise ValueError(f"sim_nodes must be in 1..1000, got {self.sim_nodes}")
+        if self.backend != "inprocess" and (self.algorithm == "scaffold" or self.compression != "none"
+                                            or self.secure_aggregation or self.personalization != "none"
+                                            or self.parallel_clients):
+            raise ValueError(f"backend {self.backend!r} runs fedavg/fedprox clients (any server optimizer, DP-FedAvg); "
+                             "SCAFFOLD, compression, secure aggregation, personalization and parallel_clients keep "
+                             "per-client state or batch clients in this process: use backend = 'inprocess'")
 
 
 def _seed(*parts: int) -> int:
@@ -227,6 +240,16 @@ class Federated(Loop):
         self.bytes_total = 0  # bytes the clients have sent so far
         self.reached: int | None = None  # first round whose test accuracy reached target_acc
         self.round = 0
+        self.transport = None
+        if cfg.backend != "inprocess":
+            from ..federated.flower import open_transport  # flwr is an optional extra
+
+            self.transport = open_transport(cfg.backend, recipe, ctx.seed)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
 
     def _check_parallel(self) -> None:
         cfg, o = self.cfg, self.client_optim
@@ -269,6 +292,17 @@ class Federated(Loop):
             out += [(self.train_x[order[i:i + b]], self.train_y[order[i:i + b]]) for i in range(0, len(order), b)]
         return out
 
+    def train_client(self, step: int, k: int, lr: float, global_state: dict[str, torch.Tensor],
+                     global_params: dict[str, torch.Tensor]) -> tuple[int, float]:
+        """ClientUpdate of client ``k`` in round ``step`` from the global model, into ``self.local``.
+        Returns (steps taken, summed loss). A Flower node runs exactly this (archlab/federated/flower.py)."""
+        self.local.load_state_dict(global_state)
+        self.heads.load(k, self.local)
+        opt = build_optimizer(self.local, self.client_optim)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return self.algo.local_train(self.local, opt, self.client_batches(step, k), global_params, k)
+
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         clients = self.sample_clients(step)
@@ -301,13 +335,14 @@ class Federated(Loop):
             clients_to_train = list(zip(clients, weights, strict=True))
         secagg_inputs: dict[int, np.ndarray] = {}
         levels = (2**32 - 1) // max(1, len(clients))  # the sum of m encoded entries stays below 2^32
+        remote = self.transport.train(step, [k for k, _ in clients_to_train], lr, global_state) \
+            if self.transport is not None and clients_to_train else {}
         for k, w in clients_to_train:
-            self.local.load_state_dict(global_state)
-            self.heads.load(k, self.local)
-            opt = build_optimizer(self.local, self.client_optim)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            n_steps, k_loss = self.algo.local_train(self.local, opt, self.client_batches(step, k), global_params, k)
+            if remote:  # the client trained on a Flower node and sent back its whole local state
+                local_state, n_steps, k_loss = remote[k]
+                self.local.load_state_dict(local_state)
+            else:
+                n_steps, k_loss = self.train_client(step, k, lr, global_state, global_params)
             self.algo.end_client(k, self.local, global_params, n_steps, lr)
             self.heads.store(k, self.local)
             steps, loss_sum = steps + n_steps, loss_sum + k_loss
