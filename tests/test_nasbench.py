@@ -117,14 +117,28 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
-def test_malicious_pickles_are_refused():
+def _nas_loads(data: bytes):
+    return safe_pickle.loads(data, "crafted.bench", safe_pickle.NASBENCH_ALLOWED, "NAS-Bench-Graph")
+
+
+def test_malicious_pickles_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(ArchlabError, match="refusing to unpickle posix.system"):
+        _nas_loads(pickle.dumps({0: _Evil()}))
+    # a table file that tries it, read through the public loader
+    (tmp_path / "cora.bench").write_bytes(pickle.dumps({0: _Evil()}))
+    monkeypatch.setenv("ARCHLAB_NASBENCH_GRAPH", str(tmp_path))
     with pytest.raises(ArchlabError, match="refusing to unpickle"):
-        safe_pickle.loads(pickle.dumps({0: _Evil()}), "evil.bench")
+        NASBenchGraph.load("cora")
+    # the table list is its own: names Planetoid needs are refused here, and scalar there
+    with pytest.raises(ArchlabError, match=r"refusing to unpickle numpy\.(_?core\.multiarray\._reconstruct|ndarray)"):
+        _nas_loads(pickle.dumps(np.zeros(2)))
+    with pytest.raises(ArchlabError, match="refusing to unpickle numpy.core.multiarray.scalar"):
+        safe_pickle.loads(b"\x80\x02cnumpy.core.multiarray\nscalar\n)R.", "planetoid")
     # the allowed scalar reconstructor refuses object dtype (which would hand back any object)
     obj_scalar = b"cnumpy.core.multiarray\nscalar\n(cnumpy\ndtype\n(VO\nI00\nI01\ntRVany object\ntR."
     with pytest.raises(ArchlabError, match="only numeric dtypes"):
-        safe_pickle.loads(obj_scalar, "odd.bench")
-    assert safe_pickle.loads(pickle.dumps({"para": np.float64(1.5)})) == {"para": 1.5}
+        _nas_loads(obj_scalar)
+    assert _nas_loads(pickle.dumps({"para": np.float64(1.5)})) == {"para": 1.5}
 
 
 class _Toy:

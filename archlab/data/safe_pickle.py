@@ -16,9 +16,12 @@ name in the file                          resolved to
                                           needed, and no scipy code runs
 ``collections.defaultdict``               the adjacency dict of lists
 ``__builtin__.list``                      its ``list`` default factory
-``numpy.core.multiarray.scalar``          :func:`_numpy_scalar`: one numeric numpy scalar from
-                                          its raw bytes (the NAS-Bench-Graph tables' ``para``)
 ========================================  =================================================
+
+The NAS-Bench-Graph tables use a separate, smaller list (:data:`NASBENCH_ALLOWED`, passed as
+``allowed=``): ``numpy.dtype`` and ``numpy.core.multiarray.scalar``, the latter resolved to
+:func:`_numpy_scalar` (one numeric numpy scalar from its raw bytes), so a Planetoid read still refuses
+``scalar`` and a table read refuses everything Planetoid needs.
 
 None of these can reach the file system, the network or the interpreter; numpy refuses object
 arrays whose pickled payload is raw bytes, and the elements of a list payload are resolved through
@@ -126,8 +129,6 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("scipy.sparse.csr", "csr_matrix"): CSRMatrix,
     ("scipy.sparse._csr", "csr_matrix"): CSRMatrix,
     ("collections", "defaultdict"): collections.defaultdict,
@@ -136,42 +137,57 @@ ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only the names in :data:`ALLOWED`.
+#: The NAS-Bench-Graph tables (``{key: {"valid_perf": float, "perf": float, "latency": float, "para":
+#: numpy.float64}}``): only the dtype and a numeric-only scalar reconstructor.
+NASBENCH_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+}
 
-    ``source`` names the data in error messages (the file's path).
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the names in ``allowed`` (default :data:`ALLOWED`,
+    the Planetoid files'; :data:`NASBENCH_ALLOWED` for the NAS-Bench-Graph tables).
+
+    ``source`` names the data in error messages (the file's path); ``kind`` names the file type.
     """
 
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+    def __init__(self, file: io.BufferedIOBase, source: str,
+                 allowed: dict[tuple[str, str], Any] | None = None, kind: str = "Planetoid") -> None:
         # latin1: Python 2 str payloads (numpy's raw array bytes) must come back byte for byte.
         super().__init__(file, encoding="latin1")
         self.source = source
+        self.allowed = ALLOWED if allowed is None else allowed
+        self.kind = kind
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise ArchlabError(
-                f"{self.source}: refusing to unpickle {module}.{name} (not a name the Planetoid or "
-                "NAS-Bench-Graph files use; the file may be corrupt or malicious)"
+                f"{self.source}: refusing to unpickle {module}.{name} (not a name the {self.kind} files use; "
+                "the file may be corrupt or malicious)"
             ) from None
 
 
-def loads(data: bytes, source: str = "<bytes>") -> Any:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler`.
+def loads(data: bytes, source: str = "<bytes>", allowed: dict[tuple[str, str], Any] | None = None,
+          kind: str = "Planetoid") -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler` (``allowed``: its allow-list, default
+    :data:`ALLOWED`).
 
     A name outside :data:`ALLOWED` raises ArchlabError naming it and ``source``; a malformed pickle
     raises ArchlabError naming ``source``.
     """
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source).load()
+        return RestrictedUnpickler(io.BytesIO(data), source, allowed, kind).load()
     # A refused name (ArchlabError) passes through. What broken pickles raise: bad opcodes,
     # truncation, and wrong arguments to the allowed callables.
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise ArchlabError(f"{source}: not a valid pickle of the expected data ({type(exc).__name__}: {exc})") from None
 
 
-def load(path: Path) -> Any:
+def load(path: Path, allowed: dict[tuple[str, str], Any] | None = None, kind: str = "Planetoid") -> Any:
     """Unpickle the file at ``path`` with :func:`loads`."""
     path = Path(path)
-    return loads(path.read_bytes(), str(path))
+    return loads(path.read_bytes(), str(path), allowed, kind)

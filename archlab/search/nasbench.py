@@ -161,7 +161,7 @@ class NASBenchGraph:
     def load(cls, dataset: str = "cora", root: str | os.PathLike | None = None) -> NASBenchGraph:
         """Read ``<dataset>.bench`` with the restricted unpickler (see :func:`bench_file`)."""
         path = bench_file(dataset, root)
-        table = safe_pickle.load(path)
+        table = safe_pickle.load(path, safe_pickle.NASBENCH_ALLOWED, "NAS-Bench-Graph")
         if not isinstance(table, dict):
             raise ArchlabError(f"{path}: expected a dict of architectures, got {type(table).__name__}")
         return cls(table, dataset)
