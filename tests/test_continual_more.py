@@ -196,3 +196,35 @@ def test_packnet_needs_the_task_il_scenario(tmp_path):
     with pytest.raises(ArchlabError, match="scenario"):
         train(from_dict(_recipe("packnet", scenario="class")), out=tmp_path / "run", progress=False,
               log=lambda _m: None)
+
+
+# -- progressive networks --------------------------------------------------------------------------
+def test_progressive_columns_have_zero_forgetting_by_construction():
+    m, model, stream = _method("progressive", iters=6, progressive_adapter=8)
+    probe = stream.data.test.x[:40].flatten(1)
+    frozen = {}
+
+    def keep(t):
+        frozen[t] = [p.detach().clone() for p in m.net.columns[t].parameters()]
+
+    after, final = _run_stream(m, model, stream, iters=6, probe=probe, on_task_end=keep)
+    for j in range(stream.tasks):
+        assert torch.equal(after[j], final[j]), j
+        assert all(torch.equal(a, b) for a, b in zip(frozen[j], m.net.columns[j].parameters(), strict=True))
+    # later columns read the earlier ones: the laterals' inputs have (k columns x width) features
+    assert m.net.columns[3].laterals[0].V.in_features == 3 * 16 and not len(m.net.columns[0].laterals)
+    # and the laterals matter: zeroing column 4's adapters changes its output
+    with torch.no_grad():
+        for lat in m.net.columns[4].laterals:
+            lat.U.weight.zero_()
+        assert not torch.equal(m.forward(probe, 4), final[4])
+
+
+def test_progressive_loop_never_forgets_and_resumes_exactly(tmp_path, assert_resume_exact):
+    summary = train(from_dict(_recipe("progressive", steps=20, progressive_adapter=8)), out=tmp_path / "run",
+                    progress=False, log=lambda _m: None)
+    R = torch.tensor(json.loads((tmp_path / "run" / "accuracy_matrix.json").read_text())["R"])
+    for j in range(5):
+        assert torch.all(R[j:, j] == R[j, j])
+    assert summary["metrics"]["test_forgetting"] == 0.0
+    assert_resume_exact(_recipe("progressive", progressive_adapter=8))

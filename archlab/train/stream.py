@@ -112,7 +112,7 @@ class Continual(Loop):
 
     Config = ContinualConfig
     model_families = ("classic",)
-    trainables = ("model", "generator")  # generator: the methods' own networks (DGR's VAE, progressive columns)
+    trainables = ("model", "generator", "columns")  # the methods' own networks: DGR's VAE, progressive columns
     metrics = ("val_acc", "test_acc", "test_bwt", "test_forgetting", "test_fwt")
     monitor = ("val_acc", "max")
     progress_keys = ("loss", "task")
