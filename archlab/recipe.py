@@ -111,6 +111,12 @@ class TrainConfig:
     init_from: str = ""
     """Start from the weights of this finished run directory (or save_pretrained folder): tensors are
     copied by name; keys the saved model lacks (adapters, new heads) keep their initialization."""
+    init_skip: list[str] = field(default_factory=list)
+    """With init_from: key prefixes (``"head"`` covers ``head.*``) of saved tensors not copied, so those
+    keep their fresh initialization -- a new head, even one of another shape."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameter name prefixes (``"features"`` covers ``features.*``) kept fixed: no gradients, no
+    updates (buffers such as batch-norm running statistics still update in training mode)."""
     parallel: StrategyName = "ddp"
     """How ``--nproc`` workers share the run (docs/scale.md): ddp (data parallel) | fsdp (sharded
     parameters, gradients and optimizer state) | tensor (heads and MLP split; transformer family) |
@@ -148,6 +154,12 @@ class TrainConfig:
             raise ValueError(f"checkpoint_minutes must be in [0, 1e6], got {self.checkpoint_minutes}")
         if not 0 <= self.grad_clip <= 1e6 or not 0 <= self.l1 <= 100:
             raise ValueError(f"need 0 <= grad_clip <= 1e6 and 0 <= l1 <= 100, got {self.grad_clip}, {self.l1}")
+        for key, prefixes in (("init_skip", self.init_skip), ("freeze", self.freeze)):
+            if not all(isinstance(p, str) and p.strip(".") == p and p for p in prefixes):
+                raise ValueError(f"{key} must list non-empty key prefixes without leading/trailing dots, got "
+                                 f"{prefixes!r}")
+        if self.init_skip and not self.init_from:
+            raise ValueError("init_skip needs init_from (it names saved tensors not to copy)")
         self.parallel_config()  # range checks of the parallel keys
 
     def parallel_config(self) -> ParallelConfig:

@@ -105,9 +105,14 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if tc.init_from and not resume:  # a resumed run gets every tensor from its checkpoint
         from .engine.init import init_from
 
-        fresh = init_from(model, tc.init_from)
+        fresh = init_from(model, tc.init_from, tc.init_skip)
         log(f"archlab: initialized from {tc.init_from}" + (f"; {len(fresh)} tensor(s) keep their fresh "
             f"initialization ({', '.join(fresh[:3])}{', ...' if len(fresh) > 3 else ''})" if fresh else ""))
+    if tc.freeze:  # before the loop builds its optimizers; also on resume
+        from .engine.init import freeze
+
+        frozen = freeze(model, tc.freeze)
+        log(f"archlab: froze {len(frozen)} parameter tensor(s) under {', '.join(tc.freeze)}")
     loop_cls.check_fit(recipe, data, model)
     ctx = Context(device=dev, precision=precision, dist=dist, seed=seed)
     loop = loop_cls(recipe, model, data, ctx)

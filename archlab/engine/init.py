@@ -5,12 +5,15 @@ Tensors are copied by name from ``DIR/model.safetensors`` (a finished run direct
 written by ``save_pretrained``). Keys the new model has and the saved one lacks -- a LoRA adapter, a
 fresh head -- keep their fresh initialization and are reported; a saved tensor the new model has no
 place for, or one of another shape, is an error, since silently dropping weights would hide a
-mismatched architecture.
+mismatched architecture. ``train.init_skip`` names key prefixes of saved tensors *not* to copy (a new
+head keeps its fresh initialization, whatever its shape); ``train.freeze`` names parameter prefixes
+kept fixed during training (:func:`freeze`), e.g. the body of a transferred network.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,9 +25,15 @@ from ..errors import ArchlabError
 WEIGHTS_FILE = "model.safetensors"
 
 
-def init_from(model: object, directory: str | os.PathLike) -> list[str]:
-    """Copy the saved weights of ``directory`` into ``model`` in place; return the model's keys that
-    kept their initialization (sorted)."""
+def matches(key: str, prefix: str) -> bool:
+    """Whether a dotted state-dict key lies under ``prefix`` (``head`` covers ``head`` and ``head.0.weight``,
+    not ``header.weight``)."""
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def init_from(model: object, directory: str | os.PathLike, skip: Sequence[str] = ()) -> list[str]:
+    """Copy the saved weights of ``directory`` into ``model`` in place, except the keys under a prefix of
+    ``skip``; return the model's keys that kept their initialization (sorted)."""
     if not isinstance(model, nn.Module):
         raise ArchlabError(f"train.init_from: a {type(model).__name__} has no weights to initialize")
     weights = Path(directory) / WEIGHTS_FILE
@@ -35,6 +44,10 @@ def init_from(model: object, directory: str | os.PathLike) -> list[str]:
         saved = load_file(str(weights), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise ArchlabError(f"train.init_from: {weights} is damaged: {exc}") from None
+    for prefix in skip:
+        if not any(matches(k, prefix) for k in saved):
+            raise ArchlabError(f"train.init_skip: no saved tensor of {weights} lies under {prefix!r}")
+    saved = {k: v for k, v in saved.items() if not any(matches(k, p) for p in skip)}
     own = model.state_dict()
     extra = sorted(set(saved) - set(own))
     if extra:
@@ -48,3 +61,20 @@ def init_from(model: object, directory: str | os.PathLike) -> list[str]:
         for key, value in saved.items():
             own[key].copy_(value)  # state_dict tensors share storage with the parameters and buffers
     return sorted(set(own) - set(saved))
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Stop the gradients of every parameter under one of ``prefixes`` (requires_grad = False); return
+    their names. Each prefix must name at least one parameter, and something must stay trainable."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(matches(n, prefix) for n in names):
+            raise ArchlabError(f"train.freeze: {type(model).__name__} has no parameter under {prefix!r} "
+                               f"(its top-level modules: {', '.join(n for n, _ in model.named_children())})")
+    frozen = [n for n, p in model.named_parameters() if any(matches(n, q) for q in prefixes)]
+    if len(frozen) == len(names):
+        raise ArchlabError("train.freeze: it freezes every parameter; nothing would train")
+    for n, p in model.named_parameters():
+        if n in frozen:
+            p.requires_grad_(False)
+    return frozen
