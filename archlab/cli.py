@@ -103,6 +103,7 @@ COMMAND_MODULES = [
     "archlab.explain.command",
     "archlab.compress.command",
     "archlab.export",
+    "archlab.federated.command",
 ]
 
 

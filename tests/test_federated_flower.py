@@ -5,7 +5,15 @@ the same seed; ``flower`` runs a real SuperLink and 2 SuperNodes on 127.0.0.1 as
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +64,50 @@ def test_flower_simulation_equals_inprocess(tmp_path, monkeypatch):
     assert sim.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(sim[k], ref[k], rtol=0, atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_flwr
+def test_flower_deployment_superlink_and_two_supernodes(tmp_path):
+    """`archlab federate serve|client|run` as real processes on 127.0.0.1: 2 rounds equal the in-process run."""
+    raw = recipe()
+    path = tmp_path / "r.toml"
+    path.write_text(from_dict(raw).to_toml())
+    ref = _final(raw, tmp_path / "inprocess")
+    exe = [sys.executable, "-m", "archlab.cli"]
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    link = f"127.0.0.1:{_free_port()}"
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str, log: str) -> None:
+        with open(tmp_path / log, "wb") as fh:
+            procs.append(subprocess.Popen([*exe, "federate", *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+    try:
+        start("serve", "--port", link.split(":")[1], log="superlink.log")
+        time.sleep(5)
+        for i in range(2):
+            start("client", "--superlink", link, "--port", str(_free_port()), log=f"supernode{i}.log")
+        time.sleep(5)
+        done = subprocess.run([*exe, "federate", "run", str(path), "--superlink", link, "--out",
+                               str(tmp_path / "flower")], env=env, capture_output=True, timeout=420)
+        assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-2000:]
+    finally:
+        for p in procs:  # each process group: the SuperLink/SuperNode and the Flower processes it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+    got = archlab.load(tmp_path / "flower").state_dict()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)

@@ -250,12 +250,13 @@ if ServerApp is not None:
     @server_app.main()
     def _serve(grid: Grid, context: Context) -> None:
         """``flwr run``: train the recipe of the run config (``recipe`` = a TOML path on the SuperLink's machine,
-        ``out`` = the run directory, optional ``seed``) with its rounds sent to the connected SuperNodes."""
+        ``out`` = the run directory, ``seed`` (< 0: the recipe's)) with its rounds sent to the connected SuperNodes."""
         from ..recipe import load
         from ..runner import train
 
         cfg = context.run_config
         recipe = load(str(cfg["recipe"]), ['loop.backend="flower"'])
-        seed = int(cfg["seed"]) if "seed" in cfg else None
+        seed = int(cfg.get("seed", -1))
+        seed = None if seed < 0 else seed
         with using_grid(grid):
             train(recipe, out=str(cfg["out"]), seed=seed, progress=False)
