@@ -120,6 +120,8 @@ def test_cpc_windows_latents_and_loss_by_hand():
         assert float(model.ssl_loss(x)) == pytest.approx(float(expected), rel=1e-5)
     assert model.forward(x).shape == (3, 7, 2, z.shape[-1])
     assert model.features(x).shape == (3, 8) and torch.allclose(model.features(x), c[:, -1], atol=1e-6)
+    model.config.features_from = "latents"
+    assert torch.allclose(model.features(x), z.flatten(1), atol=1e-6)
 
 
 def test_cpc_loss_falls_when_the_future_is_predictable():

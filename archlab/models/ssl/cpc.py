@@ -11,8 +11,9 @@ scored against the latents of the other sequences of the batch at the same step 
     L_k = - mean_{b, t} log  f_k(z_{b,t+k}, c_{b,t}) / sum_{b'} f_k(z_{b',t+k}, c_{b,t})
     L   = mean_k L_k                               (negatives: the B - 1 other sequences at step t + k)
 
-The representation the probes read is the last context ``c_{T-1}`` (``features``, ``[B, H]``); the
-projection is the mean latent ``mean_t z_t`` (``[B, F]``).
+The representation the probes read (``features``) is the last context ``c_{T-1}`` (``[B, H]``, as CPC
+probes ``c_t`` for speakers) or, with ``features_from = "latents"``, the latents of all windows
+concatenated (``[B, T F]``); the projection is the mean latent ``mean_t z_t`` (``[B, F]``).
 
 Shapes:
     x: ``[B, L]`` or ``[B, 1, L]`` -> ``forward`` gives the predictions ``W_k c_t`` ``[B, T, K, F]``
@@ -21,6 +22,7 @@ Shapes:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,8 @@ class CPCConfig(EncoderConfig):
     """hidden size H of the autoregressive GRU (256 in the paper's audio model)"""
     prediction_steps: int = 3
     """K: how many steps ahead the context predicts (12 for audio, 5 rows for images in the paper)"""
+    features_from: Literal["context", "latents"] = "context"
+    """what the probes read: the last context c_{T-1} ([B, H]) or all latents z_0 .. z_{T-1} concatenated ([B, T F])"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,9 +113,11 @@ class CPC(SSLModel):
         return self.gru(z)[0]
 
     def features(self, x: Tensor) -> Tensor:
-        return self.contexts(self.latents(x))[:, -1]
+        z = self.latents(x)
+        return z.flatten(1) if self.config.features_from == "latents" else self.contexts(z)[:, -1]
 
     def projection(self, x: Tensor) -> Tensor:
+        """The mean latent ``[B, F]``."""
         return self.latents(x).mean(1)
 
     def forward(self, x: Tensor) -> Tensor:
