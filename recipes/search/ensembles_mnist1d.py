@@ -78,7 +78,8 @@ def main() -> None:
             "ensemble_nll": statistics.fmean(r["ensemble"]["nll"] for r in rows),
             "ensemble_ece": statistics.fmean(r["ensemble"]["ece"] for r in rows),
             "best_member_acc": statistics.fmean(r["best_member"]["acc"] for r in rows),
-            "best_member_ece": statistics.fmean(r["best_member"].get("ece", float("nan")) for r in rows),
+            "best_member_ece": (statistics.fmean(r["best_member"]["ece"] for r in rows)
+                                if all("ece" in r["best_member"] for r in rows) else None),  # AdaBoost: votes only
             "mean_member_acc": statistics.fmean(r["mean_member_acc"] for r in rows),
             "ensemble_ge_best": all(r["ensemble"]["acc"] >= r["best_member"]["acc"] for r in rows),
             "wall_s": sum(r["wall_s"] for r in rows)}
@@ -86,7 +87,7 @@ def main() -> None:
                                                  indent=2) + "\n")
     for k, v in summary.items():
         print(f"{k}: ensemble {v['ensemble_acc']:.4f} ± {v['ensemble_acc_std']:.4f} (ECE {v['ensemble_ece']:.4f}) "
-              f"vs best member {v['best_member_acc']:.4f} (ECE {v['best_member_ece']:.4f}), mean member "
+              f"vs best member {v['best_member_acc']:.4f} (ECE {v['best_member_ece']}), mean member "
               f"{v['mean_member_acc']:.4f}; >= best on every seed: {v['ensemble_ge_best']}")
 
 
