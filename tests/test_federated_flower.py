@@ -54,13 +54,14 @@ def test_flower_backends_refuse_what_they_cannot_carry(tmp_path):
 
 @needs_flwr
 def test_flower_simulation_equals_inprocess(tmp_path, monkeypatch):
+    from archlab import flower_apps
     from archlab.federated import flower
 
     monkeypatch.setattr(flower, "ROUND_TIMEOUT", 180.0)  # Ray's start included; a hung round fails the test
     raw = recipe(algorithm="fedprox", mu=0.1)
     ref = _final(raw, tmp_path / "inprocess")
     sim = _final({**raw, "loop": {**raw["loop"], "backend": "flower-sim", "sim_nodes": 2}}, tmp_path / "sim")
-    assert not flower._WORKERS  # the clients trained in Ray's worker processes, not in this one
+    assert not flower_apps._WORKERS  # the clients trained in Ray's worker processes, not in this one
     assert sim.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(sim[k], ref[k], rtol=0, atol=1e-6)

@@ -159,7 +159,8 @@ LAYERS = [
     # explain: attribution methods need only torch; its command reads runs. toolbox: ensembles load finished runs
     # export: ONNX export of a finished run's model
     {"reproduce", "bench", "search", "explain", "toolbox", "export"},
-    {"cli", "__init__", "__main__"},
+    # flower_apps: Flower's ClientApp / ServerApp entry points rebuild runs from recipes
+    {"cli", "__init__", "__main__", "flower_apps"},
 ]
 
 

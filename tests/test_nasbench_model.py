@@ -10,7 +10,7 @@ import torch
 import archlab
 from archlab.errors import ArchlabError
 from archlab.models.graph.base import random_graph
-from archlab.search.nasbench_model import LAYERS, MISSING, NASBenchGraphNet, leaves
+from archlab.models.search.nasbench_graph import LAYERS, MISSING, NASBenchGraphNet, leaves
 
 
 def _net(link, ops, **kw):

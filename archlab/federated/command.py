@@ -10,7 +10,7 @@
 ``serve`` and ``client`` replace themselves by Flower's ``flower-superlink`` / ``flower-supernode`` (Flower
 1.42 serves its Fleet, Control and runtime APIs on one HTTP port; ``--insecure``: for a trusted network;
 Flower's own TLS and node authentication flags apply when they are run directly).
-``run`` writes a minimal Flower App (a ``pyproject.toml`` naming :data:`archlab.federated.flower.server_app`
+``run`` writes a minimal Flower App (a ``pyproject.toml`` naming :data:`archlab.flower_apps.server_app`
 and ``client_app``) and a Flower configuration pointing at the SuperLink into a temporary folder, then calls
 ``flwr run`` and streams the logs until the run ends. The ServerApp runs on the SuperLink's machine and
 trains the recipe there (``RECIPE`` and ``--out`` are paths on that machine); every SuperNode needs archlab
@@ -45,8 +45,8 @@ packages = ["."]
 publisher = "archlab"
 
 [tool.flwr.app.components]
-serverapp = "archlab.federated.flower:server_app"
-clientapp = "archlab.federated.flower:client_app"
+serverapp = "archlab.flower_apps:server_app"
+clientapp = "archlab.flower_apps:client_app"
 
 [tool.flwr.app.config]
 recipe = ""

@@ -20,10 +20,13 @@ Two transports:
 * :class:`SimulationTransport` (``flower-sim``): Flower's Simulation Engine (``flwr.simulation``, Ray)
   runs in a background thread of the training process with ``loop.sim_nodes`` simulated SuperNodes;
   its ServerApp executes the rounds the loop hands it through a queue.
-* :class:`GridTransport` (``flower``): a real deployment. ``flwr run`` starts :data:`server_app` on the
-  SuperLink; it trains the recipe named in the run config with the grid of the SuperLink's SuperNodes
-  (:func:`using_grid`). The nodes run :data:`client_app`. See docs/federated.md and
-  :mod:`archlab.federated.command` (``archlab federate``).
+* :class:`GridTransport` (``flower``): a real deployment. ``flwr run`` starts
+  ``archlab.flower_apps:server_app`` on the SuperLink; it trains the recipe named in the run config with the
+  grid of the SuperLink's SuperNodes (:func:`using_grid`). The nodes run ``archlab.flower_apps:client_app``.
+  See docs/federated.md and :mod:`archlab.federated.command` (``archlab federate``).
+
+The apps rebuild runs from recipes, so they live at the top of the package (:mod:`archlab.flower_apps`, beside
+the CLI); this module finds them by name, as Flower itself does (``module:attribute``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import os
 import queue
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from ..recipe import Recipe
 
 try:  # the optional extra ``federated``
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -64,51 +66,12 @@ def require_flwr(backend: str) -> None:
         raise ArchlabError(FLWR_MISSING.format(backend))
 
 
-# ---------------------------------------------------------------------------------------------- client side
+def client_app() -> ClientApp:
+    """The node side (:data:`archlab.flower_apps.client_app`), looked up by name like Flower's ``clientapp``
+    key: it rebuilds runs from recipes, which sit above this module."""
+    import importlib
 
-_WORKERS: dict[tuple[str, int], Any] = {}  # (recipe TOML, seed) -> the Federated loop a node process trains with
-
-
-def _worker(recipe_toml: str, seed: int) -> Any:
-    """The node's copy of the run: the recipe's data, partition and model, built once per process."""
-    key = (recipe_toml, seed)
-    if key not in _WORKERS:
-        from ..engine.device import Precision
-        from ..engine.distributed import DistInfo
-        from ..engine.loop import Context as LoopContext
-        from ..recipe import from_dict
-
-        recipe = from_dict(tomllib.loads(recipe_toml))
-        recipe.loop.backend = "inprocess"
-        recipe.seed = seed
-        loop_cls = recipe.loop_class
-        data = loop_cls.load_data(recipe)
-        dev = torch.device("cpu")
-        model = loop_cls.build_model(recipe, data, dev)
-        ctx = LoopContext(device=dev, precision=Precision(recipe.train.precision, dev), dist=DistInfo(), seed=seed)
-        _WORKERS.clear()  # one run at a time per node process
-        _WORKERS[key] = loop_cls(recipe, model, data, ctx)
-    return _WORKERS[key]
-
-
-def train_on_node(content: RecordDict) -> RecordDict:
-    """The ClientApp's work for one message: ClientUpdate of the named client from the sent global state."""
-    cfg = content["config"]
-    loop = _worker(str(cfg["recipe"]), int(cfg["seed"]))
-    global_state = content["global"].to_torch_state_dict()
-    global_params = {n: global_state[n].clone() for n, _ in loop.local.named_parameters()}
-    steps, loss = loop.train_client(int(cfg["round"]), int(cfg["client"]), float(cfg["lr"]), global_state,
-                                    global_params)
-    state = {k: v.detach().clone() for k, v in loop.local.state_dict().items()}
-    return RecordDict({"local": ArrayRecord(state), "metrics": MetricRecord({"steps": steps, "loss": loss})})
-
-
-if ClientApp is not None:
-    client_app = ClientApp()
-
-    @client_app.train()
-    def _train(msg: Message, context: Context) -> Message:  # noqa: ARG001 -- Flower's handler signature
-        return Message(content=train_on_node(msg.content), reply_to=msg)
+    return importlib.import_module("archlab.flower_apps").client_app
 
 
 # ---------------------------------------------------------------------------------------------- server side
@@ -179,7 +142,7 @@ class SimulationTransport:
 
         def _run() -> None:
             try:
-                run_simulation(server_app=app, client_app=client_app, num_supernodes=nodes,
+                run_simulation(server_app=app, client_app=client_app(), num_supernodes=nodes,
                                backend_config=backend_config)
             except BaseException as exc:  # noqa: BLE001 -- a failed start reaches the waiting round
                 self.results.put((False, exc))
@@ -240,23 +203,3 @@ def open_transport(backend: str, recipe: Recipe, seed: int) -> GridTransport | S
                            "SuperNodes and submit the run with `archlab federate run` (docs/federated.md), or use "
                            "loop.backend = 'flower-sim' on one machine")
     return GridTransport(_GRID[-1], recipe, seed)
-
-
-# --------------------------------------------------------------------------------------- deployment ServerApp
-
-if ServerApp is not None:
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _serve(grid: Grid, context: Context) -> None:
-        """``flwr run``: train the recipe of the run config (``recipe`` = a TOML path on the SuperLink's machine,
-        ``out`` = the run directory, ``seed`` (< 0: the recipe's)) with its rounds sent to the connected SuperNodes."""
-        from ..recipe import load
-        from ..runner import train
-
-        cfg = context.run_config
-        recipe = load(str(cfg["recipe"]), ['loop.backend="flower"'])
-        seed = int(cfg.get("seed", -1))
-        seed = None if seed < 0 else seed
-        with using_grid(grid):
-            train(recipe, out=str(cfg["out"]), seed=seed, progress=False)

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..data import safe_pickle
 from ..errors import ArchlabError
+from ..models.search.nasbench_graph import LINKS, OPS  # the space's operations and link patterns
 from .categorical import Genotype
 from .evolution import EvolutionConfig, RegularizedEvolution
 from .mo_evolution import ParetoEvolution
@@ -48,13 +49,6 @@ from .pareto import hypervolume_2d, non_dominated
 from .random_search import RandomSearch
 from .rl_controller import ControllerConfig, RLController
 
-#: the node operations, in the benchmark's index order
-OPS = ("gat", "gcn", "gin", "cheb", "sage", "arma", "graph", "fc", "skip")
-#: the canonical link patterns (input node of each computing node), in the benchmark's index order
-LINKS = (
-    (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 1), (0, 0, 1, 2), (0, 0, 1, 3),
-    (0, 1, 1, 1), (0, 1, 1, 2), (0, 1, 2, 2), (0, 1, 2, 3),
-)
 DATASETS = ("cora", "citeseer", "pubmed", "cs", "physics", "photo", "computers", "arxiv", "proteins")
 #: the table's key base: one decimal digit per operation
 _BASE = 10

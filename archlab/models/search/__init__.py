@@ -1,5 +1,4 @@
 """Architecture search models: the DARTS supernet and the networks derived from it, and the
-NAS-Bench-Graph macro architecture (``nasbench_graph``, family graph; in ``archlab/search/``)."""
+NAS-Bench-Graph macro architecture (``nasbench_graph``, family graph)."""
 
-from ...search import nasbench_model  # noqa: F401
-from . import darts  # noqa: F401
+from . import darts, nasbench_graph  # noqa: F401

@@ -34,15 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ArchlabError
-from ..models.graph.base import GraphModel
-from ..models.graph.cheb import ChebConv
-from ..models.graph.gat import GATConv
-from ..models.graph.gcn import GCNConv
-from ..models.graph.gin import GINConv
-from ..models.graph.sage import SAGEConv
-from ..registry import register
-from .nasbench import LINKS, OPS
+from ...errors import ArchlabError
+from ...registry import register
+from ..graph.base import GraphModel
+from ..graph.cheb import ChebConv
+from ..graph.gat import GATConv
+from ..graph.gcn import GCNConv
+from ..graph.gin import GINConv
+from ..graph.sage import SAGEConv
+
+#: the node operations, in the benchmark's index order (archlab.search.nasbench reads the tables with them)
+OPS = ("gat", "gcn", "gin", "cheb", "sage", "arma", "graph", "fc", "skip")
+#: the canonical link patterns (input node of each computing node), in the benchmark's index order
+LINKS = (
+    (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 1), (0, 0, 1, 2), (0, 0, 1, 3),
+    (0, 1, 1, 1), (0, 1, 1, 2), (0, 1, 2, 2), (0, 1, 2, 3),
+)
 
 #: the operations archlab has layers for
 LAYERS = ("gat", "gcn", "gin", "cheb", "sage", "fc", "skip")

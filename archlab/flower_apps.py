@@ -1,0 +1,85 @@
+"""Flower's ClientApp and ServerApp for archlab's federated rounds loop (``flwr run`` names them as
+``archlab.flower_apps:client_app`` and ``archlab.flower_apps:server_app``; see docs/federated.md).
+
+The transport and the round protocol are in :mod:`archlab.federated.flower`; these entry points rebuild a
+run from the recipe they receive, so they sit at the top of the package, beside the CLI.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+import torch
+
+from .federated.flower import ClientApp, ServerApp, using_grid
+
+if ClientApp is not None:
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.serverapp import Grid
+
+# ---------------------------------------------------------------------------------------------- client side
+
+_WORKERS: dict[tuple[str, int], Any] = {}  # (recipe TOML, seed) -> the Federated loop a node process trains with
+
+
+def _worker(recipe_toml: str, seed: int) -> Any:
+    """The node's copy of the run: the recipe's data, partition and model, built once per process."""
+    key = (recipe_toml, seed)
+    if key not in _WORKERS:
+        from .engine.device import Precision
+        from .engine.distributed import DistInfo
+        from .engine.loop import Context as LoopContext
+        from .recipe import from_dict
+
+        recipe = from_dict(tomllib.loads(recipe_toml))
+        recipe.loop.backend = "inprocess"
+        recipe.seed = seed
+        loop_cls = recipe.loop_class
+        data = loop_cls.load_data(recipe)
+        dev = torch.device("cpu")
+        model = loop_cls.build_model(recipe, data, dev)
+        ctx = LoopContext(device=dev, precision=Precision(recipe.train.precision, dev), dist=DistInfo(), seed=seed)
+        _WORKERS.clear()  # one run at a time per node process
+        _WORKERS[key] = loop_cls(recipe, model, data, ctx)
+    return _WORKERS[key]
+
+
+def train_on_node(content: RecordDict) -> RecordDict:
+    """The ClientApp's work for one message: ClientUpdate of the named client from the sent global state."""
+    cfg = content["config"]
+    loop = _worker(str(cfg["recipe"]), int(cfg["seed"]))
+    global_state = content["global"].to_torch_state_dict()
+    global_params = {n: global_state[n].clone() for n, _ in loop.local.named_parameters()}
+    steps, loss = loop.train_client(int(cfg["round"]), int(cfg["client"]), float(cfg["lr"]), global_state,
+                                    global_params)
+    state = {k: v.detach().clone() for k, v in loop.local.state_dict().items()}
+    return RecordDict({"local": ArrayRecord(state), "metrics": MetricRecord({"steps": steps, "loss": loss})})
+
+
+if ClientApp is not None:
+    client_app = ClientApp()
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:  # noqa: ARG001 -- Flower's handler signature
+        return Message(content=train_on_node(msg.content), reply_to=msg)
+
+
+# --------------------------------------------------------------------------------------- deployment ServerApp
+
+if ServerApp is not None:
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _serve(grid: Grid, context: Context) -> None:
+        """``flwr run``: train the recipe of the run config (``recipe`` = a TOML path on the SuperLink's machine,
+        ``out`` = the run directory, ``seed`` (< 0: the recipe's)) with its rounds sent to the connected SuperNodes."""
+        from .recipe import load
+        from .runner import train
+
+        cfg = context.run_config
+        recipe = load(str(cfg["recipe"]), ['loop.backend="flower"'])
+        seed = int(cfg.get("seed", -1))
+        seed = None if seed < 0 else seed
+        with using_grid(grid):
+            train(recipe, out=str(cfg["out"]), seed=seed, progress=False)
