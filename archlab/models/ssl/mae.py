@@ -92,8 +92,33 @@ def random_masking(b: int, n: int, ratio: float, generator: torch.Generator | No
     return keep, restore, mask.gather(1, restore)
 
 
+class MaskedViT:
+    """What the masked-image models (MAE, SimMIM) share: a ViT encoder without head (``self.encoder``),
+    its example input, and the class-token (or mean-pooled) features a probe reads."""
+
+    encoder: nn.Module
+
+    @staticmethod
+    def _vit_keys(config: EncoderConfig) -> dict[str, Any]:
+        return {**config.encoder_config, "head": "none"}
+
+    @classmethod
+    def example_input(cls, config: EncoderConfig, batch_size: int = 2) -> Tensor:
+        from ...registry import get
+
+        vit = build_config(config.encoder, cls._vit_keys(config), "model.encoder_config")
+        return get(config.encoder).cls.example_input(vit, batch_size)
+
+    def features(self, x: Tensor) -> Tensor:
+        h = self.encoder.features(x).last_hidden_state                         # [B, N + 1, D]
+        return h[:, 0] if self.encoder.config.pool == "cls" else h[:, 1:].mean(1)
+
+    def projection(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
 @register("mae", family="ssl")
-class MAE(SSLModel):
+class MAE(MaskedViT, SSLModel):
     """MAE (He et al. 2022): ViT encoder on the visible 25% of patches, light decoder, pixel loss on the rest."""
 
     config_class = MAEConfig
@@ -124,23 +149,6 @@ class MAE(SSLModel):
         nn.init.trunc_normal_(self.decoder_pos, std=0.02)
         self.mask_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
 
-    @staticmethod
-    def _vit_keys(config: MAEConfig) -> dict[str, Any]:
-        return {**config.encoder_config, "head": "none"}
-
-    @classmethod
-    def example_input(cls, config: MAEConfig, batch_size: int = 2) -> Tensor:
-        from ...registry import get
-
-        vit = build_config(config.encoder, cls._vit_keys(config), "model.encoder_config")
-        return get(config.encoder).cls.example_input(vit, batch_size)
-
-    def features(self, x: Tensor) -> Tensor:
-        h = self.encoder.features(x).last_hidden_state                         # [B, N + 1, D]
-        return h[:, 0] if self.encoder.config.pool == "cls" else h[:, 1:].mean(1)
-
-    def projection(self, x: Tensor) -> Tensor:
-        return self.features(x)
 
     def reconstruct(self, x: Tensor, keep: Tensor, restore: Tensor) -> Tensor:
         """Encoder on the patches ``keep`` only, decoder on all positions: ``[B, N, P * P * C]``."""

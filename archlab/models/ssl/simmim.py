@@ -24,15 +24,14 @@ Shapes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import ArchlabError
-from ...registry import build_config, create, get, register
+from ...registry import create, register
 from .base import EncoderConfig, SSLModel, encoder_config
-from .mae import patchify, random_masking
+from .mae import MaskedViT, patchify, random_masking
 
 
 @dataclass
@@ -56,7 +55,7 @@ class SimMIMConfig(EncoderConfig):
 
 
 @register("simmim", family="ssl")
-class SimMIM(SSLModel):
+class SimMIM(MaskedViT, SSLModel):
     """SimMIM (Xie et al. 2022): mask token in place of hidden patch embeddings, ViT over all tokens,
     linear pixel head, l1 loss on the hidden patches."""
 
@@ -85,21 +84,6 @@ class SimMIM(SSLModel):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.mask_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
 
-    @staticmethod
-    def _vit_keys(config: SimMIMConfig) -> dict[str, Any]:
-        return {**config.encoder_config, "head": "none"}
-
-    @classmethod
-    def example_input(cls, config: SimMIMConfig, batch_size: int = 2) -> Tensor:
-        vit = build_config(config.encoder, cls._vit_keys(config), "model.encoder_config")
-        return get(config.encoder).cls.example_input(vit, batch_size)
-
-    def features(self, x: Tensor) -> Tensor:
-        h = self.encoder.features(x).last_hidden_state                          # [B, N + 1, D]
-        return h[:, 0] if self.encoder.config.pool == "cls" else h[:, 1:].mean(1)
-
-    def projection(self, x: Tensor) -> Tensor:
-        return self.features(x)
 
     def predict(self, x: Tensor, mask: Tensor) -> Tensor:
         """Pixels of every patch from the encoder over all tokens, hidden ones (``mask`` ``[B, N]`` = 1) replaced
