@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from archlab.continual import METHODS, MethodContext
-from archlab.continual.base import active_cross_entropy
 from archlab.continual.streams import TaskStream
 from archlab.data import load_dataset
 from archlab.errors import ArchlabError
@@ -113,13 +112,18 @@ def test_dgr_replays_generator_samples_labelled_by_the_previous_solver():
     # samples live in the dataset's scale: [min, max] of the training inputs
     rx = m.replay_inputs(32)
     assert rx.shape == (32, 64) and rx.min() >= m.lo - 1e-5 and rx.max() <= m.lo + m.span + 1e-5
-    # hard targets (Class-IL, task 3 training): CE against the previous solver's argmax over units 0..5
+    # hard targets (Class-IL, task 3 training): the previous solver's argmax over units 0..5, the
+    # cross-entropy over every unit active now (0..7), so replayed inputs push the new units down
     logits = model(rx)
     old = m.previous_solver(rx)
-    units = stream.active(2, 2)
-    target = units[old[:, units].argmax(1)]
-    assert torch.allclose(m.replay_loss(logits, old, 3), active_cross_entropy(logits, target, units))
+    target = stream.active(2, 2)[old[:, :6].argmax(1)]
+    assert torch.allclose(m.replay_loss(logits, old, 3), F.cross_entropy(logits[:, :8], target))
     assert set(target.tolist()) <= set(range(6))
+    # soft targets: zero probability on the new units 6, 7
+    m.cfg.dgr_targets = "soft"
+    soft = torch.cat([F.softmax(old[:, :6] / 2.0, 1), torch.zeros(32, 2)], 1)
+    want = -(soft * F.log_softmax(logits[:, :8] / 2.0, 1)).sum(1).mean() * 4.0
+    assert torch.allclose(m.replay_loss(logits, old, 3), want)
 
 
 def test_dgr_task_il_replays_every_earlier_task_on_its_own_units_soft_targets():

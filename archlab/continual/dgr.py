@@ -12,9 +12,10 @@ with the frozen solver S_{t-1}, and trains
 
 with L_replay, per scenario (van de Ven & Tolias' code):
 
-- Class-IL: over the units of tasks 0..t-1, target argmax S_{t-1}(x') (``dgr_targets = "hard"``, their
-  "DGR") or the soft targets softmax(S_{t-1}(x') / T) with the T^2-scaled cross-entropy of LwF
-  (``"soft"``, their "DGR+distill");
+- Class-IL: cross-entropy over the units of tasks 0..t (the current task's included), target argmax of
+  S_{t-1}(x') over the units of tasks 0..t-1 (``dgr_targets = "hard"``, their "DGR"), or the soft
+  targets softmax(S_{t-1}(x') / T) on those units, zero on the new ones, with the T^2-scaled
+  cross-entropy of LwF (``"soft"``, their "DGR+distill");
 - Domain-IL: the same over the shared units;
 - Task-IL: the same on each previous task's own units, averaged over the t previous tasks (every
   replayed sample is replayed once as each earlier task).
@@ -35,7 +36,6 @@ from typing import Any
 import torch
 
 from .base import Method, MethodContext, active_cross_entropy, register_method
-from .lwf import distillation
 
 
 def frozen(module: torch.nn.Module) -> torch.nn.Module:
@@ -75,20 +75,28 @@ class DGR(Method):
         return self.previous_generator.decode(z).sigmoid() * self.span + self.lo
 
     def replay_loss(self, logits: torch.Tensor, old: torch.Tensor, task: int) -> torch.Tensor:
-        """L_replay of the replayed batch: solver logits vs the previous solver's, per scenario."""
+        """L_replay of the replayed batch: solver logits vs the previous solver's, per scenario. Domain- and
+        Class-IL: the softmax runs over every unit active now (the current task's too, so replayed old
+        inputs push the new units down), the targets come from the previous solver's units (soft: zero
+        probability on the new units, as van de Ven & Tolias' code pads them)."""
         stream, dev = self.stream, logits.device
         if stream.scenario == "task":
-            groups = [stream.units[j].to(dev) for j in range(task)]
+            pairs = [(stream.units[j].to(dev), stream.units[j].to(dev)) for j in range(task)]
         else:
-            groups = [stream.active(task - 1, task - 1).to(dev)]
+            pairs = [(stream.active(task, task).to(dev), stream.active(task - 1, task - 1).to(dev))]
         total = logits.new_zeros(())
-        for units in groups:
+        for units, old_units in pairs:
             if self.cfg.dgr_targets == "soft":
-                total = total + distillation(logits, old, units, self.cfg.lwf_temperature)
+                T = self.cfg.lwf_temperature
+                soft = torch.zeros(len(logits), len(units), device=dev)
+                position = torch.searchsorted(units, old_units)
+                soft[:, position] = torch.softmax(old[:, old_units] / T, dim=1)
+                log_p = torch.log_softmax(logits[:, units] / T, dim=1)
+                total = total - (soft * log_p).sum(1).mean() * T ** 2
             else:
-                target = units[old[:, units].argmax(1)]
+                target = old_units[old[:, old_units].argmax(1)]
                 total = total + active_cross_entropy(logits, target, units)
-        return total / len(groups)
+        return total / len(pairs)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, task: int) -> tuple[torch.Tensor, dict[str, float]]:
         ce = self.current_loss(x, target, task)
