@@ -70,16 +70,17 @@ class AAE(ArchModel):
         """The modules of each optimizer: ``model`` (encoder + decoder) and ``discriminator``."""
         return {"model": nn.ModuleList([self.encoder, self.decoder]), "discriminator": self.discriminator}
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction logits (B, C, H, W), the code z = Q(x) (B, d), and the discriminator's logit on it (B, 1)."""
         z = self.encoder(x.view(len(x), *self.config.image_shape))
-        return self.decoder(z), z
+        return self.decoder(z), z, self.discriminator(z)
 
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image terms (B,): ``rec`` (nats), ``adv`` = -log D(Q(x)), ``loss`` = rec + adv_weight adv."""
         x = x.view(len(x), *self.config.image_shape)
-        logits, z = self(x)
+        logits, _, d = self(x)
         rec = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").flatten(1).sum(1)
-        adv = F.softplus(-self.discriminator(z).squeeze(1).float())                           # -log sigmoid(D)
+        adv = F.softplus(-d.squeeze(1).float())                                               # -log sigmoid(D)
         return {"loss": rec + self.config.adv_weight * adv, "rec": rec, "adv": adv}
 
     def discriminator_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
