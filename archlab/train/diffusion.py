@@ -38,7 +38,7 @@ from ..data import Dataset
 from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
-from ..models.generative.fid import load_feature_network, sample_quality
+from ..models.generative.fid import class_accuracy, load_feature_network, sample_quality
 from ..models.generative.images import pixel_range, save_grid
 from .supervised import BatchStream
 
@@ -196,10 +196,7 @@ class Diffusion(Loop):
             fake = lo + fake.cpu() * (hi - lo)
             metrics.update(sample_quality(self.fid, fake, self.data.test.x[:n], self.data.train.x[:n]))
             if y is not None:  # does each class's sample look like that class to the classifier?
-                hit = (self.fid(fake)[1].argmax(1).cpu() == y).double()
-                per_class = [float(hit[y == k].mean()) for k in range(self.classes) if (y == k).any()]
-                metrics.update({"test_class_acc": sum(per_class) / len(per_class), "test_class_acc_min": min(per_class),
-                                **{f"test_class_acc_{k}": a for k, a in enumerate(per_class)}})
+                metrics.update(class_accuracy(self.fid, fake, y))
         return metrics
 
     @torch.no_grad()

@@ -56,7 +56,7 @@ from ..data import Dataset
 from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
-from ..models.generative.fid import frechet_distance, load_feature_network, sample_quality
+from ..models.generative.fid import class_accuracy, frechet_distance, load_feature_network, sample_quality
 from ..models.generative.images import lerp, pixel_range, save_grid, slerp
 from .supervised import BatchStream
 
@@ -293,12 +293,7 @@ class ImageGAN(Loop):
 
     def _class_accuracy(self, images: torch.Tensor) -> dict[str, float]:
         """The classifier's accuracy on generated images of each class (labels ``_labels(n)``)."""
-        y = self._labels(len(images))
-        _, logits = self.fid(images)
-        hit = (logits.argmax(1).cpu() == y).float()
-        per_class = [float(hit[y == k].mean()) for k in range(self.classes) if (y == k).any()]
-        return {"test_class_acc": sum(per_class) / len(per_class), "test_class_acc_min": min(per_class),
-                **{f"test_class_acc_{k}": a for k, a in enumerate(per_class)}}
+        return class_accuracy(self.fid, images, self._labels(len(images)))
 
     @torch.no_grad()
     def final_metrics(self) -> dict[str, float]:

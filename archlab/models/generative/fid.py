@@ -109,3 +109,13 @@ def sample_quality(features: ClassifierFeatures, fake: torch.Tensor, test: torch
     train_f, _ = features(train[:n])
     return {"test_fid": frechet_distance(fake_f, test_f), "test_is": inception_score(fake_logits),
             "fid_floor": frechet_distance(train_f, test_f)}
+
+
+@torch.no_grad()
+def class_accuracy(features: ClassifierFeatures, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """How a conditional model's samples look to the classifier: ``test_class_acc`` (mean over classes of the
+    accuracy on the samples generated for that class), ``test_class_acc_min`` and ``test_class_acc_K`` per class."""
+    hit = (features(images)[1].argmax(1).cpu() == labels.cpu()).double()
+    per_class = [float(hit[labels == k].mean()) for k in range(int(labels.max()) + 1) if (labels == k).any()]
+    return {"test_class_acc": sum(per_class) / len(per_class), "test_class_acc_min": min(per_class),
+            **{f"test_class_acc_{k}": a for k, a in enumerate(per_class)}}
