@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import register
-from ..base import ArchModel
-from .conv_autoencoder import check_image_shape, conv_decoder, conv_encoder
+from .conv_autoencoder import ConvAutoencoder, check_image_shape
 
 
 @dataclass
@@ -51,17 +50,15 @@ class AAEConfig:
 
 
 @register("aae", family="generative")
-class AAE(ArchModel):
+class AAE(ConvAutoencoder):
     """Adversarial autoencoder with a Gaussian prior and an MLP code discriminator."""
 
     config_class = AAEConfig
     can_sample: ClassVar[bool] = True
 
     def __init__(self, config: AAEConfig) -> None:
-        super().__init__(config)
+        super().__init__(config)  # the conv autoencoder's encoder and decoder
         c = config
-        self.encoder = conv_encoder(c.image_shape, c.channels, c.latent_dim)
-        self.decoder = conv_decoder(c.image_shape, c.channels, c.latent_dim)
         self.discriminator = nn.Sequential(nn.Linear(c.latent_dim, c.disc_hidden), nn.LeakyReLU(0.2),
                                            nn.Linear(c.disc_hidden, c.disc_hidden), nn.LeakyReLU(0.2),
                                            nn.Linear(c.disc_hidden, 1))
@@ -96,15 +93,3 @@ class AAE(ArchModel):
         """``n`` images of Bernoulli means (n, C, H, W), z ~ N(0, I)."""
         z = torch.randn(n, self.config.latent_dim, generator=generator)
         return self.decode_images(z.to(next(self.parameters()).device))
-
-    @torch.no_grad()
-    def latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.view(len(x), *self.config.image_shape))
-
-    @torch.no_grad()
-    def decode_images(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).sigmoid()
-
-    @classmethod
-    def example_input(cls, config: AAEConfig, batch_size: int = 2) -> torch.Tensor:
-        return torch.rand(batch_size, *config.image_shape)

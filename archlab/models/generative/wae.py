@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ...registry import register
-from ..base import ArchModel
-from .conv_autoencoder import check_image_shape, conv_decoder, conv_encoder
+from .conv_autoencoder import ConvAutoencoder, check_image_shape
 
 SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -71,21 +70,11 @@ class WAEConfig:
 
 
 @register("wae", family="generative")
-class WAE(ArchModel):
-    """WAE-MMD: deterministic conv encoder / decoder, IMQ-kernel MMD to a Gaussian prior."""
+class WAE(ConvAutoencoder):
+    """WAE-MMD: the conv autoencoder's deterministic encoder / decoder, IMQ-kernel MMD to a Gaussian prior."""
 
     config_class = WAEConfig
     can_sample: ClassVar[bool] = True
-
-    def __init__(self, config: WAEConfig) -> None:
-        super().__init__(config)
-        c = config
-        self.encoder = conv_encoder(c.image_shape, c.channels, c.latent_dim)
-        self.decoder = conv_decoder(c.image_shape, c.channels, c.latent_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encoder(x.view(len(x), *self.config.image_shape))
-        return self.decoder(z), z
 
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image terms (B,): ``rec`` (nats), ``mmd`` (the batch's, on every row), ``loss`` = rec + lambda mmd.
@@ -107,15 +96,3 @@ class WAE(ArchModel):
         """``n`` images of Bernoulli means (n, C, H, W), z ~ N(0, s^2 I)."""
         z = torch.randn(n, self.config.latent_dim, generator=generator) * self.config.prior_std
         return self.decode_images(z.to(next(self.parameters()).device))
-
-    @torch.no_grad()
-    def latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.view(len(x), *self.config.image_shape))
-
-    @torch.no_grad()
-    def decode_images(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).sigmoid()
-
-    @classmethod
-    def example_input(cls, config: WAEConfig, batch_size: int = 2) -> torch.Tensor:
-        return torch.rand(batch_size, *config.image_shape)
