@@ -10,11 +10,11 @@ Training (Ho et al. Algorithm 1, the "simple" loss of their eq. 14):
 Sampling walks the schedule backwards from x_T ~ N(0, I) (``schedule.ddpm_step`` / ``ddim_step``,
 see :mod:`archlab.models.generative.schedule`).
 
-The U-Net follows Ho et al.'s (Appendix B; a PixelCNN++-like backbone) at MNIST size: per resolution
-``num_res_blocks`` residual blocks (GroupNorm, SiLU, 3x3 convolutions, the time embedding added after
-the first convolution), a strided 3x3 convolution down and nearest upsampling + 3x3 convolution up,
-skip connections concatenated on the way up; 28 -> 14 -> 7 with ``channel_mult = [1, 2, 2]``. It has
-no self-attention layers (Ho et al. put one at 16x16; at 28x28 MNIST the convolutions suffice).
+The U-Net (:mod:`archlab.nn.unet`, shared with the score model) follows Ho et al.'s (Appendix B; a
+PixelCNN++-like backbone) at MNIST size: per resolution ``num_res_blocks`` residual blocks (GroupNorm,
+SiLU, 3x3 convolutions, the time embedding added after the first convolution), a strided 3x3 convolution
+down and nearest upsampling + 3x3 convolution up, skip connections concatenated on the way up; 28 -> 14 -> 7
+with ``channel_mult = [1, 2, 2]``, no self-attention.
 The time embedding is the transformer's sinusoidal code of t followed by a two-layer MLP.
 
 Shapes: ``forward(x, t)``: x (B, C, H, W), t (B,) integer steps -> eps (B, C, H, W);
@@ -23,7 +23,6 @@ Shapes: ``forward(x, t)``: x (B, C, H, W), t (B,) integer steps -> eps (B, C, H,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -31,37 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...nn.unet import UNetMixin, timestep_embedding
 from ...registry import register
 from ..base import ArchModel
 from .schedule import NoiseSchedule
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal code of (B,) steps -> (B, dim): [sin(t w_i), cos(t w_i)], w_i = 10000^(-i / (dim/2 - 1))."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
-class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))) + W t_emb;  out = skip(x) + conv(dropout(SiLU(GN(h)))).
-
-    Shapes: x (B, C_in, H, W), t_emb (B, t_dim) -> (B, C_out, H, W)."""
-
-    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int, dropout: float) -> None:
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.time = nn.Linear(t_dim, c_out)
-        self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.dropout = nn.Dropout(dropout)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time(t_emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
 
 
 @dataclass
@@ -103,7 +75,7 @@ class DDPMConfig:
 
 
 @register("ddpm", family="generative")
-class DDPM(ArchModel):
+class DDPM(UNetMixin, ArchModel):
     """Small U-Net noise predictor eps_theta(x_t, t) with its noise schedule and samplers."""
 
     config_class = DDPMConfig
@@ -115,56 +87,14 @@ class DDPM(ArchModel):
         self.schedule = NoiseSchedule(c.num_steps, c.schedule, c.beta_start, c.beta_end, c.clip_sample)
         t_dim = 4 * c.channels
         self.time_mlp = nn.Sequential(nn.Linear(c.channels, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
-        self.conv_in = nn.Conv2d(c.image_shape[0], c.channels, 3, padding=1)
-        widths = [c.channels * m for m in c.channel_mult]
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        skips, ch = [c.channels], c.channels
-        for i, w in enumerate(widths):
-            blocks = nn.ModuleList()
-            for _ in range(c.num_res_blocks):
-                blocks.append(ResBlock(ch, w, t_dim, c.groups, c.dropout))
-                ch = w
-                skips.append(ch)
-            self.down.append(blocks)
-            if i < len(widths) - 1:
-                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-                skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, t_dim, c.groups, c.dropout) for _ in range(2)])
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-        for i, w in reversed(list(enumerate(widths))):
-            blocks = nn.ModuleList()
-            for _ in range(c.num_res_blocks + 1):
-                blocks.append(ResBlock(ch + skips.pop(), w, t_dim, c.groups, c.dropout))
-                ch = w
-            self.up.append(blocks)
-            if i > 0:
-                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
-        self.norm_out = nn.GroupNorm(c.groups, ch)
-        self.conv_out = nn.Conv2d(ch, c.image_shape[0], 3, padding=1)
+        self.build_unet(c.image_shape[0], c.channels, c.channel_mult, c.num_res_blocks, c.groups, c.dropout, t_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """eps_theta(x_t, t); ``cond`` (B, 4 channels), e.g. a class embedding, is added to the time embedding."""
         emb = self.time_mlp(timestep_embedding(t, self.config.channels))
         if cond is not None:
             emb = emb + cond
-        h = self.conv_in(x)
-        hs = [h]
-        for i, blocks in enumerate(self.down):
-            for block in blocks:
-                h = block(h, emb)
-                hs.append(h)
-            if i < len(self.downsample):
-                h = self.downsample[i](h)
-                hs.append(h)
-        for block in self.mid:
-            h = block(h, emb)
-        for i, blocks in enumerate(self.up):
-            for block in blocks:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb)
-            if i < len(self.upsample):
-                size = hs[-1].shape[-2:]  # 7 -> 14 -> 28: upsample to the skip's size (odd sizes round up)
-                h = self.upsample[i](F.interpolate(h, size=size, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.unet(x, emb)
 
     def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Ho et al.'s simple loss for a batch x0 (B, C, H, W) in [-1, 1]: mean of (eps - eps_theta)^2."""
