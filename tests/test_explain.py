@@ -456,6 +456,30 @@ def test_explain_command_sanity(digits_run, tmp_path):
     assert prefix.with_suffix(".png").is_file()
 
 
+def test_explain_command_roar_shares_the_0_cell_and_resumes(digits_run, tmp_path, capsys):
+    import json
+
+    from archlab.cli import main
+
+    prefix = tmp_path / "roar"
+    base = ["explain", str(digits_run), "--roar", "100", "--roar-epochs", "1", "--out", str(prefix)]
+    assert main([*base, "--method", "saliency"]) == 0
+    first = json.loads(prefix.with_suffix(".json").read_text())
+    assert set(first["methods"]) == {"random", "saliency"} and first["meta"]["epochs"] == 1
+    capsys.readouterr()
+    assert main([*base, "--method", "saliency", "--method", "input_x_gradient"]) == 0
+    assert "keeping random, saliency" in capsys.readouterr().out
+    second = json.loads(prefix.with_suffix(".json").read_text())["methods"]
+    assert second["saliency"] == first["methods"]["saliency"]               # kept, not recomputed
+    assert second["input_x_gradient"]["0.0"] == second["random"]["0.0"]      # one 0% cell for every method
+    assert "| input_x_gradient |" in prefix.with_suffix(".md").read_text() and prefix.with_suffix(".png").is_file()
+    assert main([*base[:-4], "--roar-epochs", "2", "--out", str(prefix), "--method", "saliency"]) == 0
+    third = json.loads(prefix.with_suffix(".json").read_text())          # other settings: a new table
+    assert set(third["methods"]) == {"random", "saliency"} and third["meta"]["epochs"] == 2
+    capsys.readouterr()
+    assert main([*base, "--roar-epochs", "0"]) == 2
+
+
 # ----------------------------------------------------------------------------- GNNExplainer
 class SumNeighbours(nn.Module):
     """Node scores = own features + sum of weighted in-neighbour features (one message-passing layer)."""
@@ -553,6 +577,8 @@ def test_roar_random_removal_keeps_the_signal_a_good_map_removes_it():
     rand = roar(build, lambda v, _t: torch.rand(v.shape, generator=noise), x[:300], y[:300], x[300:], y[300:],
                 fractions=(0.1,), epochs=20)
     assert rand[0.1] > 0.8                            # 2 random pixels of 16: the signal mostly survives
+    again = roar(build, good, x[:300], y[:300], x[300:], y[300:], fractions=(0.1,), epochs=20, reference=acc[0.0])
+    assert again == acc                               # the shared 0% cell: same table without retraining it
     filled = remove_top(x[:2], -good(x[:2], None), 1 / 16, torch.tensor([5.0]))
     assert (filled[:, 0, 0, 0] == x[:2, 0, 0, 0]).all() and (filled == 5.0).sum() == 2
 

@@ -16,8 +16,9 @@ against 10 sets of random training images: ``OUT.json`` and ``OUT.md``.
 
 With ``--roar N`` it runs remove-and-retrain (Hooker et al. 2019, :mod:`archlab.explain.roar`): the maps
 of the run's model (for the true class) rank the pixels of the first N training and N/5 test images; for
-10/30/50/70/90% removed a fresh model of the run's architecture is retrained (3 epochs, Adam) and tested;
-a random ranking is always included: ``OUT.json``, ``OUT.md``, ``OUT.png``.
+10/30/50/70/90% removed a fresh model of the run's architecture is retrained (``--roar-epochs``, default 3,
+Adam) and tested; a random ranking is always included: ``OUT.json``, ``OUT.md``, ``OUT.png``. Rows already in
+``OUT.json`` from the same settings are kept, so a long table can be filled by several calls.
 
 With ``--faithfulness N`` the command instead scores every method (and a random ranking) on the first N
 examples of the split with deletion and insertion curves (:mod:`archlab.explain.faithfulness`) and
@@ -82,7 +83,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--faithfulness", type=int, metavar="N", help="score deletion/insertion on the first N examples")
     s.add_argument("--sanity", type=int, metavar="N", help="cascading randomization check on the first N examples")
     s.add_argument("--roar", type=int, metavar="N", help="remove-and-retrain on the first N training images "
-                   "(and N/5 test images), 10-90%% removed, 3 epochs per retrain")
+                   "(and N/5 test images), 10-90%% removed, a fresh model retrained per cell")
+    s.add_argument("--roar-epochs", type=int, default=3, metavar="E", help="epochs of every ROAR retraining "
+                   "(default 3)")
     s.add_argument("--tcav", type=int, metavar="N", help="TCAV of drawn stroke/loop concepts for every class, "
                    "N test inputs per class")
     s.add_argument("--layer", help="layer for Grad-CAM and TCAV (dotted name; default: the last conv block)")
@@ -188,7 +191,8 @@ def _methods(args: argparse.Namespace, model: torch.nn.Module, probe: torch.Tens
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag in ("faithfulness", "sanity", "roar", "tcav", "probe", "steps", "samples", "top_k", "shap_background"):
+    for flag in ("faithfulness", "sanity", "roar", "tcav", "probe", "steps", "samples", "top_k", "shap_background",
+                 "roar_epochs"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ArchlabError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -459,7 +463,11 @@ def tcav_report(model: torch.nn.Module, data: Any, background: float, args: argp
 
 def roar_report(model: torch.nn.Module, data: Any, names: list[str], background: float, args: argparse.Namespace,
                 prefix: Path) -> int:
-    """ROAR test accuracies per method and fraction removed (plus a random ranking)."""
+    """ROAR test accuracies per method and fraction removed (plus a random ranking).
+
+    The 0% cell is retrained once (it does not depend on the map). ``OUT.json`` is rewritten after every
+    method, and rows already in an ``OUT.json`` written with the same settings (its ``meta``) are kept, not
+    recomputed: a long table can be filled by several shorter calls with the same ``--out``."""
     from .. import config as _config
     from ..registry import create
     from .roar import roar
@@ -472,9 +480,22 @@ def roar_report(model: torch.nn.Module, data: Any, names: list[str], background:
     def build() -> torch.nn.Module:
         return create(model.registry_name, **config)
 
-    gen = torch.Generator().manual_seed(args.seed)
+    meta = {"train_images": n, "test_images": len(test_x), "epochs": args.roar_epochs, "seed": args.seed,
+            "run_dir": str(args.run_dir), "steps": args.steps, "samples": args.samples,
+            "shap_background": args.shap_background, "fill": "training per-channel mean",
+            "explained_class": "true label"}
+    path = prefix.with_suffix(".json")
     table: dict[str, dict[str, float]] = {}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("meta") == meta:
+            table = old["methods"]
+            print(f"keeping {', '.join(table)} from {path} (same settings)", flush=True)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(args.seed)
     for name in ["random", *names]:
+        if name in table:
+            continue
         t0 = time.perf_counter()
 
         def explain(x: torch.Tensor, y: torch.Tensor, name: str = name) -> torch.Tensor:
@@ -482,13 +503,13 @@ def roar_report(model: torch.nn.Module, data: Any, names: list[str], background:
                 return torch.rand(x.shape, generator=gen)
             return maps(model, x, y, name, background, args)
 
-        acc = roar(build, explain, train_x, train_y, test_x, test_y, seed=args.seed)
+        reference = next((row["0.0"] for row in table.values()), None)
+        acc = roar(build, explain, train_x, train_y, test_x, test_y, epochs=args.roar_epochs, seed=args.seed,
+                   reference=reference)
         table[name] = {f"{f:.1f}": a for f, a in acc.items()} | {"seconds": round(time.perf_counter() - t0, 1)}
-        print(f"{name:22s} " + "  ".join(f"{f:.0%}:{a:.3f}" for f, a in acc.items()), flush=True)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"train_images": n, "test_images": len(test_x), "epochs": 3, "seed": args.seed, "run_dir": str(args.run_dir),
-            "fill": "training per-channel mean", "explained_class": "true label"}
-    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "methods": table}, indent=1) + "\n")
+        print(f"{name:22s} " + "  ".join(f"{f:.0%}:{a:.3f}" for f, a in acc.items())
+              + f"  ({table[name]['seconds']} s)", flush=True)
+        path.write_text(json.dumps({"meta": meta, "methods": table}, indent=1) + "\n")
     fracs = [k for k in next(iter(table.values())) if k != "seconds"]
     lines = ["| method | " + " | ".join(f"{float(f):.0%} removed" for f in fracs) + " |", "|---|" + "---|" * len(fracs)]
     for name, row in table.items():
@@ -503,7 +524,7 @@ def roar_report(model: torch.nn.Module, data: Any, names: list[str], background:
                 ls="--" if name == "random" else "-", color="black" if name == "random" else None)
     ax.set_xlabel("fraction of pixels removed (then retrained)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"ROAR (Hooker et al. 2019), {n} training images")
+    ax.set_title(f"ROAR (Hooker et al. 2019), {n} training images, {args.roar_epochs} epochs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

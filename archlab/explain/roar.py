@@ -67,15 +67,17 @@ def retrain_accuracy(build: Callable[[], nn.Module], train_x: torch.Tensor, trai
 
 def roar(build: Callable[[], nn.Module], explain: Explain, train_x: torch.Tensor, train_y: torch.Tensor,
          test_x: torch.Tensor, test_y: torch.Tensor, fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
-         epochs: int = 3, seed: int = 0) -> dict[float, float]:
+         epochs: int = 3, seed: int = 0, reference: float | None = None) -> dict[float, float]:
     """Test accuracy of a model retrained after removing each ``fraction`` of the top-ranked pixels
-    (``explain(x, y)`` gives the maps; 0.0 = nothing removed)."""
+    (``explain(x, y)`` gives the maps; 0.0 = nothing removed). The 0.0 cell does not depend on the map:
+    pass its accuracy as ``reference`` (from an earlier call with the same data, epochs and seed) to skip
+    that retraining."""
     if not all(0.0 <= f <= 1.0 for f in fractions):
         raise ArchlabError(f"fractions must be in [0, 1], got {fractions}")
     fill = train_x.mean(dim=(0, 2, 3))
     maps_train, maps_test = in_batches(explain, train_x, train_y), in_batches(explain, test_x, test_y)
-    out = {}
-    for f in (0.0, *fractions):
+    out = {} if reference is None else {0.0: reference}
+    for f in ((0.0,) if reference is None else ()) + tuple(fractions):
         out[f] = retrain_accuracy(build, remove_top(train_x, maps_train, f, fill), train_y,
                                   remove_top(test_x, maps_test, f, fill), test_y, epochs=epochs, seed=seed)
     return out
