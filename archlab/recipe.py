@@ -114,6 +114,9 @@ class TrainConfig:
     init_skip: list[str] = field(default_factory=list)
     """With init_from: key prefixes (``"head"`` covers ``head.*``) of saved tensors not copied, so those
     keep their fresh initialization -- a new head, even one of another shape."""
+    init_rename: dict[str, str] = field(default_factory=dict)
+    """With init_from: saved key prefix -> this model's prefix, applied after init_skip (``{encoder = ""}``
+    copies a pre-trained MAE's ``encoder.*`` into a plain ViT; ``""`` as a source means every key)."""
     freeze: list[str] = field(default_factory=list)
     """Parameter name prefixes (``"features"`` covers ``features.*``) kept fixed: no gradients, no
     updates (buffers such as batch-norm running statistics still update in training mode)."""
@@ -160,6 +163,12 @@ class TrainConfig:
                                  f"{prefixes!r}")
         if self.init_skip and not self.init_from:
             raise ValueError("init_skip needs init_from (it names saved tensors not to copy)")
+        for source, target in self.init_rename.items():
+            if not isinstance(target, str) or source.strip(".") != source or target.strip(".") != target:
+                raise ValueError(f"init_rename maps key prefixes to key prefixes (strings without leading/trailing "
+                                 f"dots, \"\" for the root), got {source!r} = {target!r}")
+        if self.init_rename and not self.init_from:
+            raise ValueError("init_rename needs init_from (it moves saved tensors to new names)")
         self.parallel_config()  # range checks of the parallel keys
 
     def parallel_config(self) -> ParallelConfig:

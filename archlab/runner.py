@@ -105,7 +105,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if tc.init_from and not resume:  # a resumed run gets every tensor from its checkpoint
         from .engine.init import init_from
 
-        fresh = init_from(model, tc.init_from, tc.init_skip)
+        fresh = init_from(model, tc.init_from, tc.init_skip, tc.init_rename)
         log(f"archlab: initialized from {tc.init_from}" + (f"; {len(fresh)} tensor(s) keep their fresh "
             f"initialization ({', '.join(fresh[:3])}{', ...' if len(fresh) > 3 else ''})" if fresh else ""))
     if tc.freeze:  # before the loop builds its optimizers; also on resume

@@ -6,14 +6,17 @@ written by ``save_pretrained``). Keys the new model has and the saved one lacks 
 fresh head -- keep their fresh initialization and are reported; a saved tensor the new model has no
 place for, or one of another shape, is an error, since silently dropping weights would hide a
 mismatched architecture. ``train.init_skip`` names key prefixes of saved tensors *not* to copy (a new
-head keeps its fresh initialization, whatever its shape); ``train.freeze`` names parameter prefixes
-kept fixed during training (:func:`freeze`), e.g. the body of a transferred network.
+head keeps its fresh initialization, whatever its shape); ``train.init_rename`` moves saved keys from one
+prefix to another before they are matched (:func:`rename_keys`: ``{encoder = ""}`` lifts the ViT out of a
+pre-trained MAE into a plain ViT classifier, ``{"" = "backbone"}`` puts a whole saved model under a wrapper's
+``backbone``); ``train.freeze`` names parameter prefixes kept fixed during training (:func:`freeze`), e.g.
+the body of a transferred network.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -31,9 +34,39 @@ def matches(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
 
-def init_from(model: object, directory: str | os.PathLike, skip: Sequence[str] = ()) -> list[str]:
+def rename_keys(saved: Mapping[str, torch.Tensor], rename: Mapping[str, str],
+                where: str = "the saved weights") -> dict[str, torch.Tensor]:
+    """Move every key under a source prefix of ``rename`` to its target prefix; other keys stay as they are.
+
+    ``"a.b.w"`` under ``{"a": "c"}`` becomes ``"c.b.w"``; an empty target drops the prefix (``{"a": ""}``:
+    ``"b.w"``), an empty source matches every key (``{"": "c"}``: ``"c.a.b.w"``). A key under several sources
+    takes the longest one. Each source must match a key, and no two keys may land on the same name."""
+    for source in rename:
+        if source and not any(matches(k, source) for k in saved):
+            raise ArchlabError(f"train.init_rename: no saved tensor of {where} lies under {source!r}")
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in saved.items():
+        hits = [s for s in rename if s == "" or matches(key, s)]
+        new = key
+        if hits:
+            source = max(hits, key=len)
+            rest = key if source == "" else key[len(source) + 1:]
+            new = ".".join(part for part in (rename[source], rest) if part)
+            if not new:
+                raise ArchlabError(f"train.init_rename: {key!r} would lose its whole name (rename a prefix, "
+                                   "not a full key, to the root)")
+        if new in out:
+            raise ArchlabError(f"train.init_rename: {origin[new]!r} and {key!r} of {where} both become {new!r}")
+        out[new], origin[new] = value, key
+    return out
+
+
+def init_from(model: object, directory: str | os.PathLike, skip: Sequence[str] = (),
+              rename: Mapping[str, str] | None = None) -> list[str]:
     """Copy the saved weights of ``directory`` into ``model`` in place, except the keys under a prefix of
-    ``skip``; return the model's keys that kept their initialization (sorted)."""
+    ``skip`` (saved names), after moving keys by ``rename`` (:func:`rename_keys`); return the model's keys
+    that kept their initialization (sorted)."""
     if not isinstance(model, nn.Module):
         raise ArchlabError(f"train.init_from: a {type(model).__name__} has no weights to initialize")
     weights = Path(directory) / WEIGHTS_FILE
@@ -48,6 +81,8 @@ def init_from(model: object, directory: str | os.PathLike, skip: Sequence[str] =
         if not any(matches(k, prefix) for k in saved):
             raise ArchlabError(f"train.init_skip: no saved tensor of {weights} lies under {prefix!r}")
     saved = {k: v for k, v in saved.items() if not any(matches(k, p) for p in skip)}
+    if rename:
+        saved = rename_keys(saved, rename, str(weights))
     own = model.state_dict()
     extra = sorted(set(saved) - set(own))
     if extra:
