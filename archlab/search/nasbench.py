@@ -28,6 +28,7 @@ controller for ``--queries`` table look-ups over ``--seeds`` seeds and writes th
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -46,6 +47,7 @@ from .categorical import Genotype
 from .evolution import EvolutionConfig, RegularizedEvolution
 from .mo_evolution import ParetoEvolution
 from .pareto import hypervolume_2d, non_dominated
+from .progressive import Cell, ProgressiveConfig, ProgressiveSearch, canonical
 from .random_search import RandomSearch
 from .rl_controller import ControllerConfig, RLController
 
@@ -190,11 +192,76 @@ class NASBenchGraph:
         """The best test accuracy in the table."""
         return float(self.test_acc.max())
 
+    @functools.cached_property
+    def cells(self) -> NASBenchGraphCells:
+        """The table as a space of growing cells, for progressive search (built once, ~1 s)."""
+        return NASBenchGraphCells(self)
+
+
+#: the operations a block of a growing cell may apply: every one but ``skip``, which only pads
+BLOCK_OPS = tuple(i for i, o in enumerate(OPS) if o != "skip")
+
+
+class NASBenchGraphCells:
+    """NAS-Bench-Graph as a :class:`~archlab.search.progressive.CellSpace`: a block is a computing node
+    (its input, an op other than ``skip``), B = 4, and a cell of ``b < 4`` blocks is queried as a table
+    architecture that computes it with ``4 - b`` ``skip`` nodes (identities).
+
+    Every table architecture is *contracted*: its ``skip`` nodes are removed and whoever read one reads
+    the skip's input instead. It computes the contracted cell exactly when its outputs are the cell's:
+    the outputs (leaves) of the architecture, each traced through skips to a non-skip node, are the
+    cell's leaves (a ``skip`` leaf copying a node that another block reads adds an output the cell lacks;
+    one copying the input adds the raw features). Such an architecture is a *proxy* of the cell; of
+    several, the one with the smallest table key is queried. Skip-free architectures are their own
+    proxies, so the 4-block cells are exactly the table's 22,570 skip-free architectures on Cora, and
+    the cells of 1, 2, 3 blocks are all present (8, 100 and 1,432 canonical cells on Cora, each with a proxy).
+    """
+
+    blocks = 4
+    ops = len(BLOCK_OPS)
+
+    def __init__(self, bench: NASBenchGraph) -> None:
+        self.bench = bench
+        self.proxy: dict[Cell, Genotype] = {}
+        for key in bench.keys:  # sorted: the first proxy of a cell has the smallest key
+            g = key_genotype(int(key))
+            cell = contract(LINKS[g[0]], g[1:])
+            if cell is not None:
+                self.proxy.setdefault(cell, g)
+
+    def genotype(self, cell: Cell) -> Genotype | None:
+        return self.proxy.get(cell)
+
+
+_SKIP = OPS.index("skip")
+
+
+def contract(link: tuple[int, ...], ops: tuple[int, ...]) -> Cell | None:
+    """The canonical cell an architecture (``link``, op indices) computes without its ``skip`` nodes, or
+    ``None`` when it computes none (see :class:`NASBenchGraphCells`)."""
+    def through(node: int) -> int:  # follow skips back to a non-skip node or the input (0)
+        while node and ops[node - 1] == _SKIP:
+            node = link[node - 1]
+        return node
+
+    real = [i + 1 for i, o in enumerate(ops) if o != _SKIP]
+    if not real:
+        return None
+    label = {0: 0, **{node: j + 1 for j, node in enumerate(real)}}
+    cell = tuple((label[through(link[node - 1])], BLOCK_OPS.index(ops[node - 1])) for node in real)
+    read = set(link)
+    outputs = {through(i + 1) for i in range(len(ops)) if i + 1 not in read}
+    cell_leaves = {node for node in real if label[node] not in {src for src, _ in cell}}
+    if outputs != cell_leaves:
+        return None
+    return canonical(cell)
+
 
 STRATEGIES = {
     "random": lambda space, seed: RandomSearch(space, seed),
     "evolution": lambda space, seed: RegularizedEvolution(space, seed, EvolutionConfig()),
     "rl": lambda space, seed: RLController(space, seed, ControllerConfig()),
+    "progressive": lambda bench, seed: ProgressiveSearch(bench.cells, seed, ProgressiveConfig()),
 }
 
 
