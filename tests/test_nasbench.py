@@ -203,7 +203,7 @@ def test_regret_is_against_the_best_validation_so_far(cora):
 def test_driver_writes_curves_and_plot(tmp_path):
     assert main(["--queries", "15", "--seeds", "2", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "nasbench_graph_cora_regret.json").read_text())
-    assert set(summary["final_regret_points"]) == {"random", "evolution", "rl"}
+    assert set(summary["final_regret_points"]) == {"random", "evolution", "rl", "progressive"}
     assert all(len(v["per_seed"]) == 2 for v in summary["final_regret_points"].values())
     assert (tmp_path / "nasbench_graph_cora_regret.png").stat().st_size > 0
 

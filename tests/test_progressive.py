@@ -112,10 +112,12 @@ def test_search_follows_the_levels_and_finds_the_best_cell():
         search.ask()
 
 
-def test_deterministic_under_its_seed():
-    runs = [run(ProgressiveSearch(Toy(), seed, ProgressiveConfig(beam=4)), 30, noise=0.3)
+@pytest.mark.parametrize("ranking", ["surrogate", "random"])
+def test_deterministic_under_its_seed(ranking):
+    runs = [run(ProgressiveSearch(Toy(), seed, ProgressiveConfig(beam=4, ranking=ranking)), 30, noise=0.3)
             for seed in (3, 3, 4)]
-    assert runs[0] == runs[1] and runs[0] != runs[2]  # the seed draws the predictors' subsamples
+    # the seed draws the predictors' subsamples (or, in the ablation, the random pick of each level)
+    assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
 def test_errors_are_one_line():
@@ -123,6 +125,8 @@ def test_errors_are_one_line():
         ProgressiveConfig(beam=0)
     with pytest.raises(ArchlabError, match="subsample"):
         ProgressiveConfig(subsample=0.0)
+    with pytest.raises(ArchlabError, match="ranking must be"):
+        ProgressiveConfig(ranking="lstm")
     search = ProgressiveSearch(Toy(), 0)
     with pytest.raises(ArchlabError, match="did not ask"):
         search.tell((9, 9), 1.0)

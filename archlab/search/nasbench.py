@@ -262,6 +262,9 @@ STRATEGIES = {
     "evolution": lambda space, seed: RegularizedEvolution(space, seed, EvolutionConfig()),
     "rl": lambda space, seed: RLController(space, seed, ControllerConfig()),
     "progressive": lambda bench, seed: ProgressiveSearch(bench.cells, seed, ProgressiveConfig()),
+    # ablation: the same levels, each level's K cells drawn at random from the expansions
+    "progressive_random": lambda bench, seed: ProgressiveSearch(bench.cells, seed,
+                                                                ProgressiveConfig(ranking="random")),
 }
 
 
@@ -407,7 +410,7 @@ def plot_pareto(bench: NASBenchGraph, fronts: dict[str, np.ndarray], ratios: dic
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m archlab.search.nasbench", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="cora", choices=DATASETS)
-    p.add_argument("--strategies", default="random,evolution,rl")
+    p.add_argument("--strategies", default="random,evolution,rl,progressive")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--out", type=Path, default=Path("docs/results/search"))

@@ -126,12 +126,17 @@ class ProgressiveConfig:
     """fraction of the observations (without replacement) each predictor is fitted on."""
     ridge: float = 1.0
     """lambda, the L2 penalty of every predictor."""
+    ranking: str = "surrogate"
+    """``surrogate``; ``random``: each level's K cells drawn uniformly from the expansions instead, the
+    ablation that shows what the surrogate adds to the level schedule."""
 
     def __post_init__(self) -> None:
         if self.beam < 1 or self.predictors < 1 or not 0 < self.subsample <= 1 or not self.ridge > 0:
             raise ArchlabError(
                 f"progressive: need beam >= 1, predictors >= 1, 0 < subsample <= 1, ridge > 0; got {self}"
             )
+        if self.ranking not in ("surrogate", "random"):
+            raise ArchlabError(f"progressive: ranking must be surrogate or random, got {self.ranking!r}")
 
 
 class Surrogate:
@@ -198,13 +203,16 @@ class ProgressiveSearch:
     def _next_level(self) -> None:
         """Refit the surrogate; queue the top-K expansions of the last level's cells (past level B: of
         every queried (B-1)-block cell, see the module docstring)."""
-        self.surrogate.fit(self.cells, self.scores, self.rng)
         grow = min(self.level, self.space.blocks - 1)
         parents = [c for c in self.cells if len(c) == grow]  # cells of b blocks are queried at level b only
         candidates = self._queryable(sorted({e for p in parents for e in expand(p, self.space.ops)}))
         if not candidates:
             raise ArchlabError(f"progressive: no cell of {grow + 1} blocks left to query")
-        order = np.argsort(-self.surrogate.predict(candidates), kind="stable")
+        if self.config.ranking == "random":
+            order = self.rng.permutation(len(candidates))
+        else:
+            self.surrogate.fit(self.cells, self.scores, self.rng)
+            order = np.argsort(-self.surrogate.predict(candidates), kind="stable")
         self.queue = [candidates[int(i)] for i in order[: self.config.beam]]
         self.level = min(self.level + 1, self.space.blocks)
 
