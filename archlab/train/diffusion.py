@@ -9,7 +9,8 @@ One step:
 
 Images are scaled affinely onto [-1, 1] by the training split's smallest and largest value. The run
 saves the EMA weights (what samples are drawn from; 0 disables the EMA and saves the trained weights);
-checkpoints hold both, so resume is exact.
+the EMA copy takes the trained model's buffers as they are after every step (latent diffusion's scale
+factor, measured on the first batch); checkpoints hold both, so resume is exact.
 
 Evaluation: ``{split}_loss``, the same noise-prediction error on the split's images with a fixed draw of
 t and eps (comparable between evaluations), computed with the EMA weights. At the end the run directory
@@ -154,6 +155,8 @@ class Diffusion(Loop):
                 d = self.cfg.ema_decay
                 for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                     e.lerp_(p.detach(), 1 - d)
+                for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                    e.copy_(b)  # buffers (a latent model's scale factor, running statistics) are not averaged
         return {"loss": loss.detach(), "lr": lr}
 
     @staticmethod

@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     dcgan,
     ddpm,
     gated_pixelcnn,
+    latent_diffusion,
     pixelcnn,
     progan,
     stylegan,
