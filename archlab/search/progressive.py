@@ -185,6 +185,8 @@ class ProgressiveSearch:
         self.asked: dict[Genotype, Cell] = {}
         self.cells: list[Cell] = []  # told, in order
         self.scores: list[float] = []
+        #: every ranking the surrogate made: (the candidates, their predicted scores), one per level
+        self.rankings: list[tuple[list[Cell], np.ndarray]] = []
         self.level = 1
         self.queue = self._queryable(expand((), space.ops))
         if not self.queue:
@@ -212,7 +214,9 @@ class ProgressiveSearch:
             order = self.rng.permutation(len(candidates))
         else:
             self.surrogate.fit(self.cells, self.scores, self.rng)
-            order = np.argsort(-self.surrogate.predict(candidates), kind="stable")
+            predicted = self.surrogate.predict(candidates)
+            self.rankings.append((candidates, predicted))
+            order = np.argsort(-predicted, kind="stable")
         self.queue = [candidates[int(i)] for i in order[: self.config.beam]]
         self.level = min(self.level + 1, self.space.blocks)
 
