@@ -5,7 +5,7 @@
 By family: classic ``supervised`` (and ``weighted_supervised``, a weight per example); graph ``node``,
 ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
 ``lm_finetune``, ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``,
-``cycle_gan``, ``elbo``, ``adversarial_ae``, ``diffusion``;
+``cycle_gan``, ``elbo``, ``adversarial_ae``, ``diffusion``, ``score``;
 self-supervised ``ssl``, image-text ``clip``; meta-learning ``episodic``; continual ``stream``; federated
 ``rounds`` (and DP-SGD ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
 compression ``distill``, ``prune``, ``qat``."""
@@ -34,6 +34,7 @@ from . import (  # noqa: F401
     qat,
     rl,
     rounds,
+    score,
     seq2seq,
     ssl,
     stream,

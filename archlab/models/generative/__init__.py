@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     latent_diffusion,
     pixelcnn,
     progan,
+    score,
     stylegan,
     toy_gan,
     vae,
