@@ -52,10 +52,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ArchlabError
+from ...nn.unet import timestep_embedding
 from ...registry import register
 from ..base import ArchModel
 from .conv_autoencoder import ConvAutoencoder, ConvAutoencoderConfig, check_image_shape
-from .ddpm import timestep_embedding
 from .schedule import NoiseSchedule
 
 
