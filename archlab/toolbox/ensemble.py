@@ -1,7 +1,7 @@
 """Ensembles of trained classifiers and their calibration.
 
-``archlab ensemble RUN_DIR [RUN_DIR ...]`` averages the class probabilities of the models of
-finished runs (a deep ensemble when the runs differ only in their seed; Lakshminarayanan et al.
+``archlab ensemble RUN_DIR [RUN_DIR ...]`` (command in ``command.py``) averages the class probabilities
+of the models of finished runs (a deep ensemble when the runs differ only in their seed; Lakshminarayanan et al.
 2017) on one split of their common dataset, and reports every member's and the ensemble's accuracy,
 negative log-likelihood and expected calibration error::
 
@@ -14,7 +14,6 @@ negative log-likelihood and expected calibration error::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArchlabError
-from ..io import atomic_write_bytes
 
 ECE_BINS = 15
 
@@ -97,24 +95,3 @@ def ensemble(run_dirs: list[str | os.PathLike], split: str = "test") -> dict[str
     return {"split": split, "dataset": identity[0], "members": members, "ensemble": scores(mean_log_probs, labels),
             "best_member": best["run_dir"], "best_member_acc": best["acc"],
             "mean_member_acc": sum(m["acc"] for m in members) / len(members)}
-
-
-def add_parser(sub: Any) -> None:
-    s = sub.add_parser("ensemble", help="average the class probabilities of trained runs; accuracy, NLL, ECE")
-    s.set_defaults(run=run)
-    s.add_argument("run_dirs", nargs="+", help="finished run directories of classifiers on the same data")
-    s.add_argument("--split", default="test", help="val or test (default test)")
-    s.add_argument("--out", help="also write the result as JSON to this file")
-
-
-def run(args: argparse.Namespace) -> int:
-    result = ensemble(args.run_dirs, args.split)
-    for m in result["members"]:
-        print(f"{m['run_dir']}: acc={m['acc']:.4f} nll={m['nll']:.4f} ece={m['ece']:.4f}")
-    e = result["ensemble"]
-    print(f"ensemble of {len(result['members'])} on {result['dataset']} {result['split']}: acc={e['acc']:.4f} "
-          f"nll={e['nll']:.4f} ece={e['ece']:.4f} (best member {result['best_member_acc']:.4f}, "
-          f"mean member {result['mean_member_acc']:.4f})")
-    if args.out:
-        atomic_write_bytes(Path(args.out), (json.dumps(result, indent=2) + "\n").encode())
-    return 0
