@@ -99,7 +99,7 @@ COMMAND_MODULES = [
     "archlab.train.pictures",  # sample, interpolate
     "archlab.search.tune",
     "archlab.search.cv",
-    "archlab.toolbox.ensemble",
+    "archlab.toolbox.command",  # ensemble, ensemble-train
     "archlab.explain.command",
     "archlab.compress.command",
     "archlab.export",
