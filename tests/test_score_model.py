@@ -183,3 +183,11 @@ def test_score_loop_refuses_a_model_without_noise_levels(tmp_path):
         train(from_dict(raw), out=tmp_path / "bad", progress=False, log=lambda _m: None)
     with pytest.raises(archlab.ArchlabError, match="sampler"):
         from_dict(_recipe(steps=2, sampler="euler"))
+
+
+def test_archlab_sample_draws_from_a_saved_score_model(tmp_path):
+    from archlab.cli import main
+
+    archlab.create("score", **TINY).save_pretrained(tmp_path / "score")
+    assert main(["sample", str(tmp_path / "score"), "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
