@@ -99,6 +99,7 @@ COMMAND_MODULES = [
     "archlab.train.pictures",  # sample, interpolate
     "archlab.search.tune",
     "archlab.search.cv",
+    "archlab.search.nasbench",
     "archlab.toolbox.command",  # ensemble, ensemble-train
     "archlab.explain.command",
     "archlab.compress.command",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from archlab.cli import main as cli_main
 from archlab.data import safe_pickle
 from archlab.errors import ArchlabError
 from archlab.search.categorical import mutate, sample
@@ -37,9 +39,14 @@ if __import__("importlib.util").util.find_spec("nas_bench_graph") is None:
     pytest.skip("nas-bench-graph (test extra) not installed", allow_module_level=True)
 
 
+@functools.cache
+def cora_table() -> NASBenchGraph:
+    return NASBenchGraph.load("cora")
+
+
 @pytest.fixture(scope="module")
 def cora() -> NASBenchGraph:
-    return NASBenchGraph.load("cora")
+    return cora_table()
 
 
 def test_cora_table_statistics(cora):
@@ -68,7 +75,7 @@ def test_missing_tables_are_one_line_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ARCHLAB_NASBENCH_GRAPH", str(tmp_path))
     with pytest.raises(ArchlabError, match="no table"):
         NASBenchGraph.load("cora")
-    assert main(["--queries", "5", "--seeds", "1", "--out", str(tmp_path)]) == 2
+    assert main(["--queries", "5", "--seeds", "2", "--out", str(tmp_path)]) == 2
     assert "no table" in capsys.readouterr().err
 
 
@@ -201,11 +208,30 @@ def test_regret_is_against_the_best_validation_so_far(cora):
 
 
 def test_driver_writes_curves_and_plot(tmp_path):
-    assert main(["--queries", "15", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert cli_main(["nasbench", "--queries", "15", "--seeds", "2", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "nasbench_graph_cora_regret.json").read_text())
     assert set(summary["final_regret_points"]) == {"random", "evolution", "rl", "progressive"}
     assert all(len(v["per_seed"]) == 2 for v in summary["final_regret_points"].values())
     assert (tmp_path / "nasbench_graph_cora_regret.png").stat().st_size > 0
+    # python -m archlab.search.nasbench is the same driver
+    assert main(["--strategies", "random", "--queries", "5", "--seeds", "2", "--out", str(tmp_path / "m")]) == 0
+    again = json.loads((tmp_path / "m" / "nasbench_graph_cora_regret.json").read_text())
+    assert again["final_regret_points"]["random"]["per_seed"] == [
+        100 * float(run_search(cora_table(), RandomSearch(cora_table(), s), 5)["regret"][-1]) for s in (0, 1)]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--strategies", "random,annealing"], "unknown strategy 'annealing'"),
+    (["--seeds", "1"], "--seeds >= 2"),
+    (["--queries", "0"], "--queries >= 1"),
+    (["--pareto", "params", "--strategies", "random"], "leave --strategies out"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+])
+def test_command_mistakes_are_one_line(tmp_path, capsys, argv, message):
+    assert cli_main(["nasbench", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("archlab: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_non_dominated_sweep_equals_pairwise_and_hypervolume():

@@ -17,8 +17,9 @@ non-canonical encodings are simply not part of the space (they are not re-canoni
 with ``importlib.util.find_spec`` (which does not run the package) and read with
 :mod:`archlab.data.safe_pickle`; the package's own loader (``pickle.load``) is never imported.
 
-**Driver.** ``python -m archlab.search.nasbench`` runs random search, regularized evolution and the RL
-controller for ``--queries`` table look-ups over ``--seeds`` seeds and writes the test-regret curves::
+**Driver.** ``archlab nasbench`` (or ``python -m archlab.search.nasbench``) runs random search, regularized
+evolution, the RL controller and progressive search for ``--queries`` table look-ups over ``--seeds`` seeds and
+writes the test-regret curves::
 
     regret(t) = max_table test_acc - test_acc(argmax_{s <= t} valid_acc(a_s))
 
@@ -407,28 +408,55 @@ def plot_pareto(bench: NASBenchGraph, fronts: dict[str, np.ndarray], ratios: dic
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m archlab.search.nasbench", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="cora", choices=DATASETS)
-    p.add_argument("--strategies", default="random,evolution,rl,progressive")
-    p.add_argument("--queries", type=int, default=100)
-    p.add_argument("--seeds", type=int, default=20)
-    p.add_argument("--out", type=Path, default=Path("docs/results/search"))
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="cora", help=f"one of {', '.join(DATASETS)} (default cora)")
+    p.add_argument("--strategies", default=None,
+                   help=f"comma-separated, of {', '.join(STRATEGIES)} (default random,evolution,rl,progressive)")
+    p.add_argument("--queries", type=int, default=100, help="table look-ups per search (default 100)")
+    p.add_argument("--seeds", type=int, default=20, help="searches per strategy, seeds 0..N-1 (default 20)")
+    p.add_argument("--out", type=Path, default=Path("runs/nasbench"),
+                   help="folder for the curves (JSON) and the plot (default runs/nasbench)")
     p.add_argument("--pareto", choices=("params", "latency"), default=None,
-                   help="instead: multi-objective search, validation accuracy vs this cost")
-    args = p.parse_args(argv)
+                   help="instead: multi-objective search (Pareto evolution vs random), validation accuracy vs "
+                        "this cost")
+
+
+def add_parser(sub: Any) -> None:
+    s = sub.add_parser("nasbench", help="architecture search on the NAS-Bench-Graph tables: regret curves of "
+                                        "random / evolution / RL / progressive search over seeds, or Pareto fronts")
+    s.set_defaults(run=run)
+    _arguments(s)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``archlab nasbench``: check the arguments, load the table, run the searches, write curves and plot."""
+    if args.queries < 1 or args.seeds < 2:
+        raise ArchlabError(f"need --queries >= 1 and --seeds >= 2 (a mean ± std over seeds), got "
+                           f"{args.queries}, {args.seeds}")
+    if args.pareto and args.strategies is not None:
+        raise ArchlabError("--pareto runs its own two strategies (pareto_evolution, random); leave --strategies out")
+    names = [s.strip() for s in (args.strategies or "random,evolution,rl,progressive").split(",") if s.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        raise ArchlabError(f"unknown strategy {unknown[0] if unknown else '(none)'!r}; one of {', '.join(STRATEGIES)}")
+    bench = NASBenchGraph.load(args.dataset)
+    if args.pareto:
+        return _main_pareto(bench, args)
+    return _main_regret(bench, names, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m archlab.search.nasbench``: the same as ``archlab nasbench``."""
+    p = argparse.ArgumentParser(prog="python -m archlab.search.nasbench", description=__doc__.split("\n")[0])
+    _arguments(p)
     try:
-        bench = NASBenchGraph.load(args.dataset)
-        if args.pareto:
-            return _main_pareto(bench, args)
-        return _main_regret(bench, args)
+        return run(p.parse_args(argv))
     except ArchlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _main_regret(bench: NASBenchGraph, args: argparse.Namespace) -> int:
-    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+def _main_regret(bench: NASBenchGraph, names: list[str], args: argparse.Namespace) -> int:
     curves = regret_curves(bench, names, args.queries, list(range(args.seeds)))
     summary: dict[str, Any] = {"dataset": args.dataset, "queries": args.queries, "seeds": args.seeds,
                                "oracle_test": bench.oracle_test, "final_regret_points": {},
