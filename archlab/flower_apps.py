@@ -45,24 +45,56 @@ def _worker(recipe_toml: str, seed: int) -> Any:
     return _WORKERS[key]
 
 
-def train_on_node(content: RecordDict) -> RecordDict:
-    """The ClientApp's work for one message: ClientUpdate of the named client from the sent global state."""
+def train_on_node(content: RecordDict, node_state: RecordDict | None = None) -> RecordDict:
+    """The ClientApp's work for one ``train`` message: ClientUpdate of the named client from the sent global
+    state and the client's own tensors. Top-k's residual of the client is kept in ``node_state`` (the node's
+    Flower context, which persists across the run's messages)."""
     cfg = content["config"]
     loop = _worker(str(cfg["recipe"]), int(cfg["seed"]))
-    global_state = content["global"].to_torch_state_dict()
-    global_params = {n: global_state[n].clone() for n, _ in loop.local.named_parameters()}
-    steps, loss = loop.train_client(int(cfg["round"]), int(cfg["client"]), float(cfg["lr"]), global_state,
-                                    global_params)
-    state = {k: v.detach().clone() for k, v in loop.local.state_dict().items()}
-    return RecordDict({"local": ArrayRecord(state), "metrics": MetricRecord({"steps": steps, "loss": loss})})
+    k = int(cfg["client"])
+    key = f"residual.{k}"
+    kept = node_state[key].to_torch_state_dict() if node_state is not None and key in node_state else None
+    state, steps, loss, packed, residual = loop.train_remote_client(
+        int(cfg["round"]), k, float(cfg["lr"]), content["global"].to_torch_state_dict(),
+        content["client"].to_torch_state_dict(), kept)
+    if residual is not None:
+        if node_state is None:
+            raise RuntimeError("top-k error feedback needs the node's context to keep the residuals")
+        node_state[key] = ArrayRecord(residual)
+    out = RecordDict({"local": ArrayRecord(state),
+                      "metrics": MetricRecord({"client": k, "steps": steps, "loss": loss})})
+    if packed is not None:
+        out["packed"] = ArrayRecord(packed)
+    return out
+
+
+def evaluate_on_node(content: RecordDict) -> RecordDict:
+    """An ``evaluate`` message: the named client's accuracy on its held-out examples, from the sent global state
+    (with its FedPer head; after local fine-tuning with ``personalization = "finetune"``)."""
+    cfg = content["config"]
+    loop = _worker(str(cfg["recipe"]), int(cfg["seed"]))
+    k = int(cfg["client"])
+    loop.load_client_payload(k, content["client"].to_torch_state_dict())
+    acc = loop.client_accuracy(k, content["global"].to_torch_state_dict(), float(cfg["lr"]))
+    return RecordDict({"metrics": MetricRecord({"client": k, "acc": acc})})
 
 
 if ClientApp is not None:
     client_app = ClientApp()
 
     @client_app.train()
-    def _train(msg: Message, context: Context) -> Message:  # noqa: ARG001 -- Flower's handler signature
-        return Message(content=train_on_node(msg.content), reply_to=msg)
+    def _train(msg: Message, context: Context) -> Message:
+        return Message(content=train_on_node(msg.content, context.state), reply_to=msg)
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:  # noqa: ARG001 -- Flower's handler signature
+        return Message(content=evaluate_on_node(msg.content), reply_to=msg)
+
+    @client_app.query()
+    def _query(msg: Message, context: Context) -> Message:
+        """The top-k residuals this node keeps, by client (the server's checkpoint asks for them)."""
+        kept = {key: rec for key, rec in context.state.array_records.items() if key.startswith("residual.")}
+        return Message(content=RecordDict(kept), reply_to=msg)
 
 
 # --------------------------------------------------------------------------------------- deployment ServerApp

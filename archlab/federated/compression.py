@@ -1,5 +1,7 @@
 """Compressing client updates before they are sent: top-k sparsification with error feedback, and 8-bit
-stochastic quantization. The server receives the decompressed update; the loop counts the bytes.
+stochastic quantization. The ``*_pack`` functions give what a client sends (over Flower: what the node puts in
+its reply), :func:`unpack` the dense update the server rebuilds from it and :func:`packed_bytes` its size, which
+the loop counts.
 
 **Top-k with error feedback** (Stich, Cordonnier & Jaggi 2018, "Sparsified SGD with Memory"; Sattler et
 al. 2019 for federated updates). Client k keeps a residual ``e_k`` (starts at 0) of what it has not
@@ -28,36 +30,63 @@ import math
 import torch
 
 
-def topk(update: dict[str, torch.Tensor], fraction: float) -> tuple[dict[str, torch.Tensor], int]:
-    """Keep the ``ceil(fraction * d)`` largest-magnitude entries of the whole update (d entries in all).
-    Returns the sparse update (dense tensors with zeros) and its size in bytes (value + int32 index)."""
+def topk_pack(update: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """What top-k sends: the ``ceil(fraction * d)`` largest-magnitude entries of the whole update (d entries
+    in all) as ``values`` (float32) and their flat positions ``indices`` (int32)."""
     flat = torch.cat([v.flatten() for v in update.values()])
     k = max(1, math.ceil(fraction * flat.numel()))
-    keep = torch.zeros_like(flat)
     idx = flat.abs().topk(k).indices
-    keep[idx] = flat[idx]
-    out, start = {}, 0
+    return {"values": flat[idx], "indices": idx.to(torch.int32)}
+
+
+def quantize8_pack(update: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """What 8-bit quantization sends for every tensor ``name``: ``name.q`` (uint8 levels), ``name.lo`` and
+    ``name.scale`` (float32 scalars). A constant tensor has scale 0 and levels 0."""
+    out = {}
     for name, v in update.items():
-        out[name] = keep[start:start + v.numel()].view_as(v)
-        start += v.numel()
-    return out, 8 * k
+        lo, hi = v.min(), v.max()
+        scale = (hi - lo) / 255
+        if scale == 0:
+            q = torch.zeros_like(v, dtype=torch.uint8)
+        else:
+            u = torch.rand(v.shape, generator=generator, dtype=v.dtype).to(v.device)
+            q = torch.floor((v - lo) / scale + u).clamp(0, 255).to(torch.uint8)
+        out.update({f"{name}.q": q, f"{name}.lo": lo, f"{name}.scale": scale})
+    return out
+
+
+def unpack(packed: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dense update the server reconstructs from a packed one (top-k or 8-bit); ``like`` gives the names,
+    shapes and order of the update's tensors."""
+    if "indices" in packed:
+        ref = next(iter(like.values()))
+        flat = torch.zeros(sum(v.numel() for v in like.values()), dtype=ref.dtype, device=ref.device)
+        flat[packed["indices"].long()] = packed["values"].to(flat)
+        out, start = {}, 0
+        for name, v in like.items():
+            out[name] = flat[start:start + v.numel()].view_as(v)
+            start += v.numel()
+        return out
+    return {name: packed[f"{name}.lo"] + packed[f"{name}.scale"] * packed[f"{name}.q"].to(v.dtype)
+            for name, v in like.items()}
+
+
+def packed_bytes(packed: dict[str, torch.Tensor]) -> int:
+    """Bytes a packed update takes on the wire: 8 per top-k entry; 1 per entry + 8 per tensor for 8-bit."""
+    return sum(v.numel() * v.element_size() for v in packed.values())
+
+
+def topk(update: dict[str, torch.Tensor], fraction: float) -> tuple[dict[str, torch.Tensor], int]:
+    """Top-k sparsification: the sparse update (dense tensors with zeros) and its size in bytes."""
+    packed = topk_pack(update, fraction)
+    return unpack(packed, update), packed_bytes(packed)
 
 
 def quantize8(update: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[dict[str, torch.Tensor], int]:
     """Unbiased 8-bit stochastic rounding of every tensor on its own min-max grid.
     Returns the dequantized update and its size in bytes."""
-    out, size = {}, 0
-    for name, v in update.items():
-        lo, hi = v.min(), v.max()
-        scale = (hi - lo) / 255
-        if scale == 0:
-            out[name] = v.clone()
-        else:
-            u = torch.rand(v.shape, generator=generator, dtype=v.dtype).to(v.device)
-            q = torch.floor((v - lo) / scale + u).clamp(0, 255)
-            out[name] = lo + scale * q
-        size += v.numel() + 8
-    return out, size
+    packed = quantize8_pack(update, generator)
+    return unpack(packed, update), packed_bytes(packed)
 
 
 class ErrorFeedback:
@@ -66,13 +95,19 @@ class ErrorFeedback:
     def __init__(self) -> None:
         self.residual: dict[int, dict[str, torch.Tensor]] = {}
 
-    def compress(self, client: int, update: dict[str, torch.Tensor], fraction: float
-                 ) -> tuple[dict[str, torch.Tensor], int]:
+    def pack(self, client: int, update: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+        """Top-k of ``update`` + the client's residual; what was not sent becomes its new residual."""
         e = self.residual.get(client)
         a = {n: v + e[n] for n, v in update.items()} if e is not None else update
-        sent, size = topk(a, fraction)
+        packed = topk_pack(a, fraction)
+        sent = unpack(packed, a)
         self.residual[client] = {n: a[n] - sent[n] for n in a}
-        return sent, size
+        return packed
+
+    def compress(self, client: int, update: dict[str, torch.Tensor], fraction: float
+                 ) -> tuple[dict[str, torch.Tensor], int]:
+        packed = self.pack(client, update, fraction)
+        return unpack(packed, update), packed_bytes(packed)
 
     def state_dict(self) -> dict[int, dict[str, torch.Tensor]]:
         return self.residual

@@ -56,9 +56,13 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 FLWR_MISSING = "loop.backend {!r} needs Flower: pip install 'archlab[federated]' (flwr[simulation])"
 ROUND_TIMEOUT = 3600.0
 """Seconds the server waits for a round's replies before failing the run."""
+NODE_WAIT = 120.0
+"""Seconds the first message waits for the expected SuperNodes to connect."""
 
-Result = tuple[dict[str, torch.Tensor], int, float]
-"""What a node sends back for one client: its local state, the steps it took, the summed loss."""
+Tensors = dict[str, torch.Tensor]
+Result = tuple[Tensors, int, float, Tensors | None]
+"""What a node sends back for one client: its local state (with compression: the tensors that are not
+averaged), the steps it took, the summed loss, and with compression its packed update."""
 
 
 def require_flwr(backend: str) -> None:
@@ -76,55 +80,133 @@ def client_app() -> ClientApp:
 
 # ---------------------------------------------------------------------------------------------- server side
 
-def run_round(grid: Grid, recipe_toml: str, seed: int, step: int, clients: list[int], lr: float,
-              global_state: dict[str, torch.Tensor], timeout: float | None = None) -> dict[int, Result]:
-    """Send one ``train`` message per client (client k to node k mod N, nodes sorted) and collect the replies."""
-    timeout = ROUND_TIMEOUT if timeout is None else timeout
-    nodes = sorted(grid.get_node_ids())
+def _wait_for_nodes(grid: Grid, expected: int, wait: float) -> list[int]:
+    """The SuperNodes connected to ``grid``, sorted, once at least ``expected`` are (within ``wait`` seconds: a
+    simulation registers its nodes while its ServerApp already runs)."""
+    deadline = time.monotonic() + wait
+    while len(nodes := sorted(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
     if not nodes:
         raise ArchlabError("loop.backend: no Flower SuperNode is connected to the SuperLink")
-    arrays = ArrayRecord({k: v.detach().cpu() for k, v in global_state.items()})
-    messages, by_id = [], {}
-    for k in clients:
-        cfg = ConfigRecord({"recipe": recipe_toml, "seed": seed, "round": step, "client": k, "lr": lr})
-        msg = Message(RecordDict({"global": arrays, "config": cfg}), dst_node_id=nodes[k % len(nodes)],
-                      message_type="train", group_id=str(step))
-        messages.append(msg)
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    return nodes
+
+
+def _exchange(grid: Grid, messages: list[Message], what: str) -> list[Message]:
+    """Send ``messages`` and return the replies (one clear error for a failed or silent node)."""
+    replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT))
+    for reply in replies:
         if reply.has_error():
-            raise ArchlabError(f"a Flower node failed in round {step}: {reply.error.reason[:500]}")
-        by_id[reply.metadata.reply_to_message_id] = reply
-    out: dict[int, Result] = {}
-    for k, msg in zip(clients, messages, strict=True):
-        reply = by_id.get(msg.metadata.message_id)
-        if reply is None:
-            raise ArchlabError(f"round {step}: client {k}'s node did not answer within {timeout:g} s")
-        m = reply.content["metrics"]
-        out[k] = (reply.content["local"].to_torch_state_dict(), int(m["steps"]), float(m["loss"]))
+            raise ArchlabError(f"a Flower node failed in {what}: {reply.error.reason[:500]}")
+    if len(replies) < len(messages):
+        raise ArchlabError(f"{what}: {len(messages) - len(replies)} of {len(messages)} messages got no answer "
+                           f"within {ROUND_TIMEOUT:g} s")
+    return replies
+
+
+def _by_client(replies: list[Message], clients: list[int], what: str) -> dict[int, Message]:
+    """The replies of client messages, by the client they name (``metrics.client``)."""
+    out = {int(r.content["metrics"]["client"]): r for r in replies}
+    if sorted(out) != sorted(clients):
+        raise ArchlabError(f"{what}: the nodes answered for clients {sorted(out)[:10]}, not {sorted(clients)[:10]}")
     return out
 
 
-class GridTransport:
-    """Rounds over a Flower grid the caller holds (a deployment's ServerApp)."""
+class Transport:
+    """The messages of a run over a Flower grid. Client ``k`` always goes to node ``k mod N`` of the node list
+    fixed at the first message (sorted node ids), so a node keeps the state of the same clients all run long
+    (top-k's residuals live in the node's Flower context)."""
 
-    def __init__(self, grid: Grid, recipe: Recipe, seed: int) -> None:
-        self.grid, self.recipe_toml, self.seed = grid, recipe.to_toml(), seed
+    expected_nodes = 1
+    """How many nodes the first message waits for (up to ``NODE_WAIT`` seconds)."""
 
-    def train(self, step: int, clients: list[int], lr: float, global_state: dict[str, torch.Tensor]
-              ) -> dict[int, Result]:
-        return run_round(self.grid, self.recipe_toml, self.seed, step, clients, lr, global_state)
+    def __init__(self, recipe: Recipe, seed: int) -> None:
+        self.recipe_toml, self.seed = recipe.to_toml(), seed
+        self.nodes: list[int] = []
+
+    def _call(self, job: Callable[[Grid], Any]) -> Any:
+        """Run ``job(grid)`` where the grid lives."""
+        raise NotImplementedError
+
+    def _node_list(self, grid: Grid) -> list[int]:
+        if not self.nodes:
+            self.nodes = _wait_for_nodes(grid, self.expected_nodes, NODE_WAIT)
+        return self.nodes
+
+    def _client_messages(self, grid: Grid, message_type: str, step: int, clients: list[int], lr: float,
+                         global_state: Tensors, payloads: dict[int, Tensors]) -> list[Message]:
+        """One message per client: the global state, the client's own tensors (SCAFFOLD's variates, FedPer's head,
+        a residual restored from a checkpoint) and {recipe, seed, round, client, lr}."""
+        nodes = self._node_list(grid)
+        arrays = ArrayRecord({k: v.detach().cpu() for k, v in global_state.items()})
+        messages = []
+        for k in clients:
+            cfg = ConfigRecord({"recipe": self.recipe_toml, "seed": self.seed, "round": step, "client": k, "lr": lr})
+            own = ArrayRecord({n: v.detach().cpu() for n, v in payloads.get(k, {}).items()})
+            messages.append(Message(RecordDict({"global": arrays, "client": own, "config": cfg}),
+                                    dst_node_id=nodes[k % len(nodes)], message_type=message_type,
+                                    group_id=str(step)))
+        return messages
+
+    def train(self, step: int, clients: list[int], lr: float, global_state: Tensors,
+              payloads: dict[int, Tensors]) -> dict[int, Result]:
+        """One ``train`` message per client of round ``step``; the replies by client."""
+        def job(grid: Grid) -> dict[int, Result]:
+            messages = self._client_messages(grid, "train", step, clients, lr, global_state, payloads)
+            out: dict[int, Result] = {}
+            for k, reply in _by_client(_exchange(grid, messages, f"round {step}"), clients, f"round {step}").items():
+                m, content = reply.content["metrics"], reply.content
+                packed = content["packed"].to_torch_state_dict() if "packed" in content else None
+                out[k] = (content["local"].to_torch_state_dict(), int(m["steps"]), float(m["loss"]), packed)
+            return out
+
+        return self._call(job)
+
+    def evaluate(self, step: int, clients: list[int], lr: float, global_state: Tensors,
+                 payloads: dict[int, Tensors]) -> dict[int, float]:
+        """One ``evaluate`` message per client: its accuracy on its held-out examples (personalization)."""
+        def job(grid: Grid) -> dict[int, float]:
+            messages = self._client_messages(grid, "evaluate", step, clients, lr, global_state, payloads)
+            what = "the per-client evaluation"
+            replies = _by_client(_exchange(grid, messages, what), clients, what)
+            return {k: float(r.content["metrics"]["acc"]) for k, r in replies.items()}
+
+        return self._call(job)
+
+    def collect_residuals(self) -> dict[int, Tensors]:
+        """A ``query`` message to every node: the top-k residuals it keeps, by client (for a checkpoint)."""
+        def job(grid: Grid) -> dict[int, Tensors]:
+            messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in self._node_list(grid)]
+            out: dict[int, Tensors] = {}
+            for reply in _exchange(grid, messages, "collecting the top-k residuals"):
+                for key, record in reply.content.array_records.items():
+                    out[int(key.removeprefix("residual."))] = record.to_torch_state_dict()
+            return dict(sorted(out.items()))
+
+        return self._call(job)
 
     def close(self) -> None:
         pass
 
 
-class SimulationTransport:
+class GridTransport(Transport):
+    """Rounds over a Flower grid the caller holds (a deployment's ServerApp)."""
+
+    def __init__(self, grid: Grid, recipe: Recipe, seed: int) -> None:
+        super().__init__(recipe, seed)
+        self.grid = grid
+
+    def _call(self, job: Callable[[Grid], Any]) -> Any:
+        return job(self.grid)
+
+
+class SimulationTransport(Transport):
     """Flower's Simulation Engine in a background thread; its ServerApp runs the loop's rounds from a queue."""
 
     def __init__(self, recipe: Recipe, seed: int, nodes: int) -> None:
         from flwr.simulation import run_simulation
 
-        self.recipe_toml, self.seed = recipe.to_toml(), seed
+        super().__init__(recipe, seed)
+        self.expected_nodes = nodes
         self.jobs: queue.Queue[Callable[[Grid], Any] | None] = queue.Queue()
         self.results: queue.Queue[tuple[bool, Any]] = queue.Queue()
         app = ServerApp()
@@ -152,10 +234,10 @@ class SimulationTransport:
 
     def _call(self, job: Callable[[Grid], Any]) -> Any:
         self.jobs.put(job)
-        deadline = time.monotonic() + ROUND_TIMEOUT + 120  # the first round waits for Ray to start
+        deadline = time.monotonic() + ROUND_TIMEOUT + NODE_WAIT + 120  # the first waits for Ray
         while True:
             if time.monotonic() > deadline:
-                raise ArchlabError(f"loop.backend 'flower-sim': no answer within {ROUND_TIMEOUT + 120:g} s")
+                raise ArchlabError(f"loop.backend 'flower-sim': no answer within {ROUND_TIMEOUT + NODE_WAIT + 120:g} s")
             try:
                 ok, value = self.results.get(timeout=1.0)
                 break
@@ -167,11 +249,6 @@ class SimulationTransport:
                 raise value
             raise ArchlabError(f"loop.backend 'flower-sim': {type(value).__name__}: {value}") from value
         return value
-
-    def train(self, step: int, clients: list[int], lr: float, global_state: dict[str, torch.Tensor]
-              ) -> dict[int, Result]:
-        return self._call(lambda grid: run_round(grid, self.recipe_toml, self.seed, step, clients, lr,
-                                                 global_state))
 
     def close(self) -> None:
         if self.thread.is_alive():

@@ -36,14 +36,14 @@ class Scaffold(FedAvg):
         self.c_i: dict[int, dict[str, torch.Tensor]] = {}
         self._dc: dict[str, torch.Tensor] = {n: torch.zeros_like(v) for n, v in self.c.items()}
 
-    def _client(self, client: int) -> dict[str, torch.Tensor]:
+    def client_variate(self, client: int) -> dict[str, torch.Tensor]:
         if client not in self.c_i:
             self.c_i[client] = {n: torch.zeros_like(v) for n, v in self.c.items()}
         return self.c_i[client]
 
     @torch.no_grad()
     def correct(self, model: nn.Module, client: int) -> None:
-        c_i = self._client(client)
+        c_i = self.client_variate(client)
         for n, p in model.named_parameters():
             if p.grad is not None and n in self.c:
                 p.grad.add_(self.c[n] - c_i[n])
@@ -53,7 +53,7 @@ class Scaffold(FedAvg):
                    lr: float) -> None:
         if steps == 0 or lr == 0:
             return
-        c_i = self._client(client)
+        c_i = self.client_variate(client)
         for n, y in model.named_parameters():
             if n not in self.c:
                 continue

@@ -44,7 +44,7 @@ from ..engine.metrics import read_metrics
 from ..engine.optim import build_optimizer, lr_factor
 from ..errors import ArchlabError
 from ..federated import FedAvg, FedProx, Scaffold, ServerOptConfig, ServerOptimizer, class_counts, partition
-from ..federated.compression import ErrorFeedback, quantize8, topk
+from ..federated.compression import ErrorFeedback, packed_bytes, quantize8_pack, topk_pack, unpack
 from ..federated.dp_fedavg import clip_update, noisy_mean
 from ..federated.parallel import local_sgd_together
 from ..federated.partition import Scheme, plot_counts
@@ -170,12 +170,13 @@ class FederatedConfig:
             raise ValueError("dp_noise needs dp_clip > 0 (the noise is calibrated to the clipping norm)")
         if not 1 <= self.sim_nodes <= 1000:
             raise ValueError(f"sim_nodes must be in 1..1000, got {self.sim_nodes}")
-        if self.backend != "inprocess" and (self.algorithm == "scaffold" or self.compression != "none"
-                                            or self.secure_aggregation or self.personalization != "none"
-                                            or self.parallel_clients):
-            raise ValueError(f"backend {self.backend!r} runs fedavg/fedprox clients (any server optimizer, DP-FedAvg); "
-                             "SCAFFOLD, compression, secure aggregation, personalization and parallel_clients keep "
-                             "per-client state or batch clients in this process: use backend = 'inprocess'")
+        if self.backend != "inprocess" and (self.secure_aggregation or self.parallel_clients):
+            raise ValueError(f"backend {self.backend!r} cannot run secure_aggregation (its key agreement and masking "
+                             "run in this process, not as Flower message rounds) or parallel_clients (it batches "
+                             "clients in this process): use backend = 'inprocess'")
+        if self.backend != "inprocess" and self.algorithm == "scaffold" and self.compression != "none":
+            raise ValueError(f"backend {self.backend!r} cannot combine SCAFFOLD with compression: the server updates "
+                             "c_i from the client's uncompressed model, which a compressing node does not send")
 
 
 def _seed(*parts: int) -> int:
@@ -303,6 +304,68 @@ class Federated(Loop):
             group["lr"] = lr
         return self.algo.local_train(self.local, opt, self.client_batches(step, k), global_params, k)
 
+    # Per-client state over Flower. SCAFFOLD's variates (c, c_i) and FedPer's head stay with the server (in the
+    # checkpoint) and travel in the client's message; top-k's residual stays on the node that trains the client
+    # (its Flower context), and comes back only in a checkpoint (:meth:`state_dict`).
+    def client_payload(self, k: int) -> dict[str, torch.Tensor]:
+        """Server side: the per-client tensors of client ``k``'s message (``c.*``, ``c_i.*``, ``head.*``, and a
+        ``residual.*`` restored from a checkpoint that the node has not got yet)."""
+        out: dict[str, torch.Tensor] = {}
+        if isinstance(self.algo, Scaffold):
+            c_i = self.algo.client_variate(k)
+            out.update({f"c.{n}": v for n, v in self.algo.c.items()})
+            out.update({f"c_i.{n}": v for n, v in c_i.items()})
+        out.update({f"head.{n}": v for n, v in self.heads.heads.get(k, {}).items()})
+        out.update({f"residual.{n}": v for n, v in self.feedback.residual.pop(k, {}).items()})
+        return out
+
+    def load_client_payload(self, k: int, payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Node side: install client ``k``'s tensors from its message (nothing of an earlier client stays);
+        returns the residual the message carried, if any."""
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {n[len(prefix):]: v for n, v in payload.items() if n.startswith(prefix)}
+
+        if isinstance(self.algo, Scaffold):
+            self.algo.c, self.algo.c_i = part("c."), {k: part("c_i.")}
+        self.heads.heads = {k: head} if (head := part("head.")) else {}
+        return part("residual.") or None
+
+    def _body_update(self, state: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+        """w_k - x_t over the averaged tensors (floating, not FedPer's head), in state_dict order."""
+        return {n: v - global_state[n] for n, v in state.items() if v.is_floating_point() and n not in self.heads.names}
+
+    def pack_update(self, step: int, k: int, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What client ``k`` sends for its (compressed) update in round ``step`` (``loop.compression`` != none)."""
+        cfg = self.cfg
+        if cfg.compression == "topk":
+            return self.feedback.pack(k, update, cfg.topk_fraction) if cfg.error_feedback \
+                else topk_pack(update, cfg.topk_fraction)
+        return quantize8_pack(update, torch.Generator().manual_seed(_seed(self.ctx.seed, step, k, 1)))
+
+    @torch.no_grad()
+    def train_remote_client(self, step: int, k: int, lr: float, global_state: dict[str, torch.Tensor],
+                            payload: dict[str, torch.Tensor], residual: dict[str, torch.Tensor] | None
+                            ) -> tuple[dict[str, torch.Tensor], int, float, dict[str, torch.Tensor] | None,
+                                       dict[str, torch.Tensor] | None]:
+        """What a Flower node does for client ``k`` (archlab/flower_apps.py): :meth:`train_client` with the
+        message's per-client tensors; ``residual`` is top-k's residual the node kept (the message's wins).
+        Returns (state to send, steps, summed loss, packed update or None, the client's new residual or None):
+        without compression the whole local state; with it, the packed update and the tensors that are not
+        averaged (FedPer's head, integer buffers)."""
+        residual = self.load_client_payload(k, payload) or residual
+        global_params = {n: global_state[n].clone() for n, _ in self.local.named_parameters()}
+        with torch.enable_grad():
+            steps, loss = self.train_client(step, k, lr, global_state, global_params)
+        state = {n: v.detach().clone() for n, v in self.local.state_dict().items()}
+        if self.cfg.compression == "none":
+            return state, steps, loss, None, None
+        update = self._body_update(state, global_state)
+        self.feedback.residual = {k: residual} if residual else {}
+        packed = self.pack_update(step, k, update)
+        return ({n: v for n, v in state.items() if n not in update}, steps, loss, packed,
+                self.feedback.residual.pop(k, None))
+
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         clients = self.sample_clients(step)
@@ -335,28 +398,26 @@ class Federated(Loop):
             clients_to_train = list(zip(clients, weights, strict=True))
         secagg_inputs: dict[int, np.ndarray] = {}
         levels = (2**32 - 1) // max(1, len(clients))  # the sum of m encoded entries stays below 2^32
-        remote = self.transport.train(step, [k for k, _ in clients_to_train], lr, global_state) \
+        remote = self.transport.train(step, [k for k, _ in clients_to_train], lr, global_state,
+                                      {k: self.client_payload(k) for k, _ in clients_to_train}) \
             if self.transport is not None and clients_to_train else {}
         for k, w in clients_to_train:
-            if remote:  # the client trained on a Flower node and sent back its whole local state
-                local_state, n_steps, k_loss = remote[k]
-                self.local.load_state_dict(local_state)
+            packed = None
+            if remote:  # the client trained on a Flower node: its local state, or its packed update + the rest
+                local_state, n_steps, k_loss, packed = remote[k]
+                self.local.load_state_dict({**global_state, **local_state})
             else:
                 n_steps, k_loss = self.train_client(step, k, lr, global_state, global_params)
             self.algo.end_client(k, self.local, global_params, n_steps, lr)
             self.heads.store(k, self.local)
             steps, loss_sum = steps + n_steps, loss_sum + k_loss
             with torch.no_grad():
-                update = {name: v - global_state[name] for name, v in self._float_state(self.local).items()
-                          if name in body}
+                update = self._body_update(self.local.state_dict(), global_state)
                 if cfg.dp_clip:
                     update = clip_update(update, cfg.dp_clip)
-                if cfg.compression == "topk" and cfg.error_feedback:
-                    update, size = self.feedback.compress(k, update, cfg.topk_fraction)
-                elif cfg.compression == "topk":
-                    update, size = topk(update, cfg.topk_fraction)
-                elif cfg.compression == "int8":
-                    update, size = quantize8(update, torch.Generator().manual_seed(_seed(self.ctx.seed, step, k, 1)))
+                if cfg.compression != "none":  # packed by the client (here, or on its Flower node)
+                    packed = self.pack_update(step, k, update) if packed is None else packed
+                    update, size = unpack(packed, update), packed_bytes(packed)
                 else:
                     size = full_size
                 sent += size
@@ -429,21 +490,28 @@ class Federated(Loop):
 
     def client_accuracies(self) -> list[float]:
         """Every client's accuracy on its held-out examples: the global model, with the client's own head
-        (fedper) or after ``finetune_epochs`` of local training (finetune)."""
+        (fedper) or after ``finetune_epochs`` of local training (finetune). Over Flower each client's node
+        computes it (an ``evaluate`` message per client)."""
         global_state = {k: v.clone() for k, v in self.model.state_dict().items()}
         lr = self.client_optim.lr * lr_factor(self.total_steps - 1, self.total_steps, self.client_optim)
-        accs = []
-        for k in range(self.cfg.clients):
-            self.local.load_state_dict(global_state)
-            self.heads.load(k, self.local)
-            if self.cfg.personalization == "finetune":
-                opt = build_optimizer(self.local, self.client_optim)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                batches = self.client_batches(self.total_steps, k, self.cfg.finetune_epochs)
-                FedAvg().local_train(self.local, opt, batches, {}, k)
-            accs.append(self._accuracy(self.local, self.local_tests[k]))
-        return accs
+        clients = list(range(self.cfg.clients))
+        if self.transport is not None:
+            accs = self.transport.evaluate(self.total_steps, clients, lr, global_state,
+                                           {k: self.client_payload(k) for k in clients})
+            return [accs[k] for k in clients]
+        return [self.client_accuracy(k, global_state, lr) for k in clients]
+
+    def client_accuracy(self, k: int, global_state: dict[str, torch.Tensor], lr: float) -> float:
+        """Client ``k``'s accuracy on its held-out examples (see :meth:`client_accuracies`)."""
+        self.local.load_state_dict(global_state)
+        self.heads.load(k, self.local)
+        if self.cfg.personalization == "finetune":
+            opt = build_optimizer(self.local, self.client_optim)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batches = self.client_batches(self.total_steps, k, self.cfg.finetune_epochs)
+            FedAvg().local_train(self.local, opt, batches, {}, k)
+        return self._accuracy(self.local, self.local_tests[k])
 
     @classmethod
     def evaluate_run(cls, run_dir: str | os.PathLike, recipe: Recipe, ctx: Context) -> dict[str, float]:
@@ -486,8 +554,13 @@ class Federated(Loop):
                            (json.dumps({"scheme": c.partition, "counts": counts.tolist()}) + "\n").encode())
 
     def state_dict(self) -> dict[str, Any]:
+        feedback = self.feedback.state_dict()
+        if self.transport is not None and self.cfg.compression == "topk" and self.cfg.error_feedback:
+            # over Flower the residuals live on the nodes: ask them (residuals restored from an earlier
+            # checkpoint that no node has received yet are still here)
+            feedback = {**self.transport.collect_residuals(), **feedback}
         return {"global": self.model.state_dict(), "server": self.server.state_dict(),
-                "algorithm": self.algo.state_dict(), "round": self.round, "feedback": self.feedback.state_dict(),
+                "algorithm": self.algo.state_dict(), "round": self.round, "feedback": feedback,
                 "bytes_total": self.bytes_total, "heads": self.heads.state_dict(),
                 "reached": -1 if self.reached is None else self.reached}
 
