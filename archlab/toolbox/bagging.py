@@ -62,7 +62,7 @@ def bagging(recipe_path: str | os.PathLike, members: int = 5, out: str | os.Path
         train(recipe_mod.load(recipe_path, fixed or []), out=run_dir, seed=seed + m, data=member_data,
               progress=False, log=lambda msg: None)
         dirs.append(run_dir)
-        log(f"bagging: member {m} trained ({run_dir})")
+        log(f"{'bagging' if bootstrap else 'deep ensemble'}: member {m} trained ({run_dir})")
     result = ensemble(dirs, split)
     result["method"] = "bagging" if bootstrap else "deep ensemble"
     result["seed"] = seed
