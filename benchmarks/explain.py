@@ -41,12 +41,17 @@ def _grid() -> torch.Tensor:
 
 
 def ours(method: str = "ig", model: str = "lenet5", batch: int = 32, n_steps: int = 256, n_samples: int = 512,
-         threads: int = 2, **_: Any) -> Callable[[], None]:
+         threads: int = 2, fast: bool = True, **_: Any) -> Callable[[], None]:
     net, x, target = _setup(model, batch, threads)
-    if method == "ig":
-        return lambda: E.attribute(net, x, target, "integrated_gradients", n_steps=n_steps)
+    if method == "ig":   # fast=False: the reference, without integrated_gradients_fast.py's first-layer path
+        return lambda: E.attribute(net, x, target, "integrated_gradients", n_steps=n_steps, fast=fast)
     mask = _grid()[None]
     return lambda: E.attribute(net, x, target, "kernel_shap", feature_mask=mask, n_samples=n_samples)
+
+
+def reference(**params: Any) -> Callable[[], None]:
+    """``ours`` without the fast path (Integrated Gradients' reference), to time the two side by side."""
+    return ours(**{**params, "fast": False})
 
 
 def peer(method: str = "ig", model: str = "lenet5", batch: int = 32, n_steps: int = 256, n_samples: int = 512,

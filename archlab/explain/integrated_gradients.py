@@ -56,9 +56,13 @@ def quadrature(rule: str, n_steps: int) -> tuple[list[float], list[float]]:
 def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
                          baselines: float | torch.Tensor | None = None, n_steps: int = 50,
                          rule: str = "gausslegendre", internal_batch_size: int | None = None,
-                         layer: str | nn.Module | None = None) -> torch.Tensor:
+                         layer: str | nn.Module | None = None, fast: bool = True) -> torch.Tensor:
     """``(x - x') * sum_k w_k grad F(x' + a_k (x - x'))``, shape of ``inputs`` -- or, with ``layer``, the
-    same integral in the space of that layer's output (see :func:`layer_integrated_gradients`)."""
+    same integral in the space of that layer's output (see :func:`layer_integrated_gradients`).
+
+    ``fast`` (default): when the input goes first into one affine layer, the equal computation of
+    integrated_gradients_fast.py (that layer run twice instead of ``n_steps`` times); ``fast=False``: this
+    reference always."""
     if layer is not None:
         return layer_integrated_gradients(model, inputs, target, layer=layer, baselines=baselines, n_steps=n_steps,
                                           rule=rule)
@@ -68,10 +72,16 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target 
     b = x.shape[0]
     a = torch.tensor(alphas, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
     w = torch.tensor(weights, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
+    chunk = internal_batch_size or n_steps * b
+    check_positive("internal_batch_size", chunk)
+    if fast:
+        from .integrated_gradients_fast import first_affine_layer, integrated_gradients_first_layer
+
+        first = first_affine_layer(model, x)
+        if first is not None:
+            return integrated_gradients_first_layer(model, x, base, target, first, alphas, weights, chunk)
     path = (base + a * (x - base)).reshape(n_steps * b, *x.shape[1:])   # step-major: rows k*B .. k*B+B-1
     targets = repeat_target(target, n_steps)
-    chunk = internal_batch_size or path.shape[0]
-    check_positive("internal_batch_size", chunk)
     grads = []
     for start in range(0, path.shape[0], chunk):
         t = targets
