@@ -17,6 +17,17 @@ Splits (``data.options.split``), fixed and documented because classes must not c
 This subset is far smaller than the Vinyals split (1,200 training characters of 30 alphabets plus
 rotations): numbers trained on it are *not* comparable to the published Omniglot table.
 
+``split = "vinyals"`` reads the full data instead: ``images_background.zip`` (30 alphabets, 964
+characters, 19,280 drawings) and ``images_evaluation.zip`` (20 alphabets, 659 characters, 13,180
+drawings) of the same repository. No checksum is published for them, so a file is accepted when it
+is an intact zip (every member's CRC checked) with exactly those alphabet, character and drawing
+counts. As in Vinyals et al. 2016 (Sec. 4.1.1) the 1,623 characters of both zips are pooled and split
+by *character*: 1,200 for training (1,028 train + 172 validation, Snell et al. 2017's counts) and 423
+for testing, each in 4 rotations (4,112 / 688 / 1,692 classes). The published split files are not
+read; the characters, sorted by (alphabet, character) name, are shuffled by Python's
+``random.Random(1)`` (Finn et al.'s data generator shuffles with ``random.seed(1)``, over a directory
+listing whose order is not fixed) and cut 1,028 / 172 / 423 in that order.
+
 ``omniglot_runs`` reads Lake's ``one-shot-classification/all_runs.zip`` (same repository, 352,787
 bytes, sha256 437c1eea...5): 20 runs of 20-way within-alphabet one-shot classification, each with
 ``runNN/training/classKK.png`` (one drawing per class), ``runNN/test/itemKK.png`` (20 queries) and
@@ -27,6 +38,7 @@ are fixed evaluation episodes (no training split); images get the same 28x28 tre
 from __future__ import annotations
 
 import io
+import random
 import re
 import zipfile
 from dataclasses import dataclass
@@ -37,8 +49,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..errors import ArchlabError
-from .download import RemoteFile, data_root, ensure_files
+from ..errors import ArchlabError, DataUnavailable
+from .download import RemoteFile, data_root, ensure_files, fetch
 from .episodes import Episode, FewShotData
 from .registry import Split, register_dataset
 
@@ -51,12 +63,18 @@ RUNS = RemoteFile("all_runs.zip", (_REPO + "one-shot-classification/all_runs.zip
 #: The alphabet split of images_background_small1 (``split = "alphabets"``).
 ALPHABET_SPLIT = {"val": ("Greek",), "test": ("Latin",)}
 SMALL1_COUNTS = {"alphabets": 5, "characters": 136, "images": 2720}
+#: The full zips (``split = "vinyals"``): (alphabets, characters, drawings) each must hold.
+FULL_COUNTS = {"images_background.zip": (30, 964, 19280), "images_evaluation.zip": (20, 659, 13180)}
+#: Characters of the Vinyals split: train, validation (together Vinyals et al.'s 1,200) and test.
+VINYALS_SIZES = {"train": 1028, "val": 172, "test": 423}
+_DRAWING = re.compile(r"^[^/]+/([^/]+)/([^/]+)/[^/]+\.png$")
 
 
 @dataclass(frozen=True)
 class OmniglotConfig:
-    split: Literal["alphabets", "characters"] = "alphabets"
-    """Hold out whole alphabets (val Greek, test Latin) or the last characters of every alphabet."""
+    split: Literal["alphabets", "characters", "vinyals"] = "alphabets"
+    """background_small1: hold out whole alphabets (val Greek, test Latin) or the last characters of every
+    alphabet; ``vinyals``: the full Omniglot (both zips), 1,028 / 172 / 423 characters (module docstring)."""
     rotations: bool = True
     """Each character in 4 rotations (multiples of 90 degrees) counts as 4 classes (Vinyals et al. 2016)."""
     image_size: int = 28
@@ -91,7 +109,7 @@ def read_image(data: bytes, size: int) -> torch.Tensor:
 
 def read_characters(zip_path: Path, size: int) -> dict[tuple[str, str], torch.Tensor]:
     """(alphabet, character) -> its drawings (20, 1, size, size), from an Omniglot images zip."""
-    pattern = re.compile(r"^[^/]+/([^/]+)/([^/]+)/[^/]+\.png$")
+    pattern = _DRAWING
     found: dict[tuple[str, str], list[tuple[str, torch.Tensor]]] = {}
     try:
         with zipfile.ZipFile(zip_path) as zf:
@@ -116,8 +134,70 @@ def _classes(chars: list[torch.Tensor], rotations: bool) -> Split:
     return Split(torch.cat(xs), torch.cat(ys))
 
 
+def zip_counts(names: list[str]) -> tuple[int, int, int]:
+    """(alphabets, characters, drawings) named by a zip's member list."""
+    keys = [(m.group(1), m.group(2)) for n in names if (m := _DRAWING.match(n))]
+    return len({a for a, _ in keys}), len(set(keys)), len(keys)
+
+
+def check_full_zip(path: Path, name: str) -> str | None:
+    """Why ``path`` is not a good copy of the full Omniglot zip ``name`` (None: it is): not a zip,
+    a damaged member (CRC), or other alphabet / character / drawing counts than :data:`FULL_COUNTS`."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            counts = zip_counts(zf.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"not a readable zip ({exc})"
+    if bad is not None:
+        return f"damaged member {bad}"
+    want = FULL_COUNTS[name]
+    if counts != want:
+        return (f"expected {want[0]}/{want[1]}/{want[2]} alphabets/characters/drawings, "
+                f"found {counts[0]}/{counts[1]}/{counts[2]}")
+    return None
+
+
+def full_zips(folder: Path, download: bool) -> list[Path]:
+    """``images_background.zip`` and ``images_evaluation.zip`` in ``folder``, checked (downloaded first if missing)."""
+    paths = []
+    for name in FULL_COUNTS:
+        path = folder / name
+        if not path.exists():
+            if not download:
+                raise DataUnavailable(f"dataset 'omniglot': cannot get {name} (downloads are switched off); put it "
+                                      f"in {folder} (or set ARCHLAB_DATA to a folder with an omniglot/ sub-folder "
+                                      "that has it)")
+            fetch((_REPO + name,), path, verify=lambda p, n=name: check_full_zip(p, n) is None, dataset="omniglot")
+        why = check_full_zip(path, name)
+        if why:
+            raise ArchlabError(f"dataset 'omniglot': {path}: {why}; delete or replace the file")
+        paths.append(path)
+    return paths
+
+
+def vinyals_split(characters: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """The 1,623 (alphabet, character) keys -> train / val / test keys (module docstring)."""
+    if len(characters) != sum(VINYALS_SIZES.values()):
+        raise ArchlabError(f"omniglot: the Vinyals split needs {sum(VINYALS_SIZES.values())} characters, "
+                           f"found {len(characters)}")
+    order = sorted(characters)
+    random.Random(1).shuffle(order)
+    a = VINYALS_SIZES["train"]
+    b = a + VINYALS_SIZES["val"]
+    return {"train": order[:a], "val": order[a:b], "test": order[b:]}
+
+
 @lru_cache(maxsize=4)
 def _load(root: str, cfg: OmniglotConfig) -> FewShotData:
+    if cfg.split == "vinyals":
+        chars: dict[tuple[str, str], torch.Tensor] = {}
+        for path in full_zips(Path(root) / "omniglot", cfg.download):
+            chars.update(read_characters(path, cfg.image_size))
+        keys = vinyals_split(list(chars))
+        splits = {k: _classes([chars[c] for c in v], cfg.rotations) for k, v in keys.items()}
+        return FewShotData("omniglot", splits["train"], splits["val"], splits["test"],
+                           (1, cfg.image_size, cfg.image_size))
     (path,) = ensure_files("omniglot", [SMALL1], Path(root) / "omniglot", download=cfg.download)
     chars = read_characters(path, cfg.image_size)
     images = sum(len(v) for v in chars.values())
@@ -179,7 +259,8 @@ def read_runs(zip_path: Path, size: int = 28) -> list[Episode]:
 
 @register_dataset("omniglot", OmniglotConfig, num_classes=0, kind="episodes")
 def load_omniglot(cfg: OmniglotConfig) -> FewShotData:
-    """Omniglot background_small1 (5 alphabets) at 28x28 with rotated classes; alphabet-disjoint splits."""
+    """Omniglot at 28x28 with rotated classes: background_small1 (5 alphabets; alphabet- or character-disjoint
+    splits), or both full zips in the Vinyals character split (``split = "vinyals"``)."""
     return _load(str(data_root()), cfg)
 
 
