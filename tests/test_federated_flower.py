@@ -45,8 +45,8 @@ def _final(raw: dict, out) -> dict[str, torch.Tensor]:
 
 
 def test_flower_backends_refuse_what_they_cannot_carry(tmp_path):
-    with pytest.raises(ArchlabError, match="backend 'flower-sim' runs fedavg/fedprox"):
-        from_dict(recipe(backend="flower-sim", algorithm="scaffold"))
+    with pytest.raises(ArchlabError, match="backend 'flower-sim' cannot run secure_aggregation"):
+        from_dict(recipe(backend="flower-sim", secure_aggregation=True))
     if HAVE_FLWR:  # outside a ServerApp there is no grid to send rounds to
         with pytest.raises(ArchlabError, match="trains inside Flower's ServerApp"):
             train(from_dict(recipe(backend="flower")), out=tmp_path / "r", progress=False, log=lambda _m: None)
@@ -65,6 +65,35 @@ def test_flower_simulation_equals_inprocess(tmp_path, monkeypatch):
     assert sim.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(sim[k], ref[k], rtol=0, atol=1e-6)
+
+
+@needs_flwr
+@pytest.mark.parametrize("case", ["scaffold+finetune", "topk+fedper resumed on flower-sim"])
+def test_flower_simulation_carries_per_client_state(tmp_path, monkeypatch, case):
+    """SCAFFOLD's variates and FedPer's heads in the messages, top-k packed on the nodes with its residuals in
+    their contexts (handed over from an in-process checkpoint, collected into the final one), personalization
+    evaluated by ``evaluate`` messages: the same model, client accuracies and checkpoint as in-process.
+    (tests/test_federated_flower_state.py covers every combination without Ray.)"""
+    from test_federated_flower_state import assert_same_run, cut_run
+
+    from archlab.federated import flower
+
+    monkeypatch.setattr(flower, "ROUND_TIMEOUT", 180.0)
+    personal = {"local_test_fraction": 0.2}
+    if case == "scaffold+finetune":
+        raw = recipe(algorithm="scaffold", personalization="finetune", **personal)
+    else:
+        raw = recipe(compression="topk", topk_fraction=0.05, personalization="fedper", **personal)
+        raw["train"] = {**raw["train"], "steps": 3, "checkpoint_every": 1, "keep_checkpoints": 5}
+        raw["loop"] = {**raw["loop"], "clients": 3, "fraction": 0.67}  # 2 of 3 per round: clients come back
+    train(from_dict(raw), out=tmp_path / "inprocess", progress=False, log=lambda _m: None)
+    sim = {**raw, "loop": {**raw["loop"], "backend": "flower-sim", "sim_nodes": 2}}
+    if case == "scaffold+finetune":
+        train(from_dict(sim), out=tmp_path / "sim", progress=False, log=lambda _m: None)
+    else:  # round 0 in-process, rounds 1-2 on Flower's Simulation Engine
+        cut_run(tmp_path / "inprocess", tmp_path / "sim", at=1)
+        train(from_dict(sim), out=tmp_path / "sim", resume=True, progress=False, log=lambda _m: None)
+    assert_same_run(tmp_path / "inprocess", tmp_path / "sim")
 
 
 def _free_port() -> int:

@@ -307,15 +307,18 @@ class Federated(Loop):
     # Per-client state over Flower. SCAFFOLD's variates (c, c_i) and FedPer's head stay with the server (in the
     # checkpoint) and travel in the client's message; top-k's residual stays on the node that trains the client
     # (its Flower context), and comes back only in a checkpoint (:meth:`state_dict`).
+    def head_payload(self, k: int) -> dict[str, torch.Tensor]:
+        """Server side: client ``k``'s FedPer head (``head.*``; empty without one), for its messages."""
+        return {f"head.{n}": v for n, v in self.heads.heads.get(k, {}).items()}
+
     def client_payload(self, k: int) -> dict[str, torch.Tensor]:
-        """Server side: the per-client tensors of client ``k``'s message (``c.*``, ``c_i.*``, ``head.*``, and a
-        ``residual.*`` restored from a checkpoint that the node has not got yet)."""
-        out: dict[str, torch.Tensor] = {}
+        """Server side: the per-client tensors of client ``k``'s ``train`` message (``c.*``, ``c_i.*``, ``head.*``,
+        and a ``residual.*`` restored from a checkpoint that the node has not got yet)."""
+        out = self.head_payload(k)
         if isinstance(self.algo, Scaffold):
             c_i = self.algo.client_variate(k)
             out.update({f"c.{n}": v for n, v in self.algo.c.items()})
             out.update({f"c_i.{n}": v for n, v in c_i.items()})
-        out.update({f"head.{n}": v for n, v in self.heads.heads.get(k, {}).items()})
         out.update({f"residual.{n}": v for n, v in self.feedback.residual.pop(k, {}).items()})
         return out
 
@@ -497,7 +500,7 @@ class Federated(Loop):
         clients = list(range(self.cfg.clients))
         if self.transport is not None:
             accs = self.transport.evaluate(self.total_steps, clients, lr, global_state,
-                                           {k: self.client_payload(k) for k in clients})
+                                           {k: self.head_payload(k) for k in clients})
             return [accs[k] for k in clients]
         return [self.client_accuracy(k, global_state, lr) for k in clients]
 
