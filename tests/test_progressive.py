@@ -77,11 +77,13 @@ def test_canonical_identifies_isomorphic_cells():
             assert other is None or canonical(other) == cell
 
 
-def test_surrogate_ranks_larger_cells_from_smaller_ones():
+@pytest.mark.parametrize("cfg", [ProgressiveConfig(predictors=1, subsample=1.0, ridge=1e-3),
+                                 ProgressiveConfig(surrogate="mlp", predictors=3, subsample=1.0, mlp_steps=500)],
+                         ids=["ridge", "mlp"])
+def test_surrogate_ranks_larger_cells_from_smaller_ones(cfg):
     """Fitted on the 1- and 2-block cells only, it ranks the 3-block ones: the best is known."""
     small = all_cells()[0] + all_cells()[1]
     large = all_cells()[2]
-    cfg = ProgressiveConfig(predictors=1, subsample=1.0, ridge=1e-3)
     surrogate = Surrogate(BLOCKS, OPS, cfg)
     surrogate.fit(small, [score(c) for c in small], np.random.default_rng(0))
     predicted = surrogate.predict(large)
@@ -90,7 +92,7 @@ def test_surrogate_ranks_larger_cells_from_smaller_ones():
     assert np.sort(truth)[-1] - np.sort(truth)[-2] > 0.5  # a clear winner
     assert large[int(np.argmax(predicted))] == best
     rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
-    assert np.corrcoef(rank(predicted), rank(truth))[0, 1] > 0.9  # Spearman: 0.958 here
+    assert np.corrcoef(rank(predicted), rank(truth))[0, 1] > 0.9  # Spearman: ridge 0.958, mlp 0.968 here
     assert features(best, BLOCKS, OPS).shape == (OPS * BLOCKS + OPS + (OPS + 1) * OPS + 1,)
 
 
@@ -112,11 +114,11 @@ def test_search_follows_the_levels_and_finds_the_best_cell():
         search.ask()
 
 
-@pytest.mark.parametrize("ranking", ["surrogate", "random"])
-def test_deterministic_under_its_seed(ranking):
-    runs = [run(ProgressiveSearch(Toy(), seed, ProgressiveConfig(beam=4, ranking=ranking)), 30, noise=0.3)
-            for seed in (3, 3, 4)]
-    # the seed draws the predictors' subsamples (or, in the ablation, the random pick of each level)
+@pytest.mark.parametrize("surrogate", ["ridge", "mlp", "none"])
+def test_deterministic_under_its_seed(surrogate):
+    cfg = ProgressiveConfig(beam=4, surrogate=surrogate, mlp_steps=50)
+    runs = [run(ProgressiveSearch(Toy(), seed, cfg), 30, noise=0.3) for seed in (3, 3, 4)]
+    # the seed draws the predictors' subsamples and MLP initialisations (the ablation: each level's pick)
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
@@ -125,8 +127,10 @@ def test_errors_are_one_line():
         ProgressiveConfig(beam=0)
     with pytest.raises(ArchlabError, match="subsample"):
         ProgressiveConfig(subsample=0.0)
-    with pytest.raises(ArchlabError, match="ranking must be"):
-        ProgressiveConfig(ranking="lstm")
+    with pytest.raises(ArchlabError, match="surrogate must be"):
+        ProgressiveConfig(surrogate="lstm")
+    with pytest.raises(ArchlabError, match="mlp_steps >= 1"):
+        ProgressiveConfig(mlp_steps=0)
     search = ProgressiveSearch(Toy(), 0)
     with pytest.raises(ArchlabError, match="did not ask"):
         search.tell((9, 9), 1.0)

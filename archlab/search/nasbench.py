@@ -263,9 +263,10 @@ STRATEGIES = {
     "evolution": lambda space, seed: RegularizedEvolution(space, seed, EvolutionConfig()),
     "rl": lambda space, seed: RLController(space, seed, ControllerConfig()),
     "progressive": lambda bench, seed: ProgressiveSearch(bench.cells, seed, ProgressiveConfig()),
+    "progressive_mlp": lambda bench, seed: ProgressiveSearch(bench.cells, seed, ProgressiveConfig(surrogate="mlp")),
     # ablation: the same levels, each level's K cells drawn at random from the expansions
     "progressive_random": lambda bench, seed: ProgressiveSearch(bench.cells, seed,
-                                                                ProgressiveConfig(ranking="random")),
+                                                                ProgressiveConfig(surrogate="none")),
 }
 
 

@@ -18,17 +18,22 @@ smaller cells and ranks larger ones. Past level ``B`` (a larger budget) the sear
 the not yet queried expansions of every queried (B-1)-block cell, ranked by the refitted surrogate, K at
 a time (PNAS stops at B; this continuation is archlab's).
 
-**Surrogate.** Ridge regression over a fixed encoding of the cell (:func:`features`), summed over its
-blocks so that one weight vector scores cells of every size (PNAS's MLP predictor also pools its block
-embeddings; it uses an LSTM or an MLP, and compares single predictors to ensembles). Here: an
-ensemble of ``predictors`` ridge regressions, each fitted on its own random ``subsample`` of the
-observations, averaged::
+**Surrogate.** A regression over a fixed encoding of the cell (:func:`features`), summed over its blocks
+so that one model scores cells of every size (PNAS's predictors also pool their block embeddings; it
+compares an LSTM and an MLP, single and ensembled). Here an ensemble of ``predictors`` models, each fitted on
+its own random ``subsample`` of the observations, averaged; a model is a ridge regression (default) or a
+one-hidden-layer MLP::
 
     phi(c) in R^D,  y = score - mean(score)
-    w_m = argmin_w ||Phi_m w - y_m||^2 + lambda ||w||^2 = (Phi_m^T Phi_m + lambda I)^-1 Phi_m^T y_m
-    f(c) = 1/M sum_m phi(c) . w_m
+    ridge: w_m = argmin_w ||Phi_m w - y_m||^2 + lambda ||w||^2 = (Phi_m^T Phi_m + lambda I)^-1 Phi_m^T y_m,
+           g_m(c) = phi(c) . w_m
+    mlp:   g_m(c) = s * (w2 . relu(W1 phi(c) + b1) + b2),  s = std(y); Adam on mean((g_m - y_m)^2) / s^2
+           + lambda_mlp ||W||^2, full batch, ``mlp_steps`` steps from a seeded He initialisation
+    f(c) = mean(score) + 1/M sum_m g_m(c)
 
-The subsamples are the search's only randomness (a table query is deterministic), so ``seed`` matters
+``surrogate = "none"`` ranks nothing: each level's K cells are drawn uniformly from the expansions, the
+ablation that shows what the surrogate adds to the level schedule. The subsamples (and the MLP's
+initialisation) are the search's only randomness -- a table query is deterministic -- so ``seed`` matters
 only through them; ties in ``f`` go to the earlier candidate. Deterministic given ``seed``.
 
 **Spaces.** A :class:`CellSpace` says how many blocks a cell may have, how many operations a block
@@ -41,10 +46,12 @@ that keeps inputs before readers; the smallest encoding). NAS-Bench-Graph's cell
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from ..errors import ArchlabError
 from .categorical import Genotype
@@ -120,32 +127,42 @@ def features(cell: Cell, blocks: int, ops: int) -> np.ndarray:
 class ProgressiveConfig:
     beam: int = 30
     """K: cells queried per level after the first (8 + 30 x 3 = 98 queries reach 4 blocks on NAS-Bench-Graph)."""
+    surrogate: str = "ridge"
+    """``ridge``, ``mlp`` or ``none`` (each level's K cells drawn at random: the ablation)."""
     predictors: int = 5
-    """M: ridge regressions in the surrogate's ensemble."""
+    """M: models in the surrogate's ensemble."""
     subsample: float = 0.8
-    """fraction of the observations (without replacement) each predictor is fitted on."""
+    """fraction of the observations (without replacement) each model is fitted on."""
     ridge: float = 1.0
-    """lambda, the L2 penalty of every predictor."""
-    ranking: str = "surrogate"
-    """``surrogate``; ``random``: each level's K cells drawn uniformly from the expansions instead, the
-    ablation that shows what the surrogate adds to the level schedule."""
+    """lambda, the L2 penalty of every ridge regression."""
+    mlp_hidden: int = 64
+    """the MLP's hidden units."""
+    mlp_steps: int = 300
+    """full-batch Adam steps per MLP fit."""
+    mlp_lr: float = 0.01
+    """Adam's learning rate for the MLP."""
+    mlp_weight_decay: float = 1e-3
+    """lambda_mlp, the L2 penalty on the MLP's weight matrices."""
 
     def __post_init__(self) -> None:
         if self.beam < 1 or self.predictors < 1 or not 0 < self.subsample <= 1 or not self.ridge > 0:
             raise ArchlabError(
                 f"progressive: need beam >= 1, predictors >= 1, 0 < subsample <= 1, ridge > 0; got {self}"
             )
-        if self.ranking not in ("surrogate", "random"):
-            raise ArchlabError(f"progressive: ranking must be surrogate or random, got {self.ranking!r}")
+        if self.surrogate not in ("ridge", "mlp", "none"):
+            raise ArchlabError(f"progressive: surrogate must be ridge, mlp or none, got {self.surrogate!r}")
+        if self.mlp_hidden < 1 or self.mlp_steps < 1 or not self.mlp_lr > 0 or self.mlp_weight_decay < 0:
+            raise ArchlabError(f"progressive: need mlp_hidden >= 1, mlp_steps >= 1, mlp_lr > 0, "
+                               f"mlp_weight_decay >= 0; got {self}")
 
 
 class Surrogate:
-    """The ensemble of ridge regressions on :func:`features`; ``fit`` then ``predict``."""
+    """The ensemble of ridge regressions or MLPs on :func:`features`; ``fit`` then ``predict``."""
 
     def __init__(self, blocks: int, ops: int, config: ProgressiveConfig) -> None:
         self.blocks, self.ops, self.config = blocks, ops, config
-        self.weights: list[np.ndarray] = []
-        self.offset = 0.0
+        self.models: list[Any] = []  # ridge: a weight vector; mlp: (W1, b1, w2, b2) tensors
+        self.offset, self.scale = 0.0, 1.0
 
     def encode(self, cells: list[Cell]) -> np.ndarray:
         return np.stack([features(c, self.blocks, self.ops) for c in cells])
@@ -154,19 +171,46 @@ class Surrogate:
         phi, y = self.encode(cells), np.asarray(scores, dtype=np.float64)
         self.offset = float(y.mean())
         y = y - self.offset
+        self.scale = float(y.std()) or 1.0
         n, d = phi.shape
         size = max(1, round(self.config.subsample * n))
-        self.weights = []
+        self.models = []
         for _ in range(self.config.predictors):
             rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
-            a = phi[rows].T @ phi[rows] + self.config.ridge * np.eye(d)
-            self.weights.append(np.linalg.solve(a, phi[rows].T @ y[rows]))
+            if self.config.surrogate == "mlp":
+                self.models.append(self._fit_mlp(phi[rows], y[rows] / self.scale, int(rng.integers(2**31))))
+            else:
+                a = phi[rows].T @ phi[rows] + self.config.ridge * np.eye(d)
+                self.models.append(np.linalg.solve(a, phi[rows].T @ y[rows]))
+
+    def _fit_mlp(self, phi: np.ndarray, y: np.ndarray, seed: int) -> tuple[torch.Tensor, ...]:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(seed)
+        x, t = torch.from_numpy(phi), torch.from_numpy(y)
+        d, h = x.shape[1], cfg.mlp_hidden
+        w1 = (torch.randn(d, h, generator=gen, dtype=torch.float64) * math.sqrt(2 / d)).requires_grad_()
+        w2 = (torch.randn(h, generator=gen, dtype=torch.float64) * math.sqrt(1 / h)).requires_grad_()
+        b1 = torch.zeros(h, dtype=torch.float64, requires_grad=True)
+        b2 = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([w1, b1, w2, b2], lr=cfg.mlp_lr)
+        for _ in range(cfg.mlp_steps):
+            opt.zero_grad()
+            loss = ((torch.relu(x @ w1 + b1) @ w2 + b2 - t) ** 2).mean()
+            loss = loss + cfg.mlp_weight_decay * (w1.square().sum() + w2.square().sum())
+            loss.backward()
+            opt.step()
+        return tuple(p.detach() for p in (w1, b1, w2, b2))
 
     def predict(self, cells: list[Cell]) -> np.ndarray:
-        if not self.weights:
+        if not self.models:
             raise ArchlabError("progressive: the surrogate is not fitted yet")
         phi = self.encode(cells)
-        return self.offset + np.mean([phi @ w for w in self.weights], axis=0)
+        if self.config.surrogate == "mlp":
+            x = torch.from_numpy(phi)
+            preds = [(torch.relu(x @ w1 + b1) @ w2 + b2).numpy() * self.scale for w1, b1, w2, b2 in self.models]
+        else:
+            preds = [phi @ w for w in self.models]
+        return self.offset + np.mean(preds, axis=0)
 
 
 class ProgressiveSearch:
@@ -210,7 +254,7 @@ class ProgressiveSearch:
         candidates = self._queryable(sorted({e for p in parents for e in expand(p, self.space.ops)}))
         if not candidates:
             raise ArchlabError(f"progressive: no cell of {grow + 1} blocks left to query")
-        if self.config.ranking == "random":
+        if self.config.surrogate == "none":
             order = self.rng.permutation(len(candidates))
         else:
             self.surrogate.fit(self.cells, self.scores, self.rng)

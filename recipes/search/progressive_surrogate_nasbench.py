@@ -3,7 +3,8 @@ docs/search.md): for every seed, each ranking the search made -- the candidates 
 predicted scores -- against the table's validation accuracy of the candidates: Spearman correlation and
 the share of the true top K among the K picked.
 
-    python recipes/search/progressive_surrogate_nasbench.py --dataset cora --seeds 20 --queries 100
+    python recipes/search/progressive_surrogate_nasbench.py --dataset cora --seeds 20 --queries 100 \
+        --strategy progressive          # or progressive_mlp
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ def main() -> None:
     ap.add_argument("--dataset", default="cora", choices=DATASETS)
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--strategy", default="progressive", choices=("progressive", "progressive_mlp"))
     args = ap.parse_args()
     bench = NASBenchGraph.load(args.dataset)
     rows: dict[int, list[tuple[int, float, float]]] = {}
     for seed in range(args.seeds):
-        search = STRATEGIES["progressive"](bench, seed)
+        search = STRATEGIES[args.strategy](bench, seed)
         run_search(bench, search, args.queries)
         k = search.config.beam
         for cells, predicted in search.rankings:
@@ -34,7 +36,8 @@ def main() -> None:
             best = set(np.argsort(-truth, kind="stable")[:k].tolist())
             rho = float(stats.spearmanr(predicted, truth).statistic)
             rows.setdefault(len(cells[0]), []).append((len(cells), rho, len(picked & best) / min(k, len(cells))))
-    print(f"{args.dataset}, {args.seeds} seeds, {args.queries} queries (level 4 may be ranked twice: the continuation)")
+    print(f"{args.strategy} on {args.dataset}, {args.seeds} seeds, {args.queries} queries (level 4 may be ranked "
+          "twice: the continuation)")
     for blocks, r in sorted(rows.items()):
         n, rho, top = (np.array(col) for col in zip(*r, strict=True))
         print(f"  {blocks} blocks: {len(r)} rankings of {n.mean():.0f} candidates on average; Spearman "
