@@ -5,15 +5,20 @@ archlab keeps the federated *math* in :mod:`archlab.train.rounds`: the client sa
 ``backend = "inprocess"``. Flower only carries the messages of a round:
 
     server (ServerApp)                                   node (ClientApp)
-    for k in S_t:  Message("train", dst = node(k)) --->  {global state x_t, k, t, lr, seed, recipe}
-                                                         Federated(recipe).train_client(t, k, lr, x_t)
-                   <--- reply                            {local state w_k, steps, summed loss}
+    for k in S_t:  Message("train", dst = node(k)) --->  {global state x_t, k's own tensors, k, t, lr, seed,
+                                                          recipe}
+                                                         Federated(recipe).train_remote_client(t, k, lr, x_t, ...)
+                   <--- reply                            {local state w_k (or packed update), steps, summed loss}
     delta <- sum_k p_k (w_k - x_t);  x_{t+1} <- server_optimizer(x_t, delta)          (archlab, unchanged)
+
+Per-client state: SCAFFOLD's ``c``, ``c_i`` and FedPer's head stay with the server and travel in client ``k``'s
+message; with compression the node packs the update (top-k keeps its residual in the node's ``Context.state``,
+which a ``query`` message collects for checkpoints); per-client accuracies come from ``evaluate`` messages.
 
 A node rebuilds the run from the recipe it receives (its dataset, the seeded partition, the model) once
 per process and then trains whichever logical client ``k`` the server names, with the batches seeded by
 ``(seed, t, k)``; so with the same seed the global model after R rounds is the in-process one, up to
-float rounding (tests/test_federated_flower.py checks <= 1e-6 after 2 rounds).
+float rounding (tests/test_federated_flower.py and tests/test_federated_flower_state.py check <= 1e-6).
 
 Two transports:
 
