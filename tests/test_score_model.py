@@ -27,10 +27,11 @@ def gaussian_score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return -(x - MU) / var
 
 
-def test_dsm_loss_equals_the_direct_formula():
+@pytest.mark.parametrize("preconditioning", ["ncsn", "skip"])
+def test_dsm_loss_equals_the_direct_formula(preconditioning):
     """sigma^2 / 2 || s(x~, sigma) - grad_x~ log N(x~; x, sigma^2 I) ||^2, the gradient taken by autograd."""
     torch.manual_seed(0)
-    model = archlab.create("score", **TINY)
+    model = archlab.create("score", **TINY, preconditioning=preconditioning)
     x0, z = torch.rand(3, 1, 8, 8) * 2 - 1, torch.randn(3, 1, 8, 8)
     sigma = torch.tensor([0.02, 0.7, 5.0])
     noisy = (x0 + sigma.view(-1, 1, 1, 1) * z).requires_grad_()
@@ -54,6 +55,24 @@ def test_sigma_weighting_makes_the_target_the_noise():
     assert float(model.dsm_loss(x0, sigma, z)) < 1e-9
     model.forward = lambda x, s: torch.zeros_like(x)
     torch.testing.assert_close(model.dsm_loss(x0, sigma, z), 0.5 * z.pow(2).sum((1, 2, 3)).mean())
+
+
+def test_skip_preconditioning_is_a_gaussian_score_plus_a_correction():
+    """With F = 0 the skip parametrisation is the score of N(0, sigma_data^2 I) data, -x / (sigma^2 + sigma_data^2);
+    in general D = x + sigma^2 s = c_skip x + c_out F with the same F as the ncsn parametrisation's sigma s."""
+    torch.manual_seed(0)
+    skip = archlab.create("score", **TINY, preconditioning="skip").eval()
+    ncsn = archlab.create("score", **TINY).eval()
+    ncsn.load_state_dict(skip.state_dict())
+    x, sigma = torch.randn(3, 1, 8, 8) * 4, torch.tensor([0.05, 1.0, 7.0])
+    sig, var = sigma.view(-1, 1, 1, 1), sigma.view(-1, 1, 1, 1) ** 2 + 0.25
+    with torch.no_grad():
+        f = ncsn(x, sigma) * sig
+        denoised = x + sig**2 * skip(x, sigma)
+        torch.testing.assert_close(denoised, 0.25 / var * x + sig * 0.5 / var.sqrt() * f, rtol=1e-4, atol=1e-5)
+        torch.nn.init.zeros_(skip.conv_out.weight)
+        torch.nn.init.zeros_(skip.conv_out.bias)
+        torch.testing.assert_close(skip(x, sigma), -x / var)
 
 
 def test_noise_levels():

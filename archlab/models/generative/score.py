@@ -25,6 +25,12 @@ range of sigma (Karras et al. 2022's input preconditioning); c_noise = 999 ln(si
 ln(sigma_max / sigma_min) places log sigma on the 0..999 range of the DDPM's sinusoidal time code. With
 lambda = sigma^2 the loss becomes 1/2 || F + z ||^2: the network predicts -z, as a DDPM predicts its noise.
 
+``preconditioning = "skip"`` instead builds the denoiser D = c_skip x + c_out F (Karras et al. 2022, Table 1:
+c_skip = sigma_data^2 / (sigma^2 + sigma_data^2), c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)) and
+s_theta = (D - x) / sigma^2 (Tweedie) = -x / (sigma^2 + sigma_data^2) + c_out F / sigma^2: the score of
+N(0, sigma_data^2 I) data plus a learned correction, so an error delta of F costs c_out delta <= sigma_data delta
+in D instead of sigma delta at large sigma. The loss keeps lambda = sigma^2 (= || D - x ||^2 / (2 sigma^2)).
+
 Samplers (module functions driven by any score function, so the tests can run them on an analytic score):
 
 - :func:`annealed_langevin` (Algorithm 1): for i = 1..L, alpha_i = eps sigma_i^2 / sigma_L^2, T steps
@@ -131,7 +137,9 @@ class ScoreConfig:
     """Training noise levels: uniform over the L-level ladder (NCSN) or log-uniform on [sigma_min, sigma_max]
     (the VE SDE)."""
     sigma_data: float = 0.5
-    """Data scale in c_in = 1 / sqrt(sigma^2 + sigma_data^2)."""
+    """Data scale in c_in = 1 / sqrt(sigma^2 + sigma_data^2) (and in c_skip, c_out)."""
+    preconditioning: Literal["ncsn", "skip"] = "ncsn"
+    """s = F / sigma (Song & Ermon's output scaling) or s = (c_skip x + c_out F - x) / sigma^2 (Karras et al.)."""
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3 or not all(1 <= s <= 4096 for s in self.image_shape):
@@ -171,13 +179,18 @@ class ScoreModel(UNetMixin, ArchModel):
         return geometric_sigmas(self.config.sigma_max, self.config.sigma_min, n or self.config.num_scales)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """s_theta(x, sigma) = F(c_in x, c_noise) / sigma; x (B, C, H, W), sigma (B,) -> (B, C, H, W)."""
+        """s_theta(x, sigma) = F(c_in x, c_noise) / sigma (or with the skip, see the module docstring);
+        x (B, C, H, W), sigma (B,) -> (B, C, H, W)."""
         c = self.config
         sigma = sigma.to(device=x.device, dtype=torch.float32)
         c_in = (sigma**2 + c.sigma_data**2).rsqrt().view(-1, 1, 1, 1)
         c_noise = 999 * torch.log(sigma / c.sigma_min) / math.log(c.sigma_max / c.sigma_min)
         emb = self.noise_mlp(timestep_embedding(c_noise, c.channels))
-        return self.unet(c_in * x, emb) / sigma.view(-1, 1, 1, 1)
+        f, sigma = self.unet(c_in * x, emb), sigma.view(-1, 1, 1, 1)
+        if c.preconditioning == "ncsn":
+            return f / sigma
+        c_out = sigma * c.sigma_data * c_in
+        return -x * c_in**2 + c_out * f / sigma**2  # ((c_skip - 1) x + c_out F) / sigma^2
 
     def draw_sigmas(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n training levels (n,): uniform over the ladder, or sigma(u) with u ~ U(0, 1) (``noise_sampling``)."""
