@@ -260,7 +260,7 @@ def plot_methods(rows: list[dict[str, Any]], path: str | os.PathLike, title: str
     from ..io import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, row in enumerate(r for r in rows if r["wall_s"] > 0):
         c = colours[i % len(colours)]
@@ -273,7 +273,7 @@ def plot_methods(rows: list[dict[str, Any]], path: str | os.PathLike, title: str
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden under it
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
