@@ -519,9 +519,10 @@ def roar_report(model: torch.nn.Module, data: Any, names: list[str], background:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, row in table.items():
-        ax.plot([float(f) for f in fracs], [row[f] for f in fracs], marker="o", label=name,
-                ls="--" if name == "random" else "-", color="black" if name == "random" else None)
+    for i, (name, row) in enumerate(table.items()):   # past 10 methods the colours repeat: new marker and line
+        style = {"ls": "--", "color": "black", "marker": "o"} if name == "random" else \
+            {"ls": ("-", ":", "-.")[(i - 1) // 10 % 3], "marker": "os^"[(i - 1) // 10 % 3]}
+        ax.plot([float(f) for f in fracs], [row[f] for f in fracs], label=name, **style)
     ax.set_xlabel("fraction of pixels removed (then retrained)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"ROAR (Hooker et al. 2019), {n} training images, {args.roar_epochs} epochs")
