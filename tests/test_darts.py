@@ -188,3 +188,12 @@ def test_darts_loop_rejects_models_it_cannot_search() -> None:
     raw["model"]["name"] = "cnn1d"
     with pytest.raises(ArchlabError, match="cannot train it"):
         from_dict(raw)
+
+
+def test_images_are_read_in_raster_order():
+    """digits' [B, 1, 8, 8] is the 64-sample signal [B, 1, 64] for the supernet and a derived net."""
+    x = torch.rand(3, 1, 8, 8)
+    for name in ("darts_supernet", "darts_net"):
+        torch.manual_seed(0)
+        net = archlab.create(name, channels=4).eval()
+        torch.testing.assert_close(net(x), net(x.reshape(3, 1, 64)))

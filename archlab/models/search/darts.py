@@ -27,7 +27,8 @@ pointwise conv -> BN), dilated separable convolutions, 3-wide max and average po
 (a factorized 1x1 reduction where the edge has stride 2) and ``none`` (zero).
 
 Shapes:
-    x: ``[B, L]`` (one channel, as MNIST-1D stores it) or ``[B, C, L]`` -> logits ``[B, num_classes]``
+    x: ``[B, L]`` (one channel, as MNIST-1D stores it), ``[B, C, L]``, or an image ``[B, C, H, W]`` read in
+    raster order as ``[B, C, H * W]`` -> logits ``[B, num_classes]``
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ from ..base import ArchModel
 PRIMITIVES = ("none", "max_pool_3", "avg_pool_3", "skip_connect", "sep_conv_3", "sep_conv_5", "dil_conv_3",
               "dil_conv_5")
 """The candidate operations of every edge (DARTS's list, 1-d)."""
+
+
+def as_signal(x: torch.Tensor) -> torch.Tensor:
+    """The 1-d input ``[B, C, L]`` of a batch: ``[B, L]`` gains a channel axis, an image ``[B, C, H, W]``
+    is read in raster order as ``[B, C, H * W]`` (e.g. digits' 8x8 as a 64-sample signal)."""
+    if x.dim() == 2:
+        return x.unsqueeze(1)
+    return x.flatten(2) if x.dim() > 3 else x
 
 
 class ReLUConvBN(nn.Sequential):
@@ -246,8 +255,7 @@ class DartsSupernet(ArchModel):
         return torch.randn(batch_size, config.in_channels, 40)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
+        x = as_signal(x)
         return self.body(x, F.softmax(self.arch.normal, dim=-1), F.softmax(self.arch.reduce, dim=-1))
 
     def genotype(self) -> dict[str, list[str]]:
@@ -371,8 +379,7 @@ class DartsNet(ArchModel):
         return torch.randn(batch_size, config.in_channels, 40)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
+        x = as_signal(x)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
