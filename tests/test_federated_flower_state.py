@@ -185,3 +185,15 @@ def test_what_flower_cannot_carry_is_refused_in_one_line():
         for backend in ("flower-sim", "flower"):
             with pytest.raises(ArchlabError, match=match):
                 from_dict(recipe(backend=backend, **loop))
+
+
+def test_a_node_that_held_residuals_leaving_fails_the_run_in_one_line(tmp_path):
+    class ShrinkingGrid(LocalGrid):
+        def send_and_receive(self, messages, timeout=None):
+            replies = super().send_and_receive(messages, timeout)
+            self.states.pop(max(self.states))  # a SuperNode disconnects after the first round
+            return replies
+
+    with pytest.raises(ArchlabError, match=r"left the run; they held top-k residuals"):
+        _train(recipe(compression="topk", topk_fraction=0.05), tmp_path / "r", ShrinkingGrid(2))
+    _train(recipe(compression="int8"), tmp_path / "stateless", ShrinkingGrid(3))  # nothing on the nodes: goes on

@@ -117,9 +117,9 @@ def _by_client(replies: list[Message], clients: list[int], what: str) -> dict[in
 
 
 class Transport:
-    """The messages of a run over a Flower grid. Client ``k`` always goes to node ``k mod N`` of the node list
-    fixed at the first message (sorted node ids), so a node keeps the state of the same clients all run long
-    (top-k's residuals live in the node's Flower context)."""
+    """The messages of a run over a Flower grid. Client ``k`` goes to node ``k mod N`` of the sorted node ids;
+    when nodes keep client state (top-k's residuals in the node's Flower context) the list is fixed at the first
+    message, so a node keeps the state of the same clients all run long, and a run whose node has left fails."""
 
     expected_nodes = 1
     """How many nodes the first message waits for (up to ``NODE_WAIT`` seconds)."""
@@ -127,14 +127,18 @@ class Transport:
     def __init__(self, recipe: Recipe, seed: int) -> None:
         self.recipe_toml, self.seed = recipe.to_toml(), seed
         self.nodes: list[int] = []
+        self.sticky = recipe.loop.compression == "topk" and recipe.loop.error_feedback
 
     def _call(self, job: Callable[[Grid], Any]) -> Any:
         """Run ``job(grid)`` where the grid lives."""
         raise NotImplementedError
 
     def _node_list(self, grid: Grid) -> list[int]:
-        if not self.nodes:
+        if not self.nodes or not self.sticky:
             self.nodes = _wait_for_nodes(grid, self.expected_nodes, NODE_WAIT)
+        elif gone := sorted(set(self.nodes) - set(grid.get_node_ids())):
+            raise ArchlabError(f"Flower node(s) {gone[:5]} left the run; they held top-k residuals of their clients "
+                               "(resume from the last checkpoint to hand them out again)")
         return self.nodes
 
     def _client_messages(self, grid: Grid, message_type: str, step: int, clients: list[int], lr: float,
