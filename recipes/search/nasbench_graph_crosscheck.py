@@ -62,7 +62,8 @@ def run_one(out: Path, name: str, seed: int) -> dict:
             cmd.append("--resume")
         subprocess.run(cmd, check=True)
     s = json.loads(summary.read_text())
-    return {"seed": seed, "test_acc": s["metrics"]["test_acc"], "best_val_acc": s["metrics"]["best_val_acc"],
+    m = s["metrics"]  # the node loop: val_acc / test_acc at the best validation epoch (best_step)
+    return {"seed": seed, "test_acc": m["test_acc"], "val_acc_at_best": m["val_acc"], "best_epoch": m["best_step"],
             "num_params": s["num_params"], "wall_s": s["wall_s"]}
 
 
