@@ -11,7 +11,7 @@ Each (architecture, seed) is one ``archlab train recipes/search/nasbench_graph_c
 ``OUT/crosscheck.json`` gets table vs archlab test accuracy per architecture and the mean difference.
 
     OMP_NUM_THREADS=1 ARCHLAB_DATA=/work/shared/datasets python recipes/search/nasbench_graph_crosscheck.py \
-        --out runs/nasbench_cross --seeds 0 1 --jobs 2
+        --out runs/nasbench_cross --seeds 0 --extra best_val:1 --jobs 3
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/nasbench_cross")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME:SEED",
+                    help="one more seed for one architecture (repeatable), e.g. best_val:1")
     ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args()
     table = NASBenchGraph.load("cora")
@@ -81,6 +83,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(n, s) for s in args.seeds for n in args.archs]  # every architecture's first seed first
+    for extra in args.extra:
+        name, _, seed = extra.partition(":")
+        if name not in args.archs or not seed.isdigit():
+            sys.exit(f"--extra {extra!r}: expected NAME:SEED with NAME one of {', '.join(args.archs)}")
+        jobs.append((name, int(seed)))
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(out, *j), jobs))
     rows = []
