@@ -154,20 +154,22 @@ def _list_loops() -> int:
 
 
 def _field_doc(cls: type, name: str) -> str:
-    """The docstring under a dataclass field (the string literal that follows it in the source)."""
+    """The docstring under a dataclass field (the string literal that follows it in the source of the class
+    or of the base class that declares the field)."""
     import ast
     import inspect
     import textwrap
 
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return ""
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-            return str(nxt.value.value)
+    for klass in cls.__mro__[:-1]:
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                return str(nxt.value.value)
     return ""
 
 

@@ -18,11 +18,42 @@ state_dict keys.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+
+@dataclass
+class UNetConfig:
+    """The U-Net's own settings, shared by the configs of the models built on it."""
+
+    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    """Shape of one image (C, H, W); each downsampling halves H and W, rounding up (28 -> 14 -> 7)."""
+    channels: int = 32
+    """Channels of the first resolution."""
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    """Channel multiplier per resolution (one downsampling between consecutive ones)."""
+    num_res_blocks: int = 1
+    """Residual blocks per resolution on the way down (one more on the way up)."""
+    groups: int = 8
+    """GroupNorm groups (must divide every channel count)."""
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.image_shape) != 3 or not all(1 <= s <= 4096 for s in self.image_shape):
+            raise ValueError(f"image_shape must be [C, H, W] with sizes in [1, 4096], got {self.image_shape}")
+        if not 1 <= self.channels <= 4096 or not self.channel_mult or not all(1 <= m <= 64 for m in self.channel_mult):
+            raise ValueError("need 1 <= channels <= 4096 and channel_mult a non-empty list of values in [1, 64]")
+        if not 1 <= self.num_res_blocks <= 16 or not 1 <= self.groups <= 4096 or not 0 <= self.dropout < 1:
+            raise ValueError("need 1 <= num_res_blocks <= 16, 1 <= groups <= 4096 and 0 <= dropout < 1")
+        if any((self.channels * m) % self.groups for m in self.channel_mult):
+            raise ValueError(f"groups={self.groups} must divide every channel count "
+                             f"{self.channels} x {self.channel_mult}")
+        size = min(self.image_shape[1:])
+        if size < 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(f"images of {size} pixels cannot be halved {len(self.channel_mult) - 1} times")
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal code of (B,) positions (integer steps or real values) -> (B, dim):

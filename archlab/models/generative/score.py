@@ -49,13 +49,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from ...nn.unet import UNetMixin, timestep_embedding
+from ...nn.unet import UNetConfig, UNetMixin, timestep_embedding
 from ...registry import register
 from ..base import ArchModel
 
@@ -114,18 +114,7 @@ def probability_flow(score: ScoreFn, x: torch.Tensor, sigmas: torch.Tensor,
 
 
 @dataclass
-class ScoreConfig:
-    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
-    """Shape of one image (C, H, W); each downsampling halves H and W, rounding up (28 -> 14 -> 7)."""
-    channels: int = 32
-    """Channels of the U-Net's first resolution."""
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
-    """Channel multiplier per resolution (one downsampling between consecutive ones)."""
-    num_res_blocks: int = 1
-    """Residual blocks per resolution on the way down (one more on the way up)."""
-    groups: int = 8
-    """GroupNorm groups (must divide every channel count)."""
-    dropout: float = 0.0
+class ScoreConfig(UNetConfig):
     sigma_min: float = 0.01
     """sigma_L, the smallest noise level (in the units of the data, scaled to [-1, 1])."""
     sigma_max: float = 32.0
@@ -142,18 +131,7 @@ class ScoreConfig:
     """s = F / sigma (Song & Ermon's output scaling) or s = (c_skip x + c_out F - x) / sigma^2 (Karras et al.)."""
 
     def __post_init__(self) -> None:
-        if len(self.image_shape) != 3 or not all(1 <= s <= 4096 for s in self.image_shape):
-            raise ValueError(f"image_shape must be [C, H, W] with sizes in [1, 4096], got {self.image_shape}")
-        if not 1 <= self.channels <= 4096 or not self.channel_mult or not all(1 <= m <= 64 for m in self.channel_mult):
-            raise ValueError("need 1 <= channels <= 4096 and channel_mult a non-empty list of values in [1, 64]")
-        if not 1 <= self.num_res_blocks <= 16 or not 1 <= self.groups <= 4096 or not 0 <= self.dropout < 1:
-            raise ValueError("need 1 <= num_res_blocks <= 16, 1 <= groups <= 4096 and 0 <= dropout < 1")
-        if any((self.channels * m) % self.groups for m in self.channel_mult):
-            raise ValueError(f"groups={self.groups} must divide every channel count "
-                             f"{self.channels} x {self.channel_mult}")
-        if min(self.image_shape[1:]) < 2 ** (len(self.channel_mult) - 1):
-            raise ValueError(f"images of {min(self.image_shape[1:])} pixels cannot be halved "
-                             f"{len(self.channel_mult) - 1} times")
+        super().__post_init__()
         if not 0 < self.sigma_min < self.sigma_max <= 1e4:
             raise ValueError(f"need 0 < sigma_min < sigma_max <= 1e4, got {self.sigma_min}, {self.sigma_max}")
         if not 2 <= self.num_scales <= 10_000 or not 0 < self.sigma_data <= 100:
