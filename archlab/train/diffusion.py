@@ -96,16 +96,21 @@ class Diffusion(Loop):
     def model_defaults(cls, recipe: Recipe, data: Dataset) -> dict[str, Any]:
         return {"image_shape": list(data.input_shape)}
 
-    @classmethod
-    def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
-        if getattr(model, "schedule", None) is None:
-            raise ArchlabError(f"model {recipe.model_name!r} has no noise schedule; the diffusion loop trains ddpm")
+    @staticmethod
+    def check_images(recipe: Recipe, data: Dataset, model: ArchModel) -> None:
+        """The model makes images of the data's shape; the FID classifier (if any) loads."""
         if list(data.input_shape) != list(model.config.image_shape):
             raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
                                f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
                                f"shape {tuple(data.input_shape)}")
         if recipe.loop.fid_classifier:
             load_feature_network(recipe.loop.fid_classifier)
+
+    @classmethod
+    def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
+        if getattr(model, "schedule", None) is None:
+            raise ArchlabError(f"model {recipe.model_name!r} has no noise schedule; the diffusion loop trains ddpm")
+        cls.check_images(recipe, data, model)
         classes = getattr(model.config, "n_classes", 0)
         if classes and (data.train.y is None or int(data.train.y.min()) < 0 or int(data.train.y.max()) >= classes):
             raise ArchlabError(f"model.n_classes: {recipe.model_name!r} is conditioned on {classes} classes, but "

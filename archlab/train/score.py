@@ -33,7 +33,7 @@ from ..data import Dataset
 from ..engine.loop import register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
-from ..models.generative.fid import load_feature_network, sample_quality
+from ..models.generative.fid import sample_quality
 from ..models.generative.images import save_grid
 from .diffusion import Diffusion
 
@@ -98,12 +98,7 @@ class ScoreMatching(Diffusion):
     def check_fit(cls, recipe: Recipe, data: Dataset, model: ArchModel) -> None:
         if getattr(model, "draw_sigmas", None) is None:
             raise ArchlabError(f"model {recipe.model_name!r} has no noise levels; the score loop trains score models")
-        if list(data.input_shape) != list(model.config.image_shape):
-            raise ArchlabError(f"model.image_shape: {recipe.model_name!r} makes images of shape "
-                               f"{tuple(model.config.image_shape)}, but {recipe.data.name!r} has examples of "
-                               f"shape {tuple(data.input_shape)}")
-        if recipe.loop.fid_classifier:
-            load_feature_network(recipe.loop.fid_classifier)
+        cls.check_images(recipe, data, model)
 
     def _draw(self, sampler: str, n: int, seed: int) -> torch.Tensor:
         """n samples in [0, 1] from the saved model by ``sampler``, noise seeded by ``seed``."""
