@@ -260,12 +260,15 @@ def plot_methods(rows: list[dict[str, Any]], path: str | os.PathLike, title: str
     from ..io import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, row in enumerate(r for r in rows if r["wall_s"] > 0):
-        c = colours[i % len(colours)]
-        ax.scatter([row["wall_s"]], [100 * row["linear"]], color=c, marker="o", label=f"{row['label']} (linear)")
-        ax.scatter([row["wall_s"]], [100 * row["knn"]], color=c, marker="x", label=f"{row['label']} (k-NN)")
+    runs = [r for r in rows if r["wall_s"] > 0]
+    fig, ax = plt.subplots(figsize=(9.5, max(4.2, 1.2 + 0.2 * len(runs))))
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for i, row in enumerate(runs):  # one colour (and legend entry) per run: o = linear probe, x = k-NN
+        c = palette(i % palette.N)
+        ax.scatter([row["wall_s"]], [100 * row["linear"]], color=c, marker="o", label=row["label"])
+        ax.scatter([row["wall_s"]], [100 * row["knn"]], color=c, marker="x")
+    ax.scatter([], [], color="black", marker="o", label="(o: linear probe)")
+    ax.scatter([], [], color="black", marker="x", label="(x: k-NN)")
     for row in (r for r in rows if r["wall_s"] <= 0):
         ax.axhline(100 * row["linear"], color="grey", linestyle="--", linewidth=1)
         ax.text(ax.get_xlim()[0], 100 * row["linear"], f" {row['label']}", va="bottom", fontsize=7, color="grey")
