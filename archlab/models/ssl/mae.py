@@ -94,9 +94,11 @@ def random_masking(b: int, n: int, ratio: float, generator: torch.Generator | No
 
 class MaskedViT:
     """What the masked-image models (MAE, SimMIM) share: a ViT encoder without head (``self.encoder``),
-    its example input, and the class-token (or mean-pooled) features a probe reads."""
+    its example input, the class-token (or mean-pooled) features a probe reads, and the state of the model's
+    own mask generator ``self.mask_gen`` (saved in the loop's checkpoint)."""
 
     encoder: nn.Module
+    mask_gen: torch.Generator
 
     @staticmethod
     def _vit_keys(config: EncoderConfig) -> dict[str, Any]:
@@ -115,6 +117,16 @@ class MaskedViT:
 
     def projection(self, x: Tensor) -> Tensor:
         return self.features(x)
+
+    def check_encoder_output(self, x: Tensor) -> None:
+        with torch.no_grad():
+            self.eval().features(x)
+
+    def rng_state(self) -> dict[str, Tensor]:
+        return {"mask_gen": self.mask_gen.get_state()}
+
+    def load_rng_state(self, state: dict[str, Tensor]) -> None:
+        self.mask_gen.set_state(state["mask_gen"])
 
 
 @register("mae", family="ssl")
@@ -196,13 +208,3 @@ class MAE(MaskedViT, SSLModel):
         """Training loss; masks come from the model's own generator (its state is in the loop's checkpoint)."""
         keep, restore, mask = self._mask(view, self.mask_gen)
         return self.masked_loss(self.reconstruct(view, keep, restore).float(), self.targets(view.float()), mask)
-
-    def check_encoder_output(self, x: Tensor) -> None:
-        with torch.no_grad():
-            self.eval().features(x)
-
-    def rng_state(self) -> dict[str, Tensor]:
-        return {"mask_gen": self.mask_gen.get_state()}
-
-    def load_rng_state(self, state: dict[str, Tensor]) -> None:
-        self.mask_gen.set_state(state["mask_gen"])

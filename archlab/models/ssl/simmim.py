@@ -120,13 +120,3 @@ class SimMIM(MaskedViT, SSLModel):
         """Training loss; masks come from the model's own generator (its state is in the loop's checkpoint)."""
         mask = self._mask(view, self.mask_gen)
         return self.masked_loss(self.predict(view, mask).float(), patchify(view.float(), self.patch), mask)
-
-    def check_encoder_output(self, x: Tensor) -> None:
-        with torch.no_grad():
-            self.eval().features(x)
-
-    def rng_state(self) -> dict[str, Tensor]:
-        return {"mask_gen": self.mask_gen.get_state()}
-
-    def load_rng_state(self, state: dict[str, Tensor]) -> None:
-        self.mask_gen.set_state(state["mask_gen"])
