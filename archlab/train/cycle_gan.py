@@ -46,7 +46,7 @@ from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..models.generative.fid import frechet_distance, load_feature_network
 from ..models.generative.images import pixel_range, save_grid
-from .image_gan import update_ema
+from ..nn.ema import update_ema
 from .supervised import BatchStream
 
 if TYPE_CHECKING:

@@ -41,6 +41,7 @@ from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..models.generative.fid import class_accuracy, load_feature_network, sample_quality
 from ..models.generative.images import pixel_range, save_grid
+from ..nn.ema import update_ema
 from .supervised import BatchStream
 
 if TYPE_CHECKING:
@@ -156,12 +157,7 @@ class Diffusion(Loop):
         self.opt.backward(loss)
         lr = self.opt.step()
         if self.ema is not None:
-            with torch.no_grad():
-                d = self.cfg.ema_decay
-                for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                    e.lerp_(p.detach(), 1 - d)
-                for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-                    e.copy_(b)  # buffers (a latent model's scale factor, running statistics) are not averaged
+            update_ema(self.ema, self.model, self.cfg.ema_decay)
         return {"loss": loss.detach(), "lr": lr}
 
     @staticmethod

@@ -58,6 +58,7 @@ from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..models.generative.fid import class_accuracy, frechet_distance, load_feature_network, sample_quality
 from ..models.generative.images import lerp, pixel_range, save_grid, slerp
+from ..nn.ema import update_ema
 from .supervised import BatchStream
 
 if TYPE_CHECKING:
@@ -109,15 +110,6 @@ def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """E_x |grad_x D(x)|^2 of critic ``scores`` (B,) computed from ``real`` (B, ...) (which requires grad)."""
     (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
     return grad.flatten(1).pow(2).sum(1).mean()
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, module: torch.nn.Module, decay: float) -> None:
-    """theta_ema <- decay theta_ema + (1 - decay) theta; buffers (batch-norm statistics, stages) copied."""
-    for e, p in zip(ema.parameters(), module.parameters(), strict=True):
-        e.lerp_(p.detach(), 1 - decay)
-    for e, p in zip(ema.buffers(), module.buffers(), strict=True):
-        e.copy_(p)
 
 
 @register_loop("image_gan")
