@@ -1,5 +1,6 @@
 """Differential privacy against Opacus: per-example gradients, their clipping, a whole noisy DP-SGD step
-(same noise draws) and the RDP accountant's epsilon over a grid of (q, sigma, steps, delta)."""
+(same noise draws; the vmap reference and the fast path) and the RDP accountant's epsilon over a grid of
+(q, sigma, steps, delta)."""
 
 from __future__ import annotations
 
@@ -71,15 +72,33 @@ def test_clipped_per_sample_grads_equal_opacus(opacus):
         torch.testing.assert_close(ours[n], g * factor.view(-1, *[1] * (g.dim() - 1)), rtol=1e-5, atol=1e-6)
 
 
+def test_fast_clipped_sum_equals_opacus(opacus):
+    from opacus import GradSampleModule
+
+    from archlab.privacy.dpsgd_fast import clipped_grad_sum
+
+    model, (x, y) = _model(), _batch()
+    ours, ours_norms = clipped_grad_sum(model, F.cross_entropy, x, y, max_norm=0.5)
+    gsm = GradSampleModule(_model(), loss_reduction="sum")
+    F.cross_entropy(gsm(x), y, reduction="sum").backward()
+    theirs = {n.removeprefix("_module."): p.grad_sample for n, p in gsm.named_parameters()}
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in theirs.values()], 1).norm(dim=1)
+    factor = (0.5 / (norms + 1e-6)).clamp(max=1.0)
+    torch.testing.assert_close(ours_norms, norms, rtol=1e-5, atol=1e-6)
+    for n, g in theirs.items():
+        torch.testing.assert_close(ours[n], torch.einsum("b,b...->...", factor, g), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("sigma", [0.0, 1.1])
-def test_dpsgd_step_equals_opacus_dpoptimizer_with_the_same_noise(sigma, opacus):
+def test_dpsgd_step_equals_opacus_dpoptimizer_with_the_same_noise(sigma, fast, opacus):
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
     x, y = _batch()
     ours = _model()
     dp = DPSGD(ours, torch.optim.SGD(ours.parameters(), lr=0.1), F.cross_entropy, noise_multiplier=sigma,
-               max_grad_norm=0.7, expected_batch_size=16)
+               max_grad_norm=0.7, expected_batch_size=16, fast=fast)
     torch.manual_seed(123)
     dp.step(x, y)
 

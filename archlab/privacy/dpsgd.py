@@ -12,6 +12,9 @@ joins a step's batch independently with probability ``q``, which the RDP account
 
 ``||g_i||`` is the norm over all parameters together ("flat" clipping). The 1e-6 keeps the factor
 finite for a zero gradient (the same guard Opacus uses, so clipped gradients agree to rounding).
+
+``DPSGD(..., fast=True)`` gets ``sum_i g_i`` (clipped) from :mod:`archlab.privacy.dpsgd_fast` instead: one batched
+forward and backward, per-example norms from layer inputs and output gradients, no ``vmap``; tested equal.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from .dpsgd_fast import clipped_grad_sum, unsupported_layers
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,23 +60,31 @@ def poisson_batch(n: int, sample_rate: float, generator: torch.Generator | None 
 
 class DPSGD:
     """Turns any optimizer over ``model`` into DP-SGD: :meth:`step` computes, clips, noises and applies the
-    gradient of one batch. ``expected_batch_size`` is ``q * N``; the noise std ``noise_multiplier * max_grad_norm``."""
+    gradient of one batch. ``expected_batch_size`` is ``q * N``; the noise std ``noise_multiplier * max_grad_norm``.
+    ``fast``: the clipped sum from :func:`archlab.privacy.dpsgd_fast.clipped_grad_sum` (``loss_fn`` must then
+    average over the batch, and every trainable layer be one it supports), else from ``vmap`` per-example gradients."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Loss, noise_multiplier: float,
-                 max_grad_norm: float, expected_batch_size: int, generator: torch.Generator | None = None) -> None:
+                 max_grad_norm: float, expected_batch_size: int, generator: torch.Generator | None = None,
+                 fast: bool = False) -> None:
         if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size < 1:
             raise ValueError("need noise_multiplier >= 0, max_grad_norm > 0 and expected_batch_size >= 1")
+        if fast and unsupported_layers(model):
+            raise ValueError(f"the DP-SGD fast path does not support: {', '.join(unsupported_layers(model))}")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.sigma, self.clip, self.expected = noise_multiplier, max_grad_norm, expected_batch_size
-        self.generator = generator
+        self.generator, self.fast = generator, fast
 
     def privatize(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Set every parameter's ``.grad`` to the noisy clipped mean gradient of the batch (x, y)."""
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        if len(x):
+        if len(x) and self.fast:
+            sums, _ = clipped_grad_sum(self.model, self.loss_fn, x, y, self.clip)
+        elif len(x):
             clipped, _ = clip_per_sample(per_sample_grads(self.model, self.loss_fn, x, y), self.clip)
+            sums = {n: g.sum(0) for n, g in clipped.items()}
         for n, p in params.items():
-            summed = clipped[n].sum(0) if len(x) else torch.zeros_like(p)
+            summed = sums[n] if len(x) else torch.zeros_like(p)
             noise = torch.normal(0.0, self.sigma * self.clip, size=p.shape, device=p.device, generator=self.generator)
             p.grad = (summed + noise) / self.expected
 

@@ -28,6 +28,7 @@ from ..engine.loop import Context, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..privacy import DPSGD, epsilon, poisson_batch
+from ..privacy.dpsgd_fast import unsupported_layers
 from .supervised import Supervised
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ class DPSGDConfig:
     """C: every example's gradient is clipped to this L2 norm (over all parameters)."""
     delta: float = 1e-5
     """delta of the reported (epsilon, delta) guarantee."""
+    fast: bool = False
+    """the clipped gradient sum from one batched forward and backward (archlab.privacy.dpsgd_fast) instead of
+    vmap per-example gradients; equal to rounding; Linear, Conv1d/2d/3d, LayerNorm and GroupNorm layers only."""
 
     def __post_init__(self) -> None:
         if not 0 < self.sample_rate <= 1 or not 0 <= self.noise_multiplier <= 1e3:
@@ -68,6 +72,10 @@ class PrivateSGD(Supervised):
         if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules()):
             raise ArchlabError(f"model {recipe.model_name!r} has BatchNorm, which mixes the examples of a batch; "
                                "DP-SGD needs per-example gradients (set model.norm to 'none' or 'layer')")
+        bad = unsupported_layers(model) if recipe.loop.fast else []
+        if bad:
+            raise ArchlabError(f"loop.fast: the DP-SGD fast path does not support {', '.join(bad)}; "
+                               "set loop.fast = false")
         tc = recipe.train
         if tc.accumulate != 1 or tc.l1 or tc.grad_clip or recipe.data.augment or tc.compile:
             raise ArchlabError("train.accumulate, train.l1, train.grad_clip, train.compile and data.augment are not "
@@ -87,7 +95,7 @@ class PrivateSGD(Supervised):
         self.opt = self.trainable("model", self.model)  # again: its schedule must know the new total_steps
         self.sampler = torch.Generator().manual_seed(ctx.seed + 2)
         self.dp = DPSGD(self.model, self.opt.optimizer, F.cross_entropy, cfg.noise_multiplier, cfg.max_grad_norm,
-                        expected_batch_size=max(1, round(cfg.sample_rate * n)))
+                        expected_batch_size=max(1, round(cfg.sample_rate * n)), fast=cfg.fast)
         self.steps_done = 0
 
     def train_step(self, step: int) -> dict[str, Any]:
