@@ -2,7 +2,10 @@
 
 One method per file: Prototypical Networks (``protonet``), Matching Networks (``matching_net``),
 MAML / first-order MAML (``maml``) and Reptile (``reptile``), all on the 4-block convolutional
-network of :mod:`archlab.meta.conv4`. Importing this package registers them (family ``meta``).
+network of :mod:`archlab.meta.conv4`; zero-shot learning from class descriptions (``train.loop = "zeroshot"``):
+the bilinear compatibility model ``compat_zsl`` (:mod:`archlab.meta.compatibility`) and ESZSL
+(:mod:`archlab.meta.zeroshot`, scored by :mod:`archlab.meta.gzsl`). Importing this package registers them (family
+``meta``).
 """
 
-from . import maml, matching, protonet, reptile  # noqa: F401
+from . import compatibility, maml, matching, protonet, reptile  # noqa: F401

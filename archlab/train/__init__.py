@@ -6,9 +6,9 @@ By family: classic ``supervised`` (and ``weighted_supervised``, a weight per exa
 ``graph_level``, ``link``, ``temporal``; transformers ``lm``,
 ``lm_finetune``, ``mlm``, ``seq2seq``; reinforcement learning ``rl``; generative ``gan``, ``image_gan``,
 ``cycle_gan``, ``elbo``, ``adversarial_ae``, ``diffusion``, ``score``;
-self-supervised ``ssl``, image-text ``clip``; meta-learning ``episodic``; continual ``stream``; federated
-``rounds`` (and DP-SGD ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``, ``born``;
-compression ``distill``, ``prune``, ``qat``."""
+self-supervised ``ssl``, image-text ``clip``; meta-learning ``episodic``, zero-shot ``zeroshot``; continual
+``stream``; federated ``rounds`` (and DP-SGD ``private``); architecture search ``darts``; quantum ``vqe``, ``qaoa``,
+``born``; compression ``distill``, ``prune``, ``qat``."""
 
 from . import (  # noqa: F401
     adversarial_ae,
@@ -42,4 +42,5 @@ from . import (  # noqa: F401
     temporal,
     vqe,
     weighted,
+    zeroshot,
 )
