@@ -13,7 +13,9 @@ overrides are parsed as TOML values and go through the same validation.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,12 @@ MAX_STEPS = 10**9
 """Upper bound of step counts and intervals: far beyond any run, low enough to catch typos."""
 MAX_COUNT = 10**7
 """Upper bound of batch sizes."""
+RECIPE_PREFIX = "recipe:"
+"""``train.init_from = "recipe:ssl/mae_mnist"``: start from the finished run of that recipe (same seed)."""
+RUNTIME_TRAIN_KEYS = frozenset({"threads", "device", "tensorboard", "checkpoint_minutes", "keep_checkpoints",
+                                "checkpoint_every"})
+"""``[train]`` keys that say how a run executes, not what it computes: left out of :func:`fingerprint`, and
+the only ``--set`` keys ``archlab reproduce`` passes on to a ``recipe:`` prerequisite."""
 
 
 @dataclass
@@ -110,7 +118,9 @@ class TrainConfig:
     """torch CPU threads (0: leave PyTorch's default)."""
     init_from: str = ""
     """Start from the weights of this finished run directory (or save_pretrained folder): tensors are
-    copied by name; keys the saved model lacks (adapters, new heads) keep their initialization."""
+    copied by name; keys the saved model lacks (adapters, new heads) keep their initialization.
+    ``"recipe:FAMILY/NAME"`` (a recipe under ``recipes/``, ``.toml`` optional) means the finished run of that
+    recipe at this run's seed, trained first if needed (:func:`prerequisites`, docs/engine.md)."""
     init_skip: list[str] = field(default_factory=list)
     """With init_from: key prefixes (``"head"`` covers ``head.*``) of saved tensors not copied, so those
     keep their fresh initialization -- a new head, even one of another shape."""
@@ -161,6 +171,12 @@ class TrainConfig:
             if not all(isinstance(p, str) and p.strip(".") == p and p for p in prefixes):
                 raise ValueError(f"{key} must list non-empty key prefixes without leading/trailing dots, got "
                                  f"{prefixes!r}")
+        if self.init_from.startswith(RECIPE_PREFIX):
+            ref = self.init_from[len(RECIPE_PREFIX):]
+            parts = ref.split("/")
+            if not ref or "\\" in ref or any(p in ("", ".", "..") for p in parts) or not ref.isprintable():
+                raise ValueError(f"init_from = {self.init_from!r}: after {RECIPE_PREFIX!r} comes a recipe path "
+                                 "relative to recipes/, e.g. \"recipe:ssl/mae_mnist\"")
         if self.init_skip and not self.init_from:
             raise ValueError("init_skip needs init_from (it names saved tensors not to copy)")
         for source, target in self.init_rename.items():
@@ -523,3 +539,63 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except RecursionError:
         raise ArchlabError(f"{path}: tables or arrays nested too deeply") from None
     return from_dict(apply_overrides(raw, overrides or []), default_name=path.stem)
+
+
+def recipes_root() -> Path:
+    """``$ARCHLAB_RECIPES``, else the ``recipes/`` folder of the source checkout."""
+    env = os.environ.get("ARCHLAB_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
+
+
+def prerequisite_ref(recipe: Recipe) -> str | None:
+    """``ssl/mae_mnist`` for ``train.init_from = "recipe:ssl/mae_mnist"``; None for a plain path or none."""
+    init = recipe.train.init_from
+    return init[len(RECIPE_PREFIX):] if init.startswith(RECIPE_PREFIX) else None
+
+
+def recipe_path(ref: str) -> Path:
+    """The file of a ``recipe:`` reference (relative to :func:`recipes_root`, ``.toml`` optional)."""
+    root = recipes_root()
+    path = root / (ref if ref.endswith(".toml") else f"{ref}.toml")
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir() and (known := sorted(str(p.relative_to(root).with_suffix(""))
+                                                     for p in path.parent.glob("*.toml"))):
+            hint = f"; recipes there: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}"
+        elif root.is_dir():
+            hint = f"; families: {', '.join(sorted(p.name for p in root.iterdir() if p.is_dir()))}"
+        raise ArchlabError(f"train.init_from: no recipe {RECIPE_PREFIX}{ref} (looked for {path}){hint}")
+    return path
+
+
+def prerequisites(recipe: Recipe) -> list[tuple[str, Path]]:
+    """The chain of ``recipe:`` prerequisites of ``recipe``, nearest first: ``[(ref, file), ...]``.
+
+    Every file is read and validated as written (no overrides), so an unknown name, a broken prerequisite
+    recipe or a cycle (A starts from B, B from A) is one line before anything trains."""
+    chain: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+    current = recipe
+    while (ref := prerequisite_ref(current)) is not None:
+        path = recipe_path(ref)
+        if path.resolve() in seen:
+            names = " -> ".join([recipe.name, *(r for r, _ in chain), ref])
+            raise ArchlabError(f"train.init_from: the recipes start from each other in a cycle: {names}")
+        seen.add(path.resolve())
+        chain.append((ref, path))
+        try:
+            current = load(path)
+        except ArchlabError as exc:
+            raise ArchlabError(f"train.init_from: prerequisite {RECIPE_PREFIX}{ref}: {exc}") from None
+    return chain
+
+
+def fingerprint(recipe: Recipe) -> str:
+    """sha256 of what a run of ``recipe`` computes: the resolved recipe (seed included) without its
+    description, ``quick`` flag, ``[expect]`` target and :data:`RUNTIME_TRAIN_KEYS`. A ``recipe:`` prerequisite's
+    run directory is reused only when its saved recipe.toml has the same fingerprint."""
+    values = recipe.to_dict()
+    for key in ("description", "quick", "expect"):
+        values.pop(key, None)
+    values["train"] = {k: v for k, v in values["train"].items() if k not in RUNTIME_TRAIN_KEYS}
+    return hashlib.sha256(tomli_w.dumps(values).encode()).hexdigest()

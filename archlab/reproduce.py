@@ -4,6 +4,8 @@ Each (recipe, seed) trains in its own subprocess (``archlab train``), ``jobs`` a
 threads split between them, so small models use both cores without fighting over them. The report
 (markdown + JSON + plot) lands in the output folder; the exit code says whether every target was met
 (a target set for another dataset than the one trained on, via ``--set``, is "n/a", not a failure).
+A recipe with ``train.init_from = "recipe:..."`` gets its prerequisite's run of each seed trained first, once,
+in the same ``runs/`` folder; its wall time per seed includes that prerequisite's (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -20,14 +23,9 @@ from typing import Any
 
 from . import recipe as recipe_mod
 from .errors import ArchlabError
+from .recipe import recipes_root
 
 EMBEDDED_DATASETS = {"digits", "mnist1d"}
-
-
-def recipes_root() -> Path:
-    """``$ARCHLAB_RECIPES``, else the ``recipes/`` folder of the source checkout."""
-    env = os.environ.get("ARCHLAB_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
 
 
 def all_recipes() -> list[Path]:
@@ -81,6 +79,14 @@ def _overrides(extra: list[str]) -> list[str]:
     return [value for flag, value in zip(extra[::2], extra[1::2], strict=True) if flag == "--set"]
 
 
+def _runtime(extra: list[str]) -> list[str]:
+    """The ``--set`` pairs of ``extra`` that only say how a run executes (:data:`recipe.RUNTIME_TRAIN_KEYS`):
+    all a ``recipe:`` prerequisite receives of the caller's overrides."""
+    keys = {f"train.{k}" for k in recipe_mod.RUNTIME_TRAIN_KEYS}
+    return [x for flag, value in zip(extra[::2], extra[1::2], strict=True) if flag == "--set"
+            and value.split("=", 1)[0].strip() in keys for x in (flag, value)]
+
+
 def _target(exp: recipe_mod.ExpectConfig | None) -> tuple[str, float, str, float] | None:
     """What a target claims; a target the overrides change is theirs, and applies to their dataset."""
     return None if exp is None else (exp.metric, exp.value, exp.compare, exp.tolerance)
@@ -102,7 +108,11 @@ def aggregate(path: Path, results: list[dict[str, Any]], overrides: list[str] | 
     errors = [r["error"] for r in results if "error" in r]
     mean = statistics.fmean(values) if values else float("nan")
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    walls = [r["summary"]["wall_s"] for r in results if "summary" in r]
+    # A run that started from a `recipe:` prerequisite costs that prerequisite's training too (its chain's
+    # wall_s, recorded in the summary, whether trained in this reproduce or reused from an earlier one).
+    walls = [r["summary"]["wall_s"] + r["summary"].get("prerequisite", {}).get("wall_s", 0.0)
+             for r in results if "summary" in r]
+    pre_walls = [r["summary"].get("prerequisite", {}).get("wall_s", 0.0) for r in results if "summary" in r]
     params = [r["summary"].get("num_params") for r in results if "summary" in r]
     if errors or not values:
         passed: bool | None = False
@@ -114,7 +124,9 @@ def aggregate(path: Path, results: list[dict[str, Any]], overrides: list[str] | 
         "metric": exp.metric, "target": exp.value, "compare": exp.compare, "tolerance": exp.tolerance,
         "expected": exp.describe(), "source": exp.source, "seeds": [r["seed"] for r in results],
         "values": values, "mean": mean, "std": std, "passed": passed,
-        "wall_s_per_seed": statistics.fmean(walls) if walls else None, "errors": errors,
+        "wall_s_per_seed": statistics.fmean(walls) if walls else None,
+        "prerequisite": recipe_mod.prerequisite_ref(rec),
+        "prerequisite_wall_s_per_seed": statistics.fmean(pre_walls) if pre_walls else None, "errors": errors,
         "num_params": params[0] if params else None,
     }
 
@@ -126,6 +138,8 @@ def markdown(rows: list[dict[str, Any]], machine: str, wall: float) -> str:
     ]
     for r in rows:
         wall_s = f"{r['wall_s_per_seed']:.0f} s" if r["wall_s_per_seed"] is not None else "-"
+        if r.get("prerequisite") and r["wall_s_per_seed"] is not None:
+            wall_s += f" (incl. {r['prerequisite_wall_s_per_seed']:.0f} s {r['prerequisite']})"
         n_params = f"{r['num_params']:,}" if r.get("num_params") else "-"
         target = r["expected"] if r["target_applies"] else f"{r['expected']} on {r['target_dataset']}"
         result = {True: "pass", False: "FAIL", None: "n/a"}[r["passed"]]
@@ -135,6 +149,9 @@ def markdown(rows: list[dict[str, Any]], machine: str, wall: float) -> str:
         )
     if not all(r["target_applies"] for r in rows):
         lines += ["", "n/a: trained on another dataset than the one the published target belongs to."]
+    if any(r.get("prerequisite") for r in rows):
+        lines += ["", "wall/seed includes the training of the run a `train.init_from = \"recipe:...\"` recipe starts "
+                  "from (the prerequisite's wall time, trained in this reproduction or reused from an earlier one)."]
     lines += ["", f"Machine: {machine}. Total wall time: {wall:.0f} s.", "", "Sources:"]
     lines += [f"- {r['recipe']}: {r['source']}" for r in rows]
     errs = [(r["recipe"], e) for r in rows for e in r["errors"]]
@@ -178,6 +195,16 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     paths = list(recipes)
     if not paths:
         raise ArchlabError(f"no recipes with an [expect] table for {' '.join(suite)}")
+    # `train.init_from = "recipe:..."`: each seed of such a recipe starts from its prerequisite's run of that
+    # seed, which lands where this reproduce puts that recipe's own runs (runner.prerequisite_dir). They are
+    # trained first, once per seed, with only the runtime --set keys: the caller's other overrides stay out.
+    chains = {p: [q for _, q in recipe_mod.prerequisites(r)] for p, r in recipes.items()}
+    for p, chain in chains.items():
+        for q in chain:
+            if any(q.resolve() == o.resolve() for o in paths) and \
+                    recipe_mod.fingerprint(recipe_mod.load(q, overrides)) != recipe_mod.fingerprint(recipe_mod.load(q)):
+                raise ArchlabError(f"reproduce: --set changes {q.stem}, which {p.stem} starts from (train.init_from "
+                                   f"= \"recipe:...\") as written; reproduce them in separate commands")
     tasks = [(p, s) for p in paths for s in (range(seeds) if seeds else recipes[p].expect.seeds)]
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(tasks)))
@@ -186,10 +213,33 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     log(f"reproduce: {len(paths)} recipes, {len(tasks)} runs, {jobs} at a time x {threads} threads -> {out}")
     t0 = time.perf_counter()
     # Longest first keeps both workers busy until the end.
-    order = sorted(tasks, key=lambda t: -_cost_hint(recipes[t[0]]))
+    order = sorted(tasks, key=lambda t: -sum(_cost_hint(recipe_mod.load(q)) for q in chains[t[0]])
+                   - _cost_hint(recipes[t[0]]))
     results: dict[tuple[Path, int], dict[str, Any]] = {}
+    done_runs: dict[tuple[Path, int], dict[str, Any]] = {}
+    locks: dict[tuple[Path, int], threading.Lock] = {}
+    guard = threading.Lock()
+
+    def once(p: Path, s: int, args: list[str]) -> dict[str, Any]:
+        """Run (p, s) once, whether a task or a prerequisite: a second asker waits for the first's result."""
+        key = (p.resolve(), s)
+        with guard:
+            lock = locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in done_runs:
+                done_runs[key] = _run_one(p, s, out, threads, args)
+            return done_runs[key]
+
+    def task(p: Path, s: int) -> dict[str, Any]:
+        for q in reversed(chains[p]):  # deepest first
+            pre = once(q, s, _runtime(extra))
+            if "error" in pre:
+                return {"recipe": p.stem, "seed": s, "error": f"prerequisite {q.stem} (seed {s}): {pre['error']}"}
+            log(f"  prerequisite {q.stem} seed {s}: ready ({pre['summary']['wall_s']:.0f} s)")
+        return once(p, s, extra)
+
     with ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(_run_one, p, s, out, threads, extra): (p, s) for p, s in order}
+        futures = {pool.submit(task, p, s): (p, s) for p, s in order}
         for done, fut in enumerate(as_completed(futures), 1):
             p, s = futures[fut]
             res = fut.result()

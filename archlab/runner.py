@@ -13,18 +13,20 @@ Run directory contract (other tools rely on it)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
+from . import recipe as recipe_mod
 from .config import to_dict
 from .engine.checkpoint import CheckpointManager
 from .engine.device import Precision, resolve_device
@@ -88,6 +90,10 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
             raise ArchlabError(f"--resume: {run_dir} is not a run directory (no {RECIPE})")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ArchlabError(f"run directory {run_dir} exists and is not empty; use --resume or another --out")
+    # A `recipe:` init_from: the prerequisite's finished run, trained first when needed (before this run's
+    # seeding, so this run computes the same whether the prerequisite was trained now or reused).
+    prerequisite = _prerequisite(recipe, run_dir, seed, device, resume, progress, log) \
+        if recipe_mod.prerequisite_ref(recipe) is not None else None
     # Join workers only after checking: rank 0 cannot pass the rendezvous (and create run_dir) before
     # every rank has looked at run_dir, so no rank mistakes rank 0's fresh files for an old run.
     dist = dist_init(dev.type)
@@ -105,8 +111,10 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     if tc.init_from and not resume:  # a resumed run gets every tensor from its checkpoint
         from .engine.init import init_from
 
-        fresh = init_from(model, tc.init_from, tc.init_skip, tc.init_rename)
-        log(f"archlab: initialized from {tc.init_from}" + (f"; {len(fresh)} tensor(s) keep their fresh "
+        source = prerequisite["run_dir"] if prerequisite else tc.init_from
+        fresh = init_from(model, source, tc.init_skip, tc.init_rename)
+        log(f"archlab: initialized from {tc.init_from}" + (f" ({source})" if prerequisite else "") +
+            (f"; {len(fresh)} tensor(s) keep their fresh "
             f"initialization ({', '.join(fresh[:3])}{', ...' if len(fresh) > 3 else ''})" if fresh else ""))
     if tc.freeze:  # before the loop builds its optimizers; also on resume
         from .engine.init import freeze
@@ -172,6 +180,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
         "device": describe_device(dev), "world_size": dist.world_size,
         "versions": versions(), "run_dir": str(run_dir),
     }
+    if prerequisite is not None:
+        summary["prerequisite"] = prerequisite
     if recipe.expect is not None:
         achieved = final.get(recipe.expect.metric)
         summary["achieved"] = achieved
@@ -187,6 +197,111 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, seed: int | None
     finally:
         loop.close()
     return summary
+
+
+def prerequisite_dir(run_dir: Path, path: Path, seed: int) -> Path:
+    """Where the ``recipe:`` prerequisite ``path`` of a run in ``run_dir`` lives: next to that run, as
+    ``<file stem>-s<seed>`` -- the folder ``archlab reproduce`` gives the prerequisite's own runs."""
+    return run_dir.parent / f"{path.stem}-s{seed}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing): concurrent runs needing one prerequisite
+    (parallel tuning trials) train it once."""
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _prerequisite(recipe: Recipe, run_dir: Path, seed: int, device: str | None, resume: bool, progress: bool,
+                  log: Any) -> dict[str, Any]:
+    """Resolve ``train.init_from = "recipe:REF"`` for a run of ``recipe`` at ``seed`` in ``run_dir``.
+
+    The prerequisite's run directory (:func:`prerequisite_dir`) is reused when it holds a finished run of
+    the same recipe content (:func:`archlab.recipe.fingerprint` of its recipe.toml); an unfinished run of the
+    same content is resumed; a run of other content (the recipe file changed since) is moved aside to
+    ``DIR-stale-<time>`` and the recipe trained anew. The prerequisite is the recipe file as written, at this
+    run's seed: the caller's overrides do not reach it (``device`` does: it says where, not what). Returns
+    what the summary records: the reference, seed, run directory, and ``wall_s`` of the prerequisite's whole
+    chain (its own training plus its own prerequisite's), whether trained now or earlier."""
+    if resume:  # the checkpoint holds the weights; only the record is looked up, as far as it can be
+        ref = recipe_mod.prerequisite_ref(recipe)
+        try:
+            target = prerequisite_dir(run_dir, recipe_mod.recipe_path(ref), seed)
+        except ArchlabError:
+            return {"recipe": ref, "seed": seed, "run_dir": None, "wall_s": 0.0}
+        done = read_summary(target) if (target / SUMMARY).is_file() else {}
+        return {"recipe": ref, "seed": seed, "run_dir": str(target), "wall_s": _chain_wall(done)}
+    chain = recipe_mod.prerequisites(recipe)  # unknown names, broken recipes, cycles: one line, nothing trained
+    ref, path = chain[0]
+    target = prerequisite_dir(run_dir, path, seed)
+    what = f"the prerequisite recipe {ref} (seed {seed})"
+    if target.resolve() == run_dir.resolve():
+        raise ArchlabError(f"train.init_from: {what} would train into this run's own directory {run_dir}; "
+                           "use another --out")
+    want = recipe_mod.load(path)
+    want.seed = seed
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{target.name}.lock"):
+        state = _run_state(target, recipe_mod.fingerprint(want))
+        if state == "stale":
+            aside = target.with_name(f"{target.name}-stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            target.rename(aside)
+            log(f"init_from: {target} held a run of another version of {ref}; moved it to {aside}")
+            state = "missing"
+        if state != "finished":
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ArchlabError(f"train.init_from: {what} has no finished run in {target}; train it first "
+                                   f"(archlab train {path} --seed {seed} --out {target}), then use --nproc")
+            if state == "unfinished":
+                log(f"init_from: resuming the unfinished prerequisite recipe {ref} (seed {seed}) in {target}")
+                want = recipe_mod.load(target / RECIPE)
+            else:
+                log(f"init_from: training the prerequisite recipe {ref} (seed {seed}) into {target}")
+            threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+            try:
+                train(want, out=target, seed=seed, device=device, resume=state == "unfinished", progress=progress,
+                      log=log)
+            except ArchlabError as exc:
+                raise ArchlabError(f"train.init_from: {what} failed: {exc}") from None
+            except NonFiniteLoss as exc:
+                raise ArchlabError(f"train.init_from: {what} stopped: {exc}") from None
+            except Interrupted:
+                raise ArchlabError(f"train.init_from: interrupted while training {what} in {target}; the same "
+                                   "command resumes it") from None
+            finally:  # process-wide settings the prerequisite's recipe may have changed
+                torch.set_num_threads(threads)
+                torch.use_deterministic_algorithms(deterministic)
+        else:
+            log(f"init_from: reusing the finished run of {ref} (seed {seed}) in {target}")
+    return {"recipe": ref, "seed": seed, "run_dir": str(target), "wall_s": _chain_wall(read_summary(target))}
+
+
+def _run_state(run_dir: Path, fingerprint: str) -> str:
+    """missing | finished | unfinished (same recipe content) | stale (another recipe's or version's run)."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "missing"
+    if not is_run_dir(run_dir):
+        raise ArchlabError(f"train.init_from: {run_dir} exists but is not a run directory (no {RECIPE}); move it "
+                           "away so the prerequisite can train there")
+    try:
+        same = recipe_mod.fingerprint(recipe_mod.load(run_dir / RECIPE)) == fingerprint
+    except ArchlabError:  # written by an older archlab whose keys have moved: not this recipe's run
+        same = False
+    if not same:
+        return "stale"
+    return "finished" if (run_dir / SUMMARY).is_file() and (run_dir / "model.safetensors").is_file() else "unfinished"
+
+
+def _chain_wall(summary: dict[str, Any]) -> float:
+    """Training wall time of a run plus that of its ``recipe:`` prerequisites (0 for an empty summary)."""
+    return round(summary.get("wall_s", 0.0) + summary.get("prerequisite", {}).get("wall_s", 0.0), 3)
 
 
 def describe_device(dev: torch.device) -> str:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from archlab.engine.init import init_from, rename_keys
 from archlab.errors import ArchlabError
-from archlab.recipe import from_dict
+from archlab.recipe import from_dict, prerequisites
 from archlab.registry import create
 from archlab.runner import train
 
@@ -144,7 +144,8 @@ def test_recipes_map_every_pretrained_tensor(method, tmp_path):
     pre = from_dict(tomllib.loads((RECIPES / f"{method}_mnist.toml").read_text()))
     ft_raw = tomllib.loads((RECIPES / f"{method}_mnist_finetune.toml").read_text())
     ft = from_dict(ft_raw)
-    assert ft.train.loop == "supervised" and ft.train.init_from == f"runs/{method}_mnist"
+    assert ft.train.loop == "supervised" and ft.train.init_from == f"recipe:ssl/{method}_mnist"
+    assert prerequisites(ft) == [(f"ssl/{method}_mnist", RECIPES / f"{method}_mnist.toml")]  # its run, same seed
     source = create(pre.model["name"], **{k: v for k, v in pre.model.items() if k != "name"})
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
     target = create("vit", **{k: v for k, v in ft.model.items() if k != "name"})
