@@ -4,6 +4,7 @@ zero-shot scores (H, calibrated stacking, AUSUC), ESZSL over a grid with held-ou
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -182,6 +183,9 @@ def test_zeroshot_loop_transfers_to_unseen_classes_when_descriptions_determine_t
     assert m["eszsl_gamma"] in (0.01, 1.0, 100.0)
     model = archlab.load(tmp_path / "run")
     assert model.registry_name == "compat_zsl"
+    assert (tmp_path / "run" / "plots" / "zeroshot.png").is_file()
+    confusion = json.loads((tmp_path / "run" / "plots" / "zeroshot.json").read_text())["confusion"]
+    assert len(confusion) == 10 and all(sum(row) == pytest.approx(1.0) for row in confusion)
 
 
 @pytest.mark.parametrize(("loop", "match"), [

@@ -21,8 +21,11 @@ classes (``loop.val_classes`` play the unseen classes on the validation split); 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +33,7 @@ import torch
 from ..data import Dataset, Split
 from ..engine.loop import Context, Loop, register_loop
 from ..errors import ArchlabError
-from ..meta.gzsl import ausuc, choose_eszsl, gzsl_metrics
+from ..meta.gzsl import ausuc, choose_eszsl, gzsl_metrics, seen_unseen_curve
 from ..meta.zeroshot import ESZSL
 from .supervised import BatchStream, total_steps
 
@@ -132,6 +135,8 @@ class ZeroShot(Loop):
         self.total_steps, per_epoch = total_steps(recipe, len(self.train_part))
         self.eval_every = (tc.eval_every or per_epoch) if len(self.val_part) else 0
         self.opt = self.trainable("model", self.model)
+        self.test_scores: dict[str, torch.Tensor] = {}
+        """(n_test, Z) scores of each method from the last final_metrics(), for the pictures"""
 
     def train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
@@ -163,6 +168,7 @@ class ZeroShot(Loop):
 
     def _zero_shot(self, prefix: str, scores: torch.Tensor, extra: dict[str, float] | None = None) -> dict[str, float]:
         y, cfg = self.data.test.y, self.cfg
+        self.test_scores[prefix or "compat"] = scores
         out = {**gzsl_metrics(scores, y, cfg.seen, cfg.unseen), "ausuc": ausuc(scores, y, cfg.seen, cfg.unseen)}
         return {(f"{prefix}_{k}" if prefix else k): v for k, v in {**out, **(extra or {})}.items()}
 
@@ -195,6 +201,58 @@ class ZeroShot(Loop):
         if self.cfg.eszsl_pixels:
             out.update(self._eszsl("pixels", lambda x: x.flatten(1).double()))
         return out
+
+    def write_artifacts(self, run_dir: str | os.PathLike) -> None:
+        """``plots/zeroshot.png``: the seen-unseen accuracy curves of calibrated stacking (Chao et al. 2016) of every
+        method (dot: delta = 0, the plain argmax) and the generalized confusion matrix of the learned compatibility
+        (rows: true test digit, columns: predicted among all classes, row-normalised); the matrix also goes to
+        ``plots/zeroshot.json``."""
+        from ..io import pyplot
+
+        if "compat" not in self.test_scores:
+            self.final_metrics()
+        cfg, y = self.cfg, self.data.test.y
+        classes = sorted(cfg.seen + cfg.unseen)
+        pred = torch.tensor(classes)[self.test_scores["compat"][:, classes].argmax(1)]
+        confusion = torch.zeros(len(classes), len(classes), dtype=torch.float64)
+        for i, c in enumerate(classes):
+            row = pred[y == c]
+            for j, d in enumerate(classes):
+                confusion[i, j] = float((row == d).double().mean()) if len(row) else 0.0
+        plt = pyplot()
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
+        names = {"compat": "learned compatibility", "eszsl": "ESZSL on theta(x)", "pixels": "ESZSL on pixels"}
+        for key, scores in self.test_scores.items():
+            _, acc_s, acc_u = seen_unseen_curve(scores, y, cfg.seen, cfg.unseen)
+            m = gzsl_metrics(scores, y, cfg.seen, cfg.unseen)
+            line, = left.plot(acc_s.numpy(), acc_u.numpy(),
+                              label=f"{names[key]} (AUSUC {ausuc(scores, y, cfg.seen, cfg.unseen):.3f})")
+            left.plot([m["gzsl_seen"]], [m["gzsl_unseen"]], "o", color=line.get_color())
+        left.set_xlabel("seen accuracy (all classes candidates)")
+        left.set_ylabel("unseen accuracy (all classes candidates)")
+        left.set_title("calibrated stacking: seen vs unseen (dot: delta = 0)", fontsize=9)
+        left.set_xlim(0, 1)
+        left.set_ylim(0, 1)
+        left.legend(fontsize=8)
+        im = right.imshow(confusion.numpy(), cmap="Blues", vmin=0, vmax=1)
+        right.set_xticks(range(len(classes)), [str(c) for c in classes])
+        right.set_yticks(range(len(classes)), [str(c) for c in classes])
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if confusion[i, j] >= 0.05:
+                    right.text(j, i, f"{confusion[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                               color="white" if confusion[i, j] > 0.5 else "black")
+        right.set_xlabel("predicted (all classes candidates)")
+        right.set_ylabel(f"true (unseen: {cfg.unseen})")
+        right.set_title("learned compatibility: generalized confusion (test)", fontsize=9)
+        fig.colorbar(im, ax=right, fraction=0.046)
+        fig.suptitle(f"{self.recipe.name}: seen {cfg.seen}, unseen {cfg.unseen}", fontsize=10)
+        fig.tight_layout()
+        plots = Path(run_dir) / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plots / "zeroshot.png", dpi=100)
+        plt.close(fig)
+        (plots / "zeroshot.json").write_text(json.dumps({"classes": classes, "confusion": confusion.tolist()}) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.opt.state_dict(), "stream": self.stream.state_dict()}
