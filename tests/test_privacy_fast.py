@@ -1,7 +1,8 @@
 """The DP-SGD fast path (archlab/privacy/dpsgd_fast.py) against the vmap reference (archlab/privacy/dpsgd.py):
 the clipped, summed per-example gradient and the norms on small random MLPs / CNNs (dp_cnn included), in float64
-(to 1e-10) and float32 (to 1e-6 absolute, 1e-5 relative); a whole noisy step with the same noise generator; the
-dpsgd loop with ``loop.fast``. The Opacus comparisons of the fast path are in tests/test_privacy.py."""
+(to 1e-10) and float32 (to 1e-6 absolute, 1e-5 relative), with ghost norms forced, and with a channels-last
+forward; a whole noisy step with the same noise generator; the dpsgd loop with ``loop.fast``.
+The Opacus comparisons of the fast path are in tests/test_privacy.py."""
 
 from __future__ import annotations
 
@@ -108,8 +109,11 @@ def test_fast_clipped_sum_equals_the_reference(name):
         ref, ref_norms = _reference(model, x, y, clip=0.5)
         clip = ref_norms.median().item()  # about half the examples clipped
         ref, ref_norms = _reference(model, x, y, clip)
-        for max_instantiate in (0, 1 << 25):  # ghost norms everywhere; per-example gradients where L > 1
-            fast, norms = clipped_grad_sum(model, F.cross_entropy, x, y, clip, max_instantiate=max_instantiate)
+        layouts = (False, True) if x.dim() == 4 else (False,)
+        # ghost norms everywhere; per-example gradients where L > 1; and those with a channels-last forward
+        for max_instantiate, channels_last in [(0, False), *((1 << 25, cl) for cl in layouts)]:
+            fast, norms = clipped_grad_sum(model, F.cross_entropy, x, y, clip, max_instantiate=max_instantiate,
+                                           channels_last=channels_last)
             assert fast.keys() == ref.keys()
             torch.testing.assert_close(norms, ref_norms, **tol)
             for n in ref:
@@ -129,17 +133,19 @@ def test_fast_path_handles_a_batch_of_one_and_an_unclipped_batch():
 @pytest.mark.parametrize("sigma", [0.0, 1.3])
 def test_fast_dpsgd_step_equals_the_reference_step_with_the_same_noise(sigma):
     steps = {}
-    for fast in (False, True):
+    for fast, channels_last in ((False, False), (True, False), (True, True)):
         model, x, y = _setup("dp_cnn", 16, torch.float32)
         dp = DPSGD(model, torch.optim.SGD(model.parameters(), lr=0.25), F.cross_entropy, sigma, 1.5, 16,
-                   generator=torch.Generator().manual_seed(7), fast=fast)
+                   generator=torch.Generator().manual_seed(7), fast=fast, channels_last=channels_last)
         for _ in range(2):
             dp.step(x, y)
-        steps[fast] = dict(model.named_parameters())
-    for n, p in steps[False].items():
-        torch.testing.assert_close(steps[True][n], p, rtol=1e-6, atol=1e-6, msg=n)
+        steps[fast, channels_last] = dict(model.named_parameters())
+    for key in ((True, False), (True, True)):
+        for n, p in steps[False, False].items():
+            torch.testing.assert_close(steps[key][n], p, rtol=1e-6, atol=1e-6, msg=f"{key} {n}")
+            assert steps[key][n].is_contiguous()  # the channels-last copies never reach the model
     moved = _setup("dp_cnn", 16, torch.float32)[0]
-    assert not torch.equal(steps[True]["features.0.weight"], moved.features[0].weight)
+    assert not torch.equal(steps[True, True]["features.0.weight"], moved.features[0].weight)
 
 
 def test_fast_path_refuses_layers_it_cannot_handle():
@@ -155,6 +161,9 @@ def test_fast_path_refuses_layers_it_cannot_handle():
     assert unsupported_layers(model) == ["0 (Embedding)", "1 (Raw)", "2 (Conv1d)"]
     with pytest.raises(ValueError, match=r"does not support: 0 \(Embedding\), 1 \(Raw\), 2 \(Conv1d\)"):
         DPSGD(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, 1.0, 1.0, 8, fast=True)
+    with pytest.raises(ValueError, match="channels_last is an option of the fast path"):
+        DPSGD(nn.Linear(3, 2), torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, 1.0, 1.0, 8,
+              channels_last=True)
     frozen = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2))
     frozen[0].requires_grad_(False)
     assert unsupported_layers(frozen) == []
@@ -195,3 +204,6 @@ def test_dpsgd_loop_refuses_fast_with_an_unsupported_model(tmp_path):
     raw = {**DP_RECIPE, "model": {"name": "lstm"}, "data": {"name": "digits", "val_fraction": 0.1}}
     with pytest.raises(ArchlabError, match=r"loop.fast: the DP-SGD fast path does not support .*LSTM"):
         train(from_dict(raw), out=tmp_path / "bad", progress=False, log=lambda _m: None)
+    raw = {**DP_RECIPE, "loop": {**DP_RECIPE["loop"], "fast": False, "channels_last": True}}
+    with pytest.raises(ArchlabError, match="channels_last is an option of the fast path: set fast = true too"):
+        train(from_dict(raw), out=tmp_path / "bad2", progress=False, log=lambda _m: None)

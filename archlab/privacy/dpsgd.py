@@ -62,24 +62,27 @@ class DPSGD:
     """Turns any optimizer over ``model`` into DP-SGD: :meth:`step` computes, clips, noises and applies the
     gradient of one batch. ``expected_batch_size`` is ``q * N``; the noise std ``noise_multiplier * max_grad_norm``.
     ``fast``: the clipped sum from :func:`archlab.privacy.dpsgd_fast.clipped_grad_sum` (``loss_fn`` must then
-    average over the batch, and every trainable layer be one it supports), else from ``vmap`` per-example gradients."""
+    average over the batch, and every trainable layer be one it supports), else from ``vmap`` per-example gradients;
+    ``channels_last`` (with ``fast``): its forward on 4-d inputs in channels-last layout (see that function)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Loss, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: int, generator: torch.Generator | None = None,
-                 fast: bool = False) -> None:
+                 fast: bool = False, channels_last: bool = False) -> None:
         if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size < 1:
             raise ValueError("need noise_multiplier >= 0, max_grad_norm > 0 and expected_batch_size >= 1")
         if fast and unsupported_layers(model):
             raise ValueError(f"the DP-SGD fast path does not support: {', '.join(unsupported_layers(model))}")
+        if channels_last and not fast:
+            raise ValueError("channels_last is an option of the fast path (fast=True)")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.sigma, self.clip, self.expected = noise_multiplier, max_grad_norm, expected_batch_size
-        self.generator, self.fast = generator, fast
+        self.generator, self.fast, self.channels_last = generator, fast, channels_last
 
     def privatize(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Set every parameter's ``.grad`` to the noisy clipped mean gradient of the batch (x, y)."""
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if len(x) and self.fast:
-            sums, _ = clipped_grad_sum(self.model, self.loss_fn, x, y, self.clip)
+            sums, _ = clipped_grad_sum(self.model, self.loss_fn, x, y, self.clip, channels_last=self.channels_last)
         elif len(x):
             clipped, _ = clip_per_sample(per_sample_grads(self.model, self.loss_fn, x, y), self.clip)
             sums = {n: g.sum(0) for n, g in clipped.items()}

@@ -50,12 +50,17 @@ class DPSGDConfig:
     fast: bool = False
     """the clipped gradient sum from one batched forward and backward (archlab.privacy.dpsgd_fast) instead of
     vmap per-example gradients; equal to rounding; Linear, Conv1d/2d/3d, LayerNorm and GroupNorm layers only."""
+    channels_last: bool = False
+    """with fast: run the forward of image models (4-d inputs) in channels-last layout (PyTorch's CPU pooling and
+    convolutions are faster there; the model's forward must not .view() its conv features)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.sample_rate <= 1 or not 0 <= self.noise_multiplier <= 1e3:
             raise ValueError("need 0 < sample_rate <= 1 and 0 <= noise_multiplier <= 1000")
         if not 0 < self.max_grad_norm <= 1e6 or not 0 < self.delta < 1:
             raise ValueError("need 0 < max_grad_norm <= 1e6 and 0 < delta < 1")
+        if self.channels_last and not self.fast:
+            raise ValueError("channels_last is an option of the fast path: set fast = true too")
 
 
 @register_loop("dpsgd")
@@ -95,7 +100,8 @@ class PrivateSGD(Supervised):
         self.opt = self.trainable("model", self.model)  # again: its schedule must know the new total_steps
         self.sampler = torch.Generator().manual_seed(ctx.seed + 2)
         self.dp = DPSGD(self.model, self.opt.optimizer, F.cross_entropy, cfg.noise_multiplier, cfg.max_grad_norm,
-                        expected_batch_size=max(1, round(cfg.sample_rate * n)), fast=cfg.fast)
+                        expected_batch_size=max(1, round(cfg.sample_rate * n)), fast=cfg.fast,
+                        channels_last=cfg.channels_last)
         self.steps_done = 0
 
     def train_step(self, step: int) -> dict[str, Any]:
