@@ -33,23 +33,17 @@ from torch import nn
 from ...nn.unet import UNetConfig, UNetMixin, timestep_embedding
 from ...registry import register
 from ..base import ArchModel
-from .schedule import NoiseSchedule
+from .schedule import NoiseScheduleConfig
 
 
 @dataclass
-class DDPMConfig(UNetConfig):
-    num_steps: int = 1000
-    """T, the diffusion steps of training."""
-    schedule: Literal["linear", "cosine"] = "linear"
-    """Noise schedule: Ho et al.'s linear betas or Nichol & Dhariwal's cosine."""
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    clip_sample: bool = True
-    """Clip the predicted x_0 to [-1, 1] in every sampler step."""
+class DDPMConfig(UNetConfig, NoiseScheduleConfig):
+    """The U-Net's settings (:class:`~archlab.nn.unet.UNetConfig`) and the noise schedule's
+    (:class:`~.schedule.NoiseScheduleConfig`: num_steps, schedule, beta_start, beta_end, clip_sample)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        NoiseSchedule(self.num_steps, self.schedule, self.beta_start, self.beta_end)  # validates the schedule
+        UNetConfig.__post_init__(self)
+        NoiseScheduleConfig.__post_init__(self)
 
 
 @register("ddpm", family="generative")
@@ -62,7 +56,7 @@ class DDPM(UNetMixin, ArchModel):
     def __init__(self, config: DDPMConfig) -> None:
         super().__init__(config)
         c = config
-        self.schedule = NoiseSchedule(c.num_steps, c.schedule, c.beta_start, c.beta_end, c.clip_sample)
+        self.schedule = c.noise_schedule()
         t_dim = 4 * c.channels
         self.time_mlp = nn.Sequential(nn.Linear(c.channels, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
         self.build_unet(c.image_shape[0], c.channels, c.channel_mult, c.num_res_blocks, c.groups, c.dropout, t_dim)

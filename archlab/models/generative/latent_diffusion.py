@@ -56,7 +56,7 @@ from ...nn.unet import timestep_embedding
 from ...registry import register
 from ..base import ArchModel
 from .conv_autoencoder import ConvAutoencoder, ConvAutoencoderConfig, check_image_shape
-from .schedule import NoiseSchedule
+from .schedule import NoiseScheduleConfig
 
 
 class ResMLPBlock(nn.Module):
@@ -75,7 +75,7 @@ class ResMLPBlock(nn.Module):
 
 
 @dataclass
-class LatentDiffusionConfig:
+class LatentDiffusionConfig(NoiseScheduleConfig):
     image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
     """Shape of one image (C, H, W); H and W divisible by 4 (the autoencoder's)."""
     ae_channels: int = 32
@@ -89,12 +89,6 @@ class LatentDiffusionConfig:
     time_dim: int = 64
     """Size of the sinusoidal time code (the embedding MLP maps it to ``width``)."""
     dropout: float = 0.0
-    num_steps: int = 1000
-    """T, the diffusion steps of training."""
-    schedule: Literal["linear", "cosine"] = "linear"
-    """Noise schedule: Ho et al.'s linear betas or Nichol & Dhariwal's cosine."""
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
     clip_sample: bool = False
     """Clip the predicted z_0 to [-1, 1] in every sampler step (off: codes are unbounded)."""
 
@@ -106,7 +100,7 @@ class LatentDiffusionConfig:
             raise ValueError("need 1 <= width <= 65536, 1 <= depth <= 64 and 0 <= dropout < 1")
         if not 2 <= self.time_dim <= 4096 or self.time_dim % 2:
             raise ValueError(f"time_dim must be even and in [2, 4096], got {self.time_dim}")
-        NoiseSchedule(self.num_steps, self.schedule, self.beta_start, self.beta_end)  # validates the schedule
+        NoiseScheduleConfig.__post_init__(self)
 
 
 @register("latent_diffusion", family="generative")
@@ -119,7 +113,7 @@ class LatentDiffusion(ArchModel):
     def __init__(self, config: LatentDiffusionConfig) -> None:
         super().__init__(config)
         c = config
-        self.schedule = NoiseSchedule(c.num_steps, c.schedule, c.beta_start, c.beta_end, c.clip_sample)
+        self.schedule = c.noise_schedule()
         self.autoencoder = ConvAutoencoder(ConvAutoencoderConfig(list(c.image_shape), c.ae_channels, c.latent_dim))
         self.autoencoder.requires_grad_(False)
         self.register_buffer("scale_factor", torch.zeros(()))

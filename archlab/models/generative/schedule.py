@@ -35,6 +35,7 @@ the sampler steps (the whole batch is at the same step); images are (B, C, H, W)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -48,6 +49,27 @@ def _cosine_betas(num_steps: int, max_beta: float = 0.999) -> torch.Tensor:
 
     return torch.tensor([min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta)
                          for i in range(num_steps)], dtype=torch.float32)
+
+
+@dataclass
+class NoiseScheduleConfig:
+    """The schedule's settings, shared by the configs of the diffusion models (DDPM, latent diffusion)."""
+
+    num_steps: int = 1000
+    """T, the diffusion steps of training."""
+    schedule: Schedule = "linear"
+    """Noise schedule: Ho et al.'s linear betas or Nichol & Dhariwal's cosine."""
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    clip_sample: bool = True
+    """Clip the predicted x_0 to [-1, 1] in every sampler step."""
+
+    def noise_schedule(self) -> NoiseSchedule:
+        """The :class:`NoiseSchedule` these settings describe (raises ValueError on bad settings)."""
+        return NoiseSchedule(self.num_steps, self.schedule, self.beta_start, self.beta_end, self.clip_sample)
+
+    def __post_init__(self) -> None:
+        self.noise_schedule()  # validates the settings
 
 
 class NoiseSchedule:
