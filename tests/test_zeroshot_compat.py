@@ -218,3 +218,14 @@ def test_the_recipe_validates_and_names_its_metrics():
     loop = archlab.engine.loop.LOOPS.get("zeroshot").obj
     assert {"unseen_acc", "gzsl_h", "eszsl_unseen_acc", "pixels_gzsl_h"} <= set(loop.metrics)
     assert math.isclose(recipe.data.val_fraction, 0.1)
+
+
+def test_zeroshot_loop_resumes_exactly(assert_resume_exact, monkeypatch):
+    from archlab.train.zeroshot import ZeroShot
+
+    data = _segment_data()
+    monkeypatch.setattr(ZeroShot, "load_data", classmethod(lambda cls, recipe: data))  # no MNIST needed
+    raw = _recipe(eszsl_pixels=False)
+    raw["model"]["hidden"] = 4
+    raw["train"] = {"loop": "zeroshot", "steps": 6, "eval_every": 3, "log_every": 1, "checkpoint_every": 3}
+    assert_resume_exact(raw)
