@@ -266,8 +266,10 @@ def _prerequisite(recipe: Recipe, run_dir: Path, seed: int, device: str | None, 
                 log(f"init_from: training the prerequisite recipe {ref} (seed {seed}) into {target}")
             threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
             try:
-                train(want, out=target, seed=seed, device=device, resume=state == "unfinished", progress=progress,
-                      log=log)
+                done = train(want, out=target, seed=seed, device=device, resume=state == "unfinished",
+                             progress=progress, log=log)
+                log(f"init_from: {ref} (seed {seed}) {done['status']} after {done['steps']} steps, "
+                    f"{done['wall_s']:.1f} s")
             except ArchlabError as exc:
                 raise ArchlabError(f"train.init_from: {what} failed: {exc}") from None
             except NonFiniteLoss as exc:
