@@ -94,7 +94,7 @@ def _sq_norms(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Factored:
-    """Per-example gradients ``G_i = g_i a_i^T`` kept as their factors: ``g`` (B, O, L), ``a`` (B, K, L)."""
+    """Per-example gradients ``G_i = g_i a_i^T`` kept as their factors: ``g`` (B, O, L), ``a`` (B, L, K)."""
 
     g: torch.Tensor
     a: torch.Tensor
@@ -102,27 +102,29 @@ class _Factored:
     def sq_norms(self) -> torch.Tensor:
         if self.g.shape[2] == 1:
             return _sq_norms(self.a) * _sq_norms(self.g)
-        aa = torch.bmm(self.a.transpose(1, 2), self.a)  # (B, L, L)
+        aa = torch.bmm(self.a, self.a.transpose(1, 2))  # (B, L, L)
         gg = torch.bmm(self.g.transpose(1, 2), self.g)
         return (aa * gg).sum((1, 2))
 
     def per_example(self) -> torch.Tensor:
-        return torch.bmm(self.g, self.a.transpose(1, 2))  # (B, O, K)
+        return torch.bmm(self.g, self.a)  # (B, O, K)
 
     def weighted_sum(self, c: torch.Tensor) -> torch.Tensor:
         b, o, length = self.g.shape
         if length == 1:
-            return (self.g[:, :, 0] * c[:, None]).t() @ self.a[:, :, 0]
+            return (self.g[:, :, 0] * c[:, None]).t() @ self.a[:, 0, :]
         cg = (self.g * c[:, None, None]).transpose(0, 1).reshape(o, b * length)
-        return cg @ self.a.transpose(1, 2).reshape(b * length, -1)
+        return cg @ self.a.reshape(b * length, -1)
 
 
-Grad = torch.Tensor | _Factored  # one call's per-example gradients of one parameter: (B, *shape) or factored
+Grad = torch.Tensor | _Factored  # one call's per-example gradients of one parameter: (B, ...) or factored
 
 
 def _conv_patches(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """The conv's input as patches (B, C k_1 .. k_n, L), in the order of ``weight.flatten(1)``, L the number
-    of output positions: zero padding, then ``Tensor.unfold`` per spatial dim (a view), one copy at the end."""
+    """The conv's input as patches (B, L, k_1 .. k_n C), L the number of output positions, each patch
+    kernel-position-major and channel-minor (the weight's ``permute(0, 2, .., n + 1, 1)`` order: the copy reads
+    runs of channels, contiguous in a channels-last input): zero padding, ``Tensor.unfold`` per spatial dim (a
+    view), one copy."""
     n = x.dim() - 2
     if m.padding == "same":
         pads = []
@@ -137,31 +139,32 @@ def _conv_patches(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torc
         if d > 1:
             x = x[..., ::d]
     b, c = x.shape[:2]
-    positions, kernel = list(range(2, 2 + n)), list(range(2 + n, 2 + 2 * n))
-    return x.permute(0, 1, *kernel, *positions).reshape(b, c * math.prod(m.kernel_size), -1)
+    return x.permute(0, *range(2, 2 + 2 * n), 1).reshape(b, -1, c * math.prod(m.kernel_size))
 
 
 def _layer_grads(m: nn.Module, a: torch.Tensor, g: torch.Tensor, max_instantiate: int) -> dict[str, Grad]:
-    """Per-example gradients of ``m``'s trainable parameters from its input ``a`` and output gradient ``g``."""
+    """Per-example gradients of ``m``'s trainable parameters from its input ``a`` and output gradient ``g``.
+    A conv weight's come as (O, k_1 .. k_n, C / groups) per example (see :func:`_to_weight`)."""
     b = a.shape[0]
     want = dict(_trainable(m))
     out: dict[str, Grad] = {}
     if isinstance(m, nn.Linear):
-        a3 = a.reshape(b, -1, m.in_features).transpose(1, 2)  # (B, K, L)
+        a3 = a.reshape(b, -1, m.in_features)  # (B, L, K)
         g3 = g.reshape(b, -1, m.out_features).transpose(1, 2)  # (B, O, L)
     elif isinstance(m, CONVS):
         a3, g3 = _conv_patches(m, a), g.flatten(2)
     if isinstance(m, (nn.Linear, *CONVS)):
         if "weight" in want:
             groups = getattr(m, "groups", 1)
-            if groups > 1:
-                o, (k, length) = g3.shape[1], a3.shape[1:]
-                w = torch.einsum("bgol,bgkl->bgok", g3.reshape(b, groups, o // groups, length),
-                                 a3.reshape(b, groups, k // groups, length))
-                out["weight"] = w.reshape(b, *m.weight.shape)
+            if groups > 1:  # per group: (O / G, L) x (L, k C / G)
+                o, (length, kc) = g3.shape[1], a3.shape[1:]
+                c = m.in_channels
+                w = torch.einsum("bgol,blkgc->bgokc", g3.reshape(b, groups, o // groups, length),
+                                 a3.reshape(b, length, kc // c, groups, c // groups))
+                out["weight"] = w.reshape(b, o, -1)
             else:
                 fac = _Factored(g3, a3)
-                small = b * g3.shape[1] * a3.shape[1] <= max_instantiate
+                small = b * g3.shape[1] * a3.shape[2] <= max_instantiate
                 out["weight"] = fac.per_example() if g3.shape[2] > 1 and small else fac
         if "bias" in want:
             out["bias"] = g3.sum(2)
@@ -177,6 +180,15 @@ def _layer_grads(m: nn.Module, a: torch.Tensor, g: torch.Tensor, max_instantiate
     if "bias" in want:
         out["bias"] = g.sum(lead) if lead else g
     return out
+
+
+def _to_weight(m: nn.Module, pname: str, t: torch.Tensor) -> torch.Tensor:
+    """A summed gradient in :func:`_layer_grads`' order as the parameter's own shape and order."""
+    p = getattr(m, pname)
+    if isinstance(m, CONVS) and pname == "weight":  # (O, k_1 .. k_n, C / groups) -> (O, C / groups, k_1 .. k_n)
+        n = p.dim() - 2
+        return t.reshape(p.shape[0], *p.shape[2:], p.shape[1]).permute(0, n + 1, *range(1, n + 1)).contiguous()
+    return t.reshape(p.shape)
 
 
 @contextmanager
@@ -219,15 +231,18 @@ def clipped_grad_sum(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.
     outs = torch.autograd.grad(loss, [edge for _, _, edge in calls], allow_unused=True, materialize_grads=True)
 
     parts: dict[str, list[Grad]] = {n: [] for n in params}
+    owner: dict[str, tuple[nn.Module, str]] = {}  # a module and attribute holding the parameter, for its order
     for (m, a, _), g in zip(calls, outs, strict=True):
         for pname, grad in _layer_grads(m, a, g, max_instantiate).items():
-            parts[names[id(getattr(m, pname))]].append(grad)
+            n = names[id(getattr(m, pname))]
+            parts[n].append(grad)
+            owner.setdefault(n, (m, pname))
     b = len(x)
     grads: dict[str, Grad] = {}  # one entry per parameter reached: several calls' per-example gradients add up
     for n, ps in parts.items():
         if len(ps) == 1:
             grads[n] = ps[0]
-        elif ps:
+        elif ps:  # (tied conv weights have the same shape, so the same order)
             grads[n] = sum((p.per_example() if isinstance(p, _Factored) else p).reshape(b, -1) for p in ps)
 
     sq = sum(g.sq_norms() if isinstance(g, _Factored) else _sq_norms(g) for g in grads.values())
@@ -238,8 +253,7 @@ def clipped_grad_sum(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.
         g = grads.get(n)
         if g is None:  # not reached by the forward: a zero gradient, as in the reference
             summed[n] = torch.zeros_like(p)
-        elif isinstance(g, _Factored):
-            summed[n] = g.weighted_sum(factor).reshape(p.shape)
-        else:
-            summed[n] = torch.tensordot(factor, g, dims=1).reshape(p.shape)
+            continue
+        total = g.weighted_sum(factor) if isinstance(g, _Factored) else torch.tensordot(factor, g, dims=1)
+        summed[n] = _to_weight(*owner[n], total)
     return summed, norms
