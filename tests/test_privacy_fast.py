@@ -112,10 +112,11 @@ def test_fast_clipped_sum_equals_the_reference(name):
         layouts = (False, True) if x.dim() == 4 else (False,)
         # ghost norms everywhere; per-example gradients where L > 1; and those with a channels-last forward
         for max_instantiate, channels_last in [(0, False), *((1 << 25, cl) for cl in layouts)]:
-            fast, norms = clipped_grad_sum(model, F.cross_entropy, x, y, clip, max_instantiate=max_instantiate,
-                                           channels_last=channels_last)
+            fast, norms, loss = clipped_grad_sum(model, F.cross_entropy, x, y, clip, max_instantiate=max_instantiate,
+                                                 channels_last=channels_last)
             assert fast.keys() == ref.keys()
             torch.testing.assert_close(norms, ref_norms, **tol)
+            torch.testing.assert_close(loss, F.cross_entropy(model(x), y), **tol)
             for n in ref:
                 torch.testing.assert_close(fast[n], ref[n], **tol, msg=f"{name} {dtype} {n}")
         assert (ref_norms > clip).any() and (ref_norms < clip).any()
@@ -125,7 +126,7 @@ def test_fast_path_handles_a_batch_of_one_and_an_unclipped_batch():
     model, x, y = _setup("cnn", 1, torch.float64)
     for clip in (1e-3, 1e6):
         ref, _ = _reference(model, x, y, clip)
-        fast, _ = clipped_grad_sum(model, F.cross_entropy, x, y, clip)
+        fast, _, _ = clipped_grad_sum(model, F.cross_entropy, x, y, clip)
         for n in ref:
             torch.testing.assert_close(fast[n], ref[n], rtol=1e-10, atol=1e-12)
 
@@ -182,6 +183,7 @@ DP_RECIPE = {
 def test_dpsgd_loop_fast_equals_the_reference_loop_and_resumes_exactly(tmp_path, assert_resume_exact):
     from safetensors.torch import load_file
 
+    from archlab.engine.metrics import read_metrics
     from archlab.recipe import from_dict
     from archlab.runner import train
 
@@ -189,10 +191,13 @@ def test_dpsgd_loop_fast_equals_the_reference_loop_and_resumes_exactly(tmp_path,
     for fast in (True, False):
         raw = {**DP_RECIPE, "loop": {**DP_RECIPE["loop"], "fast": fast}}
         summary = train(from_dict(raw), out=tmp_path / str(fast), progress=False, log=lambda _m: None)
-        out[fast] = summary["metrics"], load_file(str(tmp_path / str(fast) / "model.safetensors"))
+        losses = [r["loss"] for r in read_metrics(tmp_path / str(fast) / "metrics.jsonl") if r["split"] == "train"]
+        out[fast] = summary["metrics"], load_file(str(tmp_path / str(fast) / "model.safetensors")), losses
     assert out[True][0]["test_acc"] > 0.5 and out[True][0]["epsilon"] == out[False][0]["epsilon"]
     for k, v in out[False][1].items():  # same batches and noise; 30 steps of rounding differences only
         torch.testing.assert_close(out[True][1][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # the logged loss: the fast path's own forward, the reference's separate no-grad forward
+    assert len(out[True][2]) == 6 and out[True][2] == pytest.approx(out[False][2], rel=1e-5)
     assert_resume_exact(DP_RECIPE)
 
 

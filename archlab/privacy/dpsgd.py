@@ -78,11 +78,14 @@ class DPSGD:
         self.sigma, self.clip, self.expected = noise_multiplier, max_grad_norm, expected_batch_size
         self.generator, self.fast, self.channels_last = generator, fast, channels_last
 
-    def privatize(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Set every parameter's ``.grad`` to the noisy clipped mean gradient of the batch (x, y)."""
+    def privatize(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Set every parameter's ``.grad`` to the noisy clipped mean gradient of the batch (x, y). Returns the
+        batch's mean loss (detached) where the fast path computed it on the way, else None."""
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        loss = None
         if len(x) and self.fast:
-            sums, _ = clipped_grad_sum(self.model, self.loss_fn, x, y, self.clip, channels_last=self.channels_last)
+            sums, _, loss = clipped_grad_sum(self.model, self.loss_fn, x, y, self.clip,
+                                             channels_last=self.channels_last)
         elif len(x):
             clipped, _ = clip_per_sample(per_sample_grads(self.model, self.loss_fn, x, y), self.clip)
             sums = {n: g.sum(0) for n, g in clipped.items()}
@@ -90,6 +93,7 @@ class DPSGD:
             summed = sums[n] if len(x) else torch.zeros_like(p)
             noise = torch.normal(0.0, self.sigma * self.clip, size=p.shape, device=p.device, generator=self.generator)
             p.grad = (summed + noise) / self.expected
+        return loss
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One DP-SGD step on the batch (x, y)."""

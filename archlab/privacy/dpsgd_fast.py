@@ -210,9 +210,10 @@ def _recording(model: nn.Module) -> Iterator[list[tuple[nn.Module, torch.Tensor,
 
 def clipped_grad_sum(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.Tensor, max_norm: float,
                      max_instantiate: int = MAX_INSTANTIATE,
-                     channels_last: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``({name: sum_i c_i g_i}, norms)``: every example's gradient clipped to ``max_norm`` and summed over
-    the batch, and the per-example gradient norms before clipping (B,); ``loss_fn`` averages over the batch."""
+                     channels_last: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``({name: sum_i c_i g_i}, norms, loss)``: every example's gradient clipped to ``max_norm`` and summed
+    over the batch, the per-example gradient norms before clipping (B,) and the batch's mean loss (detached);
+    ``loss_fn`` averages over the batch."""
     bad = unsupported_layers(model)
     if bad:
         raise ValueError(f"the DP-SGD fast path cannot compute per-example gradients of: {', '.join(bad)}")
@@ -225,7 +226,8 @@ def clipped_grad_sum(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.
             out = functional_call(model, weights, (_nhwc(x),))
         else:
             out = model(x)
-        loss = loss_fn(out, y) * len(x)  # sum_i loss_i
+        mean_loss = loss_fn(out, y)
+        loss = mean_loss * len(x)  # sum_i loss_i
     if not calls:
         raise ValueError("the model's forward used none of its layers with trainable parameters")
     outs = torch.autograd.grad(loss, [edge for _, _, edge in calls], allow_unused=True, materialize_grads=True)
@@ -256,4 +258,4 @@ def clipped_grad_sum(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.
             continue
         total = g.weighted_sum(factor) if isinstance(g, _Factored) else torch.tensordot(factor, g, dims=1)
         summed[n] = _to_weight(*owner[n], total)
-    return summed, norms
+    return summed, norms, mean_loss.detach()
