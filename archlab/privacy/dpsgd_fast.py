@@ -18,6 +18,9 @@ positions per example (1 for a Linear on flat features, ``H_out * W_out`` for a 
     LayerNorm / GroupNorm:  weight_i = sum over positions of g_i * a_hat_i, bias_i = sum of g_i, with a_hat the
         normalised input (recomputed from a).
 
+(In the code ``a`` is stored (B, L, K) and ``g`` (B, O, L); a conv patch is ordered kernel position first,
+channel last, and its weight's gradient is permuted back to ``(O, C, k_1, ..)`` once, after the sum.)
+
 The example's norm over all parameters and its clipping factor are those of the reference,
 
     n_i = sqrt(sum_layers ||G_i||^2 + ||bias_i||^2),     c_i = min(1, C / (n_i + 1e-6)),
