@@ -101,6 +101,14 @@ def test_gan_model_must_fit_the_data(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_model_that_cannot_take_the_examples_is_one_line(tmp_path, tiny_digits):
+    # check_fit's shared probe (archlab.engine.loop.probe_forward): the first line of the error, nothing written
+    with pytest.raises(ArchlabError, match=r"^model 'mlp' does not fit 'digits' \(examples of shape \(1, 8, 8\)\): "
+                                           r"mat1 and mat2 shapes cannot be multiplied"):
+        _quiet(tiny_digits(model={"in_features": 10}), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 FAMILIES = {
     "classic": {"model": {"name": "mlp", "in_features": 40, "hidden": [16]},
                 "data": {"name": "mnist1d", "batch_size": 64, "options": {"num_samples": 600}},

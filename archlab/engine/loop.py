@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import ArchlabError
 from ..registry import Registry
 from .device import Precision
 from .distributed import DistInfo, mean_across_workers
@@ -325,6 +326,18 @@ class Loop:
             return loop.final_metrics()
         finally:
             loop.close()
+
+
+def probe_forward(module: nn.Module, x: torch.Tensor, what: str, on: str) -> Any:
+    """``check_fit``'s probe: ``module`` in eval mode, without gradients, on a few examples ``x``
+    (``[n, *shape]``); returns its output. A module that cannot take them is a user mistake, said in one line:
+    ``"<what> does not fit <on> (examples of shape <shape>): <first line of the error>"``."""
+    try:
+        with torch.no_grad():
+            return module.eval()(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArchlabError(f"{what} does not fit {on} (examples of shape {tuple(x.shape[1:])}): {msg[:200]}") from None
 
 
 def register_loop(name: str) -> Callable[[type[Loop]], type[Loop]]:

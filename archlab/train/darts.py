@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, Split
-from ..engine.loop import Context, Loop, register_loop
+from ..engine.loop import Context, Loop, probe_forward, register_loop
 from ..errors import ArchlabError
 from ..io import atomic_write_bytes
 from ..io import pyplot as _pyplot
@@ -85,12 +85,7 @@ class Darts(Loop):
             raise ArchlabError(f"model.name: loop 'darts' searches a supernet (darts_supernet), not "
                                f"{recipe.model_name!r}")
         x = data.train.x[:2]
-        try:
-            with torch.no_grad():
-                out = model.eval()(x)
-        except (RuntimeError, ValueError) as exc:
-            raise ArchlabError(f"model {recipe.model_name!r} does not fit {recipe.data.name!r} (examples of shape "
-                               f"{tuple(x.shape[1:])}): {str(exc).splitlines()[0][:200]}") from None
+        out = probe_forward(model, x, f"model {recipe.model_name!r}", repr(recipe.data.name))
         if out.shape != (2, data.num_classes):
             raise ArchlabError(f"model.num_classes: the supernet gives {out.shape[-1]} logits, {recipe.data.name!r} "
                                f"has {data.num_classes} classes")

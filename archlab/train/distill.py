@@ -37,7 +37,7 @@ from torch import nn
 
 from ..compress.distill import HintRegressor, capture, distillation_loss, hint_loss
 from ..data import Dataset, make_transform
-from ..engine.loop import Context, Trainable, register_loop
+from ..engine.loop import Context, Trainable, probe_forward, register_loop
 from ..errors import ArchlabError
 from ..models.base import ArchModel
 from ..registry import build_config, create, get, load
@@ -169,13 +169,7 @@ class Distill(Supervised):
         else:
             teacher = create(cfg.teacher["name"], **{k: v for k, v in cfg.teacher.items() if k != "name"})
         x = data.train.x[:2]
-        try:
-            with torch.no_grad():
-                out = teacher.eval()(x)
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ArchlabError(f"the teacher does not fit the data (examples of shape {tuple(x.shape[1:])}): "
-                               f"{msg[:200]}") from None
+        out = probe_forward(teacher, x, "the teacher", "the data")
         if not isinstance(out, torch.Tensor) or out.shape != (2, data.num_classes):
             raise ArchlabError(f"the teacher gives outputs of shape {getattr(out, 'shape', type(out).__name__)}; "
                                f"need (2, {data.num_classes}) logits")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, Split, make_transform
-from ..engine.loop import Context, Loop, register_loop
+from ..engine.loop import Context, Loop, probe_forward, register_loop
 from ..engine.parallel import STRATEGIES
 from ..errors import ArchlabError
 from ..models.base import ArchModel
@@ -119,13 +119,7 @@ class Supervised(Loop):
         if recipe.data.augment and make_transform(recipe.data.augment).max_offset >= shortest:
             raise ArchlabError(f"data.augment: shifts and crops must be smaller than the examples of "
                                f"{recipe.data.name!r} ({shortest} long), got {list(recipe.data.augment)}")
-        try:
-            with torch.no_grad():
-                out = model.eval()(x)
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ArchlabError(f"model {recipe.model_name!r} does not fit {recipe.data.name!r} (examples of shape "
-                               f"{tuple(x.shape[1:])}): {msg[:200]}") from None
+        out = probe_forward(model, x, f"model {recipe.model_name!r}", repr(recipe.data.name))
         if not isinstance(out, torch.Tensor) or out.shape != (len(x), data.num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ArchlabError(f"model {recipe.model_name!r} gives outputs of shape {shape} on {recipe.data.name!r}, "

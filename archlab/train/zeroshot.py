@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data import Dataset, Split
-from ..engine.loop import Context, Loop, register_loop
+from ..engine.loop import Context, Loop, probe_forward, register_loop
 from ..errors import ArchlabError
 from ..meta.gzsl import ausuc, choose_eszsl, gzsl_metrics, seen_unseen_curve
 from ..meta.zeroshot import ESZSL
@@ -106,13 +106,7 @@ class ZeroShot(Loop):
             raise ArchlabError(f"loop.seen/unseen name class {top}, but {recipe.data.name!r} with "
                                f"{recipe.model_name!r} describes classes 0..{z - 1}")
         x = data.train.x[:2]
-        try:
-            with torch.no_grad():
-                out = model.eval()(x)
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ArchlabError(f"model {recipe.model_name!r} does not fit {recipe.data.name!r} (examples of shape "
-                               f"{tuple(x.shape[1:])}): {msg[:200]}") from None
+        out = probe_forward(model, x, f"model {recipe.model_name!r}", repr(recipe.data.name))
         if out.shape != (len(x), model.num_classes):
             raise ArchlabError(f"model {recipe.model_name!r} gives scores of shape {tuple(out.shape)}, "
                                f"need ({len(x)}, {model.num_classes})")
