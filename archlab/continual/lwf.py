@@ -7,10 +7,14 @@ inputs with soft targets at temperature T, and the loss mixes the new task with 
 each task so far weighted equally:
 
     L = 1/(t+1) * CE(current) + t/(t+1) * T^2 * KD
-    KD = - sum_u softmax(z_old / T)_u log softmax(z / T)_u       over the previous tasks' units
+    KD = - sum_{u in old} softmax(z_old[old] / T)_u log softmax(z[S] / T)_u
 
-In Task-IL the distillation is taken per previous task on its own units and averaged; in Domain-
-and Class-IL over every unit active before task t.
+In Task-IL the distillation is taken per previous task on its own units and averaged (S = old = that
+task's units); in Domain-IL S = old = the shared units. In Class-IL ``old`` are the units active before
+task t and S (``lwf_softmax``) is either every unit active now ("active", the default: van de Ven &
+Tolias' code, ``encoder.py`` + ``utils.loss_fn_kd``, pads the old model's probabilities with zeros for
+the new task's units, so the distillation also pushes the new units down on the current inputs) or
+the old units only ("old": the new units get no distillation gradient at all).
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ from .base import Method, MethodContext, active_cross_entropy, register_method
 
 
 def distillation(logits: torch.Tensor, old_logits: torch.Tensor, units: torch.Tensor,
-                 temperature: float) -> torch.Tensor:
-    """T^2 * soft cross-entropy of the new outputs against the old ones on ``units``, mean over the batch."""
+                 temperature: float, softmax_units: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * soft cross-entropy of the new outputs against the old ones on ``units``, mean over the batch.
+    ``softmax_units`` (a superset of ``units``, ``units`` first): the new outputs' softmax runs over them,
+    the targets are zero on the extra ones (default: ``units``)."""
     soft = F.softmax(old_logits[:, units] / temperature, dim=1)
-    return -(soft * F.log_softmax(logits[:, units] / temperature, dim=1)).sum(1).mean() * temperature ** 2
+    over = units if softmax_units is None else softmax_units
+    log_p = F.log_softmax(logits[:, over] / temperature, dim=1)[:, : len(units)]
+    return -(soft * log_p).sum(1).mean() * temperature ** 2
 
 
 @register_method("lwf")
@@ -51,7 +59,11 @@ class LwF(Method):
                      for j in range(task)) / task
         else:
             before = self.stream.active(task - 1, task - 1).to(x.device)
-            kd = distillation(logits, old, before, self.cfg.lwf_temperature)
+            now = None
+            if self.stream.scenario == "class" and self.cfg.lwf_softmax == "active":
+                new = self.stream.units[task].to(x.device)
+                now = torch.cat([before, new[~torch.isin(new, before)]])
+            kd = distillation(logits, old, before, self.cfg.lwf_temperature, now)
         w = 1.0 / (task + 1)
         return w * ce + (1 - w) * kd, {"distill": float(kd.detach())}
 

@@ -52,6 +52,9 @@ class ContinualConfig:
     """Task-IL (the task is given: its own output units), Domain-IL (shared units), Class-IL (all units so far)."""
     tasks: int = 5
     """Tasks in the stream (split: must divide the number of classes)."""
+    class_order: Literal["fixed", "seeded"] = "fixed"
+    """Split streams: digits in natural order (0/1, 2/3, ...) or relabelled by the run's seed as in van de
+    Ven & Tolias' code (seed 0 natural, other seeds other digit pairs; see archlab.continual.streams)."""
     method: Literal["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "replay", "dgr", "packnet",
                     "progressive"] = "finetune"
     """How earlier tasks are protected (see archlab.continual)."""
@@ -71,6 +74,9 @@ class ContinualConfig:
     """SI damping xi."""
     lwf_temperature: float = 2.0
     """LwF distillation temperature T."""
+    lwf_softmax: Literal["active", "old"] = "active"
+    """LwF, Class-IL: the distilled softmax over every unit active now, zero targets on the new task's
+    (van de Ven & Tolias' code), or over the previous tasks' units only."""
     buffer_size: int = 1000
     """Replay: reservoir buffer slots."""
     dgr_hidden: list[int] = field(default_factory=lambda: [400, 400])
@@ -123,7 +129,7 @@ class Continual(Loop):
         if cfg.stream == "split" and data.num_classes % cfg.tasks:
             raise ArchlabError(f"loop.tasks: split streams divide the {data.num_classes} classes of "
                                f"{recipe.data.name!r} into equal tasks; {cfg.tasks} does not divide them")
-        return TaskStream(data, cfg.stream, cfg.scenario, cfg.tasks, cfg.perm_seed)
+        return TaskStream(data, cfg.stream, cfg.scenario, cfg.tasks, cfg.perm_seed, cfg.class_order, recipe.seed)
 
     @classmethod
     def model_defaults(cls, recipe: Recipe, data: Dataset) -> dict[str, Any]:
