@@ -43,7 +43,7 @@ class FedAvg:
                     global_params: dict[str, torch.Tensor], client: int) -> tuple[int, float]:
         """ClientUpdate: one optimizer step per batch. Returns (steps taken, summed loss of the steps)."""
         model.train()
-        steps, loss_sum = 0, 0.0
+        losses = []
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
@@ -51,9 +51,13 @@ class FedAvg:
             (loss if extra is None else loss + extra).backward()
             self.correct(model, client)
             optimizer.step()
-            steps += 1
-            loss_sum += loss.item()
-        return steps, loss_sum
+            losses.append(loss.detach())
+        # The losses leave the tensors once, at the end (not a .item() per step), and are added up in step order
+        # in double precision as before (an explicit loop: sum() of floats compensates from Python 3.12 on).
+        loss_sum = 0.0
+        for v in torch.stack(losses).tolist() if losses else []:
+            loss_sum += v
+        return len(losses), loss_sum
 
     def end_client(self, client: int, model: nn.Module, global_params: dict[str, torch.Tensor], steps: int,
                    lr: float) -> None:

@@ -290,7 +290,8 @@ class Federated(Loop):
         out = []
         for _ in range(epochs or self.cfg.local_epochs):
             order = idx[torch.randperm(len(idx), generator=gen).to(self.ctx.device)]
-            out += [(self.train_x[order[i:i + b]], self.train_y[order[i:i + b]]) for i in range(0, len(order), b)]
+            x, y = self.train_x[order], self.train_y[order]  # one gather per epoch; the batches are views of it
+            out += [(x[i:i + b], y[i:i + b]) for i in range(0, len(order), b)]
         return out
 
     def train_client(self, step: int, k: int, lr: float, global_state: dict[str, torch.Tensor],
