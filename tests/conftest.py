@@ -8,12 +8,16 @@ temporary folder and tests that need dataset files skip themselves.
 from __future__ import annotations
 
 import copy
+import functools
+import http.server
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import updated
 from safetensors.torch import load_file
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -80,8 +84,26 @@ def tiny_digits() -> Callable[..., dict[str, Any]]:
             "train": {"steps": 20, "eval_every": 20, "log_every": 10, "threads": 1, "device": "cpu"},
             "expect": {"metric": "test_acc", "value": 0.5, "compare": "min", "seeds": [0, 1], "source": "a test"},
         }
-        for key, values in tables.items():
-            raw[key] = {**raw.get(key, {}), **values}
-        return copy.deepcopy(raw)
+        return updated(raw, **tables)
 
     return make
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server on 127.0.0.1 serving a temporary folder: yields (base URL, folder)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", served
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -21,13 +21,7 @@ from archlab.errors import ArchlabError
 from archlab.recipe import from_dict
 from archlab.runner import evaluate, train
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_split_stream_targets_and_units_in_the_three_scenarios():

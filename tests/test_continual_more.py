@@ -19,13 +19,7 @@ from archlab.registry import create
 from archlab.runner import train
 from archlab.train.stream import ContinualConfig
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _recipe(method: str, scenario: str = "task", steps: int = 10, **loop) -> dict:

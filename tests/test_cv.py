@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import toolbox_tiny_toml
 
 from archlab.cli import main
 from archlab.data import load_dataset
@@ -19,23 +20,7 @@ from archlab.search.cv import cross_validate, fold_datasets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = """
-name = "tiny"
-[model]
-name = "mlp"
-in_features = 64
-hidden = [16]
-[data]
-name = "digits"
-batch_size = 32
-[optim]
-name = "adam"
-lr = 3e-3
-[train]
-steps = 30
-log_every = 10
-checkpoint_minutes = 0
-"""
+TINY = toolbox_tiny_toml(steps=30, log_every=10)
 
 
 def test_cv_runs_each_fold_on_the_other_folds_and_reports_mean_and_std(tmp_path: Path) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import toolbox_tiny
 
 from archlab.cli import main
 from archlab.errors import ArchlabError
@@ -18,23 +18,7 @@ from archlab.toolbox.ensemble import ensemble, expected_calibration_error, run_l
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = tomllib.loads("""
-name = "tiny"
-[model]
-name = "mlp"
-in_features = 64
-hidden = [16]
-[data]
-name = "digits"
-batch_size = 32
-[optim]
-name = "adam"
-lr = 3e-3
-[train]
-steps = 25
-log_every = 25
-checkpoint_minutes = 0
-""")
+TINY = toolbox_tiny(steps=25, log_every=25)
 
 
 def test_ece_by_hand() -> None:

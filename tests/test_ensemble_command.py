@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import toolbox_tiny_toml
 
 from archlab.cli import main
 from archlab.toolbox.ensemble import ensemble
@@ -16,23 +17,7 @@ from archlab.toolbox.stacking import stacking
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = """
-name = "tiny"
-[model]
-name = "mlp"
-in_features = 64
-hidden = [16]
-[data]
-name = "digits"
-batch_size = 32
-[optim]
-name = "adam"
-lr = 3e-3
-[train]
-steps = 20
-log_every = 10
-checkpoint_minutes = 0
-"""
+TINY = toolbox_tiny_toml(steps=20, log_every=10)
 GRAPH_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "graph" / "gcn_cora.toml"
 
 

@@ -4,23 +4,19 @@
 from __future__ import annotations
 
 import builtins
-import functools
 import hashlib
-import http.server
 import os
 import pickle
 import shlex
 import shutil
-import socket
-import threading
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import closed_port_url
 
 from archlab.data import data_root, load_dataset, planetoid, safe_pickle, tu
 from archlab.data.graphs import graph_dataset_names, load_graph_dataset
@@ -31,33 +27,6 @@ from archlab.errors import ArchlabError, DataUnavailable
 from archlab.graph.ops import is_undirected
 
 # ----------------------------------------------------------------------------- helpers
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-@pytest.fixture
-def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A local HTTP server on 127.0.0.1 serving a temporary folder: yields (base URL, folder)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", served
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 def sha256(data: bytes) -> str:

@@ -24,12 +24,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 HAS_OMNIGLOT = (SHARED / "omniglot" / "images_background_small1.zip").is_file()
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -32,12 +32,7 @@ PUBLISHED = {("matching_net", 5): 98.1, ("protonet", 5): 98.8, ("maml", 5): 98.7
              ("matching_net", 20): 93.8, ("protonet", 20): 96.0, ("maml", 20): 95.8}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _random_data(classes: int, per_class: int = 20, size: int = 28) -> FewShotData:

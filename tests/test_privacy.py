@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import dpsgd_tiny
 from torch import nn
 
 from archlab import privacy
@@ -145,14 +146,7 @@ def test_epsilon_properties():
         eps(sample_rate=1.5, noise_multiplier=1.0, steps=1, delta=1e-5)
 
 
-DP_RECIPE = {
-    "name": "dpsgd_tiny", "seed": 0,
-    "model": {"name": "mlp", "in_features": 64, "hidden": [16]},
-    "data": {"name": "digits", "val_fraction": 0.1},
-    "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
-    "train": {"loop": "dpsgd", "steps": 30, "eval_every": 10, "log_every": 5, "checkpoint_every": 10},
-    "loop": {"sample_rate": 0.05, "noise_multiplier": 1.0, "max_grad_norm": 1.0},
-}
+DP_RECIPE = dpsgd_tiny("dpsgd_tiny")
 
 
 def test_dpsgd_loop_learns_reports_epsilon_and_resumes_exactly(tmp_path, assert_resume_exact):

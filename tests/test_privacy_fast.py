@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import dpsgd_tiny
 from torch import nn
 
 from archlab import create
@@ -170,14 +171,7 @@ def test_fast_path_refuses_layers_it_cannot_handle():
     assert unsupported_layers(frozen) == []
 
 
-DP_RECIPE = {
-    "name": "dpsgd_tiny_fast", "seed": 0,
-    "model": {"name": "mlp", "in_features": 64, "hidden": [16], "norm": "layer"},
-    "data": {"name": "digits", "val_fraction": 0.1},
-    "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
-    "train": {"loop": "dpsgd", "steps": 30, "eval_every": 10, "log_every": 5, "checkpoint_every": 10},
-    "loop": {"sample_rate": 0.05, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "fast": True},
-}
+DP_RECIPE = dpsgd_tiny("dpsgd_tiny_fast", model={"norm": "layer"}, loop={"fast": True})
 
 
 def test_dpsgd_loop_fast_equals_the_reference_loop_and_resumes_exactly(tmp_path, assert_resume_exact):

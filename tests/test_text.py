@@ -4,21 +4,17 @@ the ``lm`` loop (learning, resume, artifacts) and ``archlab generate``."""
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
-import http.server
 import json
 import math
 import os
-import socket
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import closed_port_url
 from safetensors.torch import load_file
 
 import archlab
@@ -159,26 +155,6 @@ def test_tinyshakespeare_from_archlab_data(archlab_data: Path) -> None:
     assert ds.tokenizer.decode(ds.train[:14].tolist()) == "First Citizen:"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-@pytest.fixture
-def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A local HTTP server on 127.0.0.1 serving a temporary folder: yields (base URL, folder)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", served
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_tinyshakespeare_download_from_a_local_server(http_dir: tuple[str, Path], tmp_path: Path,
                                                       monkeypatch) -> None:
     url, served = http_dir
@@ -197,9 +173,7 @@ def test_tinyshakespeare_download_from_a_local_server(http_dir: tuple[str, Path]
         load_text_dataset("tinyshakespeare")
     assert os.listdir(tmp_path / "data2" / "tinyshakespeare") == []  # neither the file nor a part
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/input.txt"
+    closed = closed_port_url() + "input.txt"
     monkeypatch.setattr(text_module, "TINYSHAKESPEARE", RemoteFile("input.txt", (closed,), "0" * 64))
     with pytest.raises(DataUnavailable) as info:
         load_text_dataset("tinyshakespeare")

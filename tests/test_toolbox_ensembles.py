@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import toolbox_tiny_toml
 
 from archlab.errors import ArchlabError
 from archlab.recipe import from_dict, load
@@ -25,23 +26,7 @@ from archlab.toolbox.stacking import fit_logistic, meta_log_probs, stacking
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = """
-name = "tiny"
-[model]
-name = "mlp"
-in_features = 64
-hidden = [16]
-[data]
-name = "digits"
-batch_size = 32
-[optim]
-name = "adam"
-lr = 3e-3
-[train]
-steps = 20
-log_every = 5
-checkpoint_minutes = 0
-"""
+TINY = toolbox_tiny_toml(steps=20, log_every=5)
 
 
 @pytest.fixture

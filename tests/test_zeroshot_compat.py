@@ -22,12 +22,7 @@ from archlab.runner import train
 SEEN, UNSEEN = list(range(7)), [7, 8, 9]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------ the compatibility model
