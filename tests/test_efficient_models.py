@@ -19,12 +19,7 @@ from archlab.toolbox.flops import count_flops
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "classic"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _recipe_model(name: str) -> nn.Module:

@@ -9,13 +9,7 @@ from torch import nn
 import archlab
 from archlab.toolbox.flops import count_flops
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_linear_is_two_flops_per_multiply_add():

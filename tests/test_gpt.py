@@ -15,12 +15,7 @@ from archlab.models.transformers.gpt import GPT, GPTConfig, filter_logits
 TINY = dict(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _tiny(seed: int = 0, **overrides) -> GPT:

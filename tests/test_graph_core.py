@@ -44,13 +44,7 @@ from archlab.recipe import from_dict
 from archlab.runner import train
 from archlab.train.node import NodeClassification
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _graph(n: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

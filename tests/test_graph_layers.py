@@ -17,13 +17,7 @@ from archlab.models.graph.gat import GATConv
 from archlab.models.graph.gin import GINConv
 from archlab.models.graph.sage import SAGEConv
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _gin_mlp(a: int, b: int) -> nn.Module:

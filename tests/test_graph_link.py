@@ -23,13 +23,7 @@ from archlab.recipe import from_dict
 from archlab.runner import train
 from archlab.train.link import reconstruction_loss, split_edges, undirected_pairs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run(raw: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:

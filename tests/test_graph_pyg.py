@@ -27,13 +27,7 @@ from archlab.models.graph.sage import SAGEConv
 pyg = pytest.importorskip("torch_geometric")
 from torch_geometric import nn as pyg_nn  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

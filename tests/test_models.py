@@ -19,14 +19,9 @@ from archlab.registry import entries
 NAMES = [e.name for e in entries() if e.family != "rl"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors here are tiny: intra-op threads only add synchronisation, which stalls whenever
-    another process holds one of the (two) cores -- 100 s instead of 7 s for this file."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The tensors here are tiny: intra-op threads only add synchronisation, which stalls whenever another process
+# holds one of the (two) cores -- 100 s instead of 7 s for this file.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _build(name: str, **overrides):

@@ -15,12 +15,7 @@ from archlab.models.transformers.decoding import DecoderCache, beam_search, gree
 V = 24  # small vocabulary: random models then reach EOS within a few steps, so stopping is exercised
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _hf_t5(ff: str = "relu", seed: int = 0, **overrides):

@@ -12,12 +12,7 @@ from archlab.models.transformers.vit import attention_rollout, plot_attention_ro
 SMALL = dict(image_size=16, patch_size=4, in_channels=3, dim=32, depth=2, heads=4, mlp_dim=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _hf_config(transformers, num_labels: int = 5):
