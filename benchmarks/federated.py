@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -57,16 +58,18 @@ def worker(sim_nodes: int, warmup: int, repeats: int, seed: int) -> dict[str, An
             for fn, _loop in sides.values():
                 fn()
         times: dict[str, list[float]] = {"ours": [], "peer": []}
+        load = [os.getloadavg()[0]]  # the machine is shared: its 1-minute load average around the timed rounds
         for i in range(repeats):
             for key in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
                 t0 = time.perf_counter()
                 sides[key][0]()
                 times[key].append(time.perf_counter() - t0)
+        load.append(os.getloadavg()[0])
         a, b = sides["ours"][1].model.state_dict(), sides["peer"][1].model.state_dict()
         diff = max((a[k] - b[k]).abs().max().item() for k in a)  # the same rounds, so the same global model
     finally:
         sides["peer"][1].close()  # the ServerApp thread, the simulated nodes and Ray
-    return {"times": times, "max_abs_diff": diff}
+    return {"times": times, "max_abs_diff": diff, "load_avg_1min": load}
 
 
 def run(params: dict[str, Any], log: Any) -> tuple[dict[str, Any], str]:
@@ -83,13 +86,15 @@ def run(params: dict[str, Any], log: Any) -> tuple[dict[str, Any], str]:
         med = {k: statistics.median(v) for k, v in res["times"].items()}
         rows.append({"sim_nodes": nodes, "ours": {"median_s": med["ours"], "times_s": res["times"]["ours"]},
                      "peer": {"median_s": med["peer"], "times_s": res["times"]["peer"]},
-                     "ratio_peer_over_ours": med["peer"] / med["ours"], "max_abs_diff": res["max_abs_diff"]})
+                     "ratio_peer_over_ours": med["peer"] / med["ours"], "max_abs_diff": res["max_abs_diff"],
+                     "load_avg_1min": res["load_avg_1min"]})
     lines = ["| case | archlab in-process (s / round) | Flower Simulation Engine (s / round) | Flower / in-process "
-             "| max abs. diff. of the global models |", "|---|---|---|---|---|"]
+             "| max abs. diff. of the global models | load average (1 min), start / end |", "|---|---|---|---|---|---|"]
     for r in rows:
         case = f"{r['sim_nodes']} simulated node{'s' if r['sim_nodes'] > 1 else ''}"
         lines.append(f"| {case} | {r['ours']['median_s']:.3f} | {r['peer']['median_s']:.3f} "
-                     f"| **{r['ratio_peer_over_ours']:.2f}x** | {r['max_abs_diff']:.1e} |")
+                     f"| **{r['ratio_peer_over_ours']:.2f}x** | {r['max_abs_diff']:.1e} "
+                     f"| {r['load_avg_1min'][0]:.1f} / {r['load_avg_1min'][1]:.1f} |")
     lines += ["", f"Medians of {params['repeats']} interleaved rounds per side after {params['warmup']} warm-up rounds "
               "(each case in a fresh process); > 1 means in-process is faster.", ""]
     return {"params": params, "cases": rows}, "\n".join(lines)
