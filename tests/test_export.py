@@ -34,12 +34,8 @@ TINY = {
 ENVS = {"qlearning": "FrozenLake-v1", "sac": "Pendulum-v1", "td3": "Pendulum-v1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny graphs: extra threads only wait for the loaded cores
-    yield
-    torch.set_num_threads(threads)
+# tiny graphs: extra threads only wait for the loaded cores
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _build(name: str):

@@ -19,13 +19,7 @@ from archlab.models.graph.mpnn import EdgeNetworkConv
 from archlab.models.graph.rgcn import RGCNConv
 from archlab.models.graph.structure_learning import GraphLearner
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ PAD, EOS, START = 0, 1, 0
 TINY = dict(vocab_size=12, emb_dim=16, hidden=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _model(seed: int = 0, **kw):
