@@ -43,20 +43,20 @@ def single_thread() -> Iterator[None]:
 
 
 @pytest.fixture
-def assert_resume_exact(tmp_path: Path) -> Callable[[dict[str, Any]], None]:
-    """``check(raw_recipe)``: train the recipe to the end; train it again, cut that run back to its first
-    checkpoint (a run that died there) and resume it. Final weights and every metrics line must equal
-    the uninterrupted run's."""
+def assert_resume_exact(tmp_path: Path) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``check(raw_recipe)``: train the recipe to the end (in ``tmp_path / "full"``); train it again, cut that
+    run back to its first checkpoint (a run that died there) and resume it. Final weights and every metrics line
+    must equal the uninterrupted run's. Returns the uninterrupted run's summary."""
     from archlab.engine.metrics import read_metrics
     from archlab.recipe import from_dict
     from archlab.runner import train
 
-    def run(raw: dict[str, Any], out: Path, resume: bool = False) -> None:
-        train(from_dict(copy.deepcopy(raw)), out=out, resume=resume, progress=False, log=lambda _m: None)
+    def run(raw: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
+        return train(from_dict(copy.deepcopy(raw)), out=out, resume=resume, progress=False, log=lambda _m: None)
 
-    def check(raw: dict[str, Any]) -> None:
+    def check(raw: dict[str, Any]) -> dict[str, Any]:
         full, cut = tmp_path / "full", tmp_path / "cut"
-        run(raw, full)
+        summary = run(raw, full)
         run(raw, cut)
         for extra in sorted((cut / "checkpoints").glob("step-*"))[1:]:
             extra.unlink()
@@ -65,6 +65,7 @@ def assert_resume_exact(tmp_path: Path) -> Callable[[dict[str, Any]], None]:
         a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert read_metrics(full / "metrics.jsonl") == read_metrics(cut / "metrics.jsonl")
+        return summary
 
     return check
 
