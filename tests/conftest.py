@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import updated
 from safetensors.torch import load_file
+
+pytest.register_assert_rewrite("helpers")  # its asserts report values, as a test module's do
+from helpers import updated  # noqa: E402
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import copy
 import socket
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 import tomli_w
+import torch
 
 
 def updated(raw: dict[str, Any], **tables: dict[str, Any]) -> dict[str, Any]:
@@ -67,3 +70,20 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/"
+
+
+def assert_fast_tracks_reference(fast: Any, ref: Any, fresh: Callable[[], Any], iterations: int,
+                                 params: Callable[[Any], torch.Tensor], *, same_keys: bool) -> None:
+    """An RL agent's fast path against its reference path from the same initial weights: after each of
+    ``iterations`` iterations the fast path's logged stats (the same keys, or a subset of the reference's when
+    not ``same_keys``) and weights (``params(agent)``, a flat vector) match; both made the same number of
+    updates and saw the same episode returns; and the reference moved away from ``fresh()``, an untrained one."""
+    for _ in range(iterations):
+        s_fast, s_ref = fast.iteration(), ref.iteration()
+        assert s_fast.keys() == s_ref.keys() if same_keys else s_fast.keys() <= s_ref.keys()
+        for k, v in s_fast.items():
+            assert v == pytest.approx(s_ref[k], rel=1e-4, abs=1e-5), k
+        assert torch.allclose(params(fast), params(ref), atol=1e-5)
+    assert fast.num_updates == ref.num_updates > 0
+    assert [r for _, r, _ in fast.episodes] == [r for _, r, _ in ref.episodes]
+    assert not torch.equal(params(ref), params(fresh()))  # it did learn something

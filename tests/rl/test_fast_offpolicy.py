@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_fast_tracks_reference
 
 from archlab.rl import DQN, SAC, TD3
 
@@ -43,15 +44,8 @@ def test_fast_path_equals_reference(case: str) -> None:
     ref = cls(env, seed=0, total_steps=200, fast=False, **hp)
     assert fast.fast and not ref.fast
     assert torch.equal(_params(fast), _params(ref))  # the same initial weights
-    for _ in range(24):
-        s_fast, s_ref = fast.iteration(), ref.iteration()
-        assert s_fast.keys() == s_ref.keys()
-        for k, v in s_fast.items():
-            assert v == pytest.approx(s_ref[k], rel=1e-4, abs=1e-5), k
-        assert torch.allclose(_params(fast), _params(ref), atol=1e-5)
-    assert fast.num_updates == ref.num_updates > 0
-    assert [r for _, r, _ in fast.episodes] == [r for _, r, _ in ref.episodes]
-    assert not torch.equal(_params(ref), _params(cls(env, seed=0, fast=False, **hp)))  # it did learn something
+    assert_fast_tracks_reference(fast, ref, lambda: cls(env, seed=0, fast=False, **hp), 24, _params,
+                                 same_keys=True)
     lrs = [{name: opt.param_groups[0]["lr"] for name, opt in _optimizers(a).items()} for a in (fast, ref)]
     assert lrs[0] == lrs[1] and len(lrs[0]) == len(fast.optim)
 
