@@ -515,21 +515,29 @@ def roar_report(model: torch.nn.Module, data: Any, names: list[str], background:
     for name, row in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[f]:.3f}" for f in fracs) + " |")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot_roar(table, prefix.with_suffix(".png"),
+              f"ROAR (Hooker et al. 2019), {n} training images, {args.roar_epochs} epochs")
+    print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
+    return 0
+
+
+def plot_roar(table: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """Test accuracy against the fraction removed, one line per method (``table`` as in the ROAR json's
+    ``methods``), the legend beside the axes so that it hides no line."""
     from ..io import pyplot
 
+    fracs = [k for k in next(iter(table.values())) if k != "seconds"]
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     for i, (name, row) in enumerate(table.items()):   # past 10 methods the colours repeat: new marker and line
         style = {"ls": "--", "color": "black", "marker": "o"} if name == "random" else \
             {"ls": ("-", ":", "-.")[(i - 1) // 10 % 3], "marker": "os^"[(i - 1) // 10 % 3]}
         ax.plot([float(f) for f in fracs], [row[f] for f in fracs], label=name, **style)
     ax.set_xlabel("fraction of pixels removed (then retrained)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"ROAR (Hooker et al. 2019), {n} training images, {args.roar_epochs} epochs")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(prefix.with_suffix(".png"), dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    print(f"wrote {prefix.with_suffix('.json')}, .md, .png")
-    return 0
