@@ -206,6 +206,26 @@ def test_matching_net_probabilities_are_attention_over_support_labels():
     torch.testing.assert_close(probs, expected)
 
 
+def test_matching_net_scale_sharpens_the_attention():
+    sx, sy, qx, _ = _episode(ways=3, shots=2, queries=2)
+    torch.manual_seed(0)
+    plain = archlab.create("matching_net", hidden=8).double().eval()
+    sharp = archlab.create("matching_net", hidden=8, scale=10.0).double().eval()
+    sharp.load_state_dict(plain.state_dict())
+    z = plain(torch.cat([sx, qx]))
+    cos = F.normalize(z[len(sx):], dim=1) @ F.normalize(z[: len(sx)], dim=1).T
+    expected = torch.stack([torch.softmax(10.0 * cos, 1)[:, sy == k].sum(1) for k in range(3)], dim=1)
+    torch.testing.assert_close(sharp.predict(sx, sy, qx).exp(), expected)
+    # one shot per class: the class of the most similar support example gains probability as the scale grows
+    sx, sy, qx, _ = _episode(ways=3, shots=1, queries=2)
+    z = plain(torch.cat([sx, qx]))
+    best = sy[(F.normalize(z[len(sx):], dim=1) @ F.normalize(z[: len(sx)], dim=1).T).argmax(1)]
+    assert (sharp.predict(sx, sy, qx).exp().gather(1, best[:, None]) >
+            plain.predict(sx, sy, qx).exp().gather(1, best[:, None])).all()
+    with pytest.raises(ArchlabError, match="scale must be in"):
+        archlab.create("matching_net", scale=0.0)
+
+
 # ------------------------------------------------------------------------------------------ loop
 def _recipe(model="protonet", **loop):
     return {"name": "meta_tiny", "seed": 0, "model": {"name": model, "hidden": 8},
