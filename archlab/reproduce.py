@@ -212,9 +212,9 @@ def reproduce(suite: list[str], out: Path, seeds: int | None = None, jobs: int |
     out.mkdir(parents=True, exist_ok=True)
     log(f"reproduce: {len(paths)} recipes, {len(tasks)} runs, {jobs} at a time x {threads} threads -> {out}")
     t0 = time.perf_counter()
-    # Longest first keeps both workers busy until the end.
-    order = sorted(tasks, key=lambda t: -sum(_cost_hint(recipe_mod.load(q)) for q in chains[t[0]])
-                   - _cost_hint(recipes[t[0]]))
+    # Longest first (a run's prerequisites included) keeps both workers busy until the end.
+    cost = {p: _cost_hint(recipes[p]) + sum(_cost_hint(recipe_mod.load(q)) for q in chains[p]) for p in paths}
+    order = sorted(tasks, key=lambda t: -cost[t[0]])
     results: dict[tuple[Path, int], dict[str, Any]] = {}
     done_runs: dict[tuple[Path, int], dict[str, Any]] = {}
     locks: dict[tuple[Path, int], threading.Lock] = {}

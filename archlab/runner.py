@@ -325,8 +325,6 @@ def evaluate(run_dir: str | os.PathLike, device: str = "auto", overrides: list[s
     ``overrides`` (``KEY=VALUE``, as ``--set``) change the run's recipe for this evaluation only, e.g.
     ``data.name=omniglot_runs`` to score a few-shot learner on another dataset; the metrics are then
     also appended to ``evaluations`` in the run's summary.json (with the overrides that produced them)."""
-    from . import recipe as recipe_mod
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not is_run_dir(run_dir):
         raise ArchlabError(f"{run_dir} is not a run directory (no {RECIPE}); pass the folder `archlab train` wrote")

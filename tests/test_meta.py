@@ -276,7 +276,8 @@ def test_episodic_loop_rejects_what_does_not_fit(omniglot_data, tmp_path):
 
 # ------------------------------------------------------------------------------------- zero-shot
 def test_eszsl_closed_form_is_the_minimiser_and_classifies_unseen_classes():
-    from archlab.meta.zeroshot import ESZSL, seven_segment_attributes, zero_shot_scores
+    from archlab.meta.gzsl import gzsl_metrics
+    from archlab.meta.zeroshot import ESZSL, seven_segment_attributes
 
     S = seven_segment_attributes()
     assert S.shape == (7, 10) and int((S[:, 8] > 0).sum()) == 7 and int((S[:, 1] > 0).sum()) == 2
@@ -292,5 +293,5 @@ def test_eszsl_closed_form_is_the_minimiser_and_classifies_unseen_classes():
     model.V = V
     (grad,) = torch.autograd.grad(model.objective(x[train_rows], y[train_rows], S), V)
     assert grad.abs().max() < 1e-8 * (1 + float(V.detach().abs().max()))  # closed form = stationary point
-    scores = zero_shot_scores(model, x, y, S, seen, unseen)
+    scores = gzsl_metrics(model.scores(x, S), y, seen, unseen)
     assert scores["unseen_acc"] > 0.9 and 0.0 <= scores["gzsl_h"] <= 1.0

@@ -34,13 +34,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .zeroshot import ESZSL
+from .zeroshot import ESZSL, signed_targets
 
 
 def per_class_accuracy(pred: torch.Tensor, truth: torch.Tensor, classes: Sequence[int]) -> float:
     """Mean over ``classes`` of the fraction of each class's examples with ``pred == truth`` (absent: skipped)."""
     accs = [(pred[truth == c] == c).double().mean() for c in classes if bool((truth == c).any())]
     return float(torch.stack(accs).mean()) if accs else 0.0
+
+
+def positions(y: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Each label's index in ``classes`` (every label must be one of them): class ids -> ESZSL's column indices."""
+    return (y[:, None] == torch.tensor(list(classes))[None, :]).long().argmax(1)
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -108,8 +113,7 @@ class EszslPath:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, attributes: torch.Tensor) -> None:
         X, S = x.double().T, attributes.double()                                    # (d, m), (a, z)
-        Y = -torch.ones(x.shape[0], S.shape[1], dtype=torch.float64)
-        Y[torch.arange(len(y)), y] = 1.0
+        Y = signed_targets(y, S.shape[1])
         self.e, self.U = torch.linalg.eigh(X @ X.T)
         self.f, self.Q = torch.linalg.eigh(S @ S.T)
         self.B = self.U.T @ (X @ Y @ S.T) @ self.Q                                   # (d, a)
@@ -140,9 +144,7 @@ def choose_eszsl(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tens
     delta of highest validation H along the stacking curve. No example of a truly unseen class is read."""
     fit_classes = [c for c in seen if c not in val_classes]
     keep = torch.isin(y_train, torch.tensor(fit_classes))
-    position = {c: i for i, c in enumerate(fit_classes)}
-    y_fit = torch.tensor([position[int(c)] for c in y_train[keep]], dtype=torch.long)
-    path = EszslPath(x_train[keep], y_fit, attributes[:, fit_classes])
+    path = EszslPath(x_train[keep], positions(y_train[keep], fit_classes), attributes[:, fit_classes])
     best: tuple[tuple[float, float], float, float, dict[str, float]] | None = None
     for g in gammas:
         for lam in lams:

@@ -46,6 +46,13 @@ def seven_segment_attributes(centred: bool = True) -> torch.Tensor:
     return 2 * s - 1 if centred else s
 
 
+def signed_targets(y: torch.Tensor, z: int) -> torch.Tensor:
+    """ESZSL's target matrix Y (m, z): +1 at each example's class index ``y`` (m,), -1 elsewhere (float64)."""
+    Y = -torch.ones(len(y), z, dtype=torch.float64)
+    Y[torch.arange(len(y)), y] = 1.0
+    return Y
+
+
 @dataclass
 class ESZSL:
     """ESZSL with regularisers ``gamma`` (on V S) and ``lam`` (on X^T V)."""
@@ -57,8 +64,7 @@ class ESZSL:
         """``x`` (m, d) features, ``y`` (m,) indices into the columns of ``attributes`` (a, z)."""
         X = x.double().T                                           # (d, m)
         S = attributes.double()                                    # (a, z)
-        Y = -torch.ones(x.shape[0], S.shape[1], dtype=torch.float64)
-        Y[torch.arange(len(y)), y] = 1.0
+        Y = signed_targets(y, S.shape[1])
         d, a = X.shape[0], S.shape[0]
         left = torch.linalg.solve(X @ X.T + self.gamma * torch.eye(d, dtype=X.dtype), X @ Y @ S.T)  # (d, a)
         self.V = torch.linalg.solve(S @ S.T + self.lam * torch.eye(a, dtype=X.dtype), left.T).T  # (d, a)
@@ -71,25 +77,7 @@ class ESZSL:
     def objective(self, x: torch.Tensor, y: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         """The training objective at the fitted V (its gradient vanishes there: tested)."""
         X, S, V = x.double().T, attributes.double(), self.V
-        Y = -torch.ones(x.shape[0], S.shape[1], dtype=torch.float64)
-        Y[torch.arange(len(y)), y] = 1.0
+        Y = signed_targets(y, S.shape[1])
         return ((X.T @ V @ S - Y).pow(2).sum() + self.gamma * (V @ S).pow(2).sum()
                 + self.lam * (X.T @ V).pow(2).sum() + self.gamma * self.lam * V.pow(2).sum())
 
-
-def zero_shot_scores(model: ESZSL, x: torch.Tensor, y: torch.Tensor, attributes: torch.Tensor,
-                     seen: list[int], unseen: list[int]) -> dict[str, float]:
-    """``unseen_acc`` (unseen test examples among the unseen classes), and the generalized scores with
-    every class a candidate: ``gzsl_seen``, ``gzsl_unseen`` and their harmonic mean ``gzsl_h``; accuracies
-    are averaged per class (Xian et al. 2018)."""
-
-    def per_class(pred: torch.Tensor, truth: torch.Tensor, classes: list[int]) -> float:
-        return float(torch.stack([(pred[truth == c] == c).double().mean() for c in classes]).mean())
-
-    candidates = torch.tensor(unseen)
-    mask_u = torch.isin(y, candidates)
-    pred_u = candidates[model.scores(x[mask_u], attributes[:, unseen]).argmax(1)]
-    pred_all = model.scores(x, attributes).argmax(1)
-    s, u = per_class(pred_all, y, seen), per_class(pred_all, y, unseen)
-    return {"unseen_acc": per_class(pred_u, y[mask_u], unseen), "gzsl_seen": s, "gzsl_unseen": u,
-            "gzsl_h": 2 * s * u / (s + u) if s + u else 0.0}

@@ -33,7 +33,7 @@ import torch
 from ..data import Dataset, Split
 from ..engine.loop import Context, Loop, probe_forward, register_loop
 from ..errors import ArchlabError
-from ..meta.gzsl import ausuc, choose_eszsl, gzsl_metrics, seen_unseen_curve
+from ..meta.gzsl import ausuc, choose_eszsl, gzsl_metrics, positions, seen_unseen_curve
 from ..meta.zeroshot import ESZSL
 from .supervised import BatchStream, total_steps
 
@@ -137,7 +137,7 @@ class ZeroShot(Loop):
         idx = self.stream.next().to(self.ctx.device)
         self.opt.zero_grad()
         with self.ctx.precision.autocast():
-            loss, logits = self.model.seen_loss(self.train_x[idx], self.train_y[idx], self.seen_t)
+            loss, _ = self.model.seen_loss(self.train_x[idx], self.train_y[idx], self.seen_t)
         self.opt.backward(loss)
         lr = self.opt.step()
         return {"loss": loss.detach(), "lr": lr}
@@ -179,9 +179,7 @@ class ZeroShot(Loop):
         f_train, f_val, f_test = f_train - mean, f_val - mean, f_test - mean
         choice = choose_eszsl(f_train, self.train_part.y, f_val, self.val_part.y, S, cfg.seen, cfg.val_classes,
                               cfg.gammas, cfg.lambdas)
-        position = {c: i for i, c in enumerate(cfg.seen)}
-        y_fit = torch.tensor([position[int(c)] for c in self.train_part.y], dtype=torch.long)
-        model = ESZSL(choice.gamma, choice.lam).fit(f_train, y_fit, S[:, cfg.seen])
+        model = ESZSL(choice.gamma, choice.lam).fit(f_train, positions(self.train_part.y, cfg.seen), S[:, cfg.seen])
         scores = model.scores(f_test, S)
         stacked = gzsl_metrics(scores, self.data.test.y, cfg.seen, cfg.unseen, delta=choice.delta)
         return self._zero_shot(prefix, scores, {"gzsl_h_cs": stacked["gzsl_h"], "gamma": choice.gamma,
