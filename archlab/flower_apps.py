@@ -15,7 +15,7 @@ import torch
 from .federated.flower import ClientApp, ServerApp, using_grid
 
 if ClientApp is not None:
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.serverapp import Grid
 
 # ---------------------------------------------------------------------------------------------- client side
@@ -61,11 +61,61 @@ def train_on_node(content: RecordDict, node_state: RecordDict | None = None) -> 
         if node_state is None:
             raise RuntimeError("top-k error feedback needs the node's context to keep the residuals")
         node_state[key] = ArrayRecord(residual)
+    secagg = None
+    if "secagg_scale" in cfg:  # secure aggregation: the update never leaves the node in the clear
+        if node_state is None:
+            raise RuntimeError("secure aggregation needs the node's context to keep the protocol's state")
+        state, secagg = _secagg_start(loop, k, state, content["global"].to_torch_state_dict(), cfg, node_state)
     out = RecordDict({"local": ArrayRecord(state),
                       "metrics": MetricRecord({"client": k, "steps": steps, "loss": loss})})
+    if secagg is not None:
+        out["secagg"] = secagg
     if packed is not None:
         out["packed"] = ArrayRecord(packed)
     return out
+
+
+def _secagg_start(loop: Any, k: int, state: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor],
+                  cfg: Any, node_state: RecordDict) -> tuple[dict[str, torch.Tensor], ConfigRecord]:
+    """Client ``k``'s first step of secure aggregation: its update scaled and encoded as the in-process loop
+    encodes it, a fresh protocol client kept in the node's context; returns the tensors that are not averaged
+    (sent in the clear: FedPer's head, integer buffers) and the client's public keys."""
+    from .federated.secagg import SecAggClient, encode
+
+    update = loop.body_update(state, global_state)
+    flat = torch.cat([v.flatten() for v in update.values()]).double().numpy() * float(cfg["secagg_scale"])
+    client = SecAggClient(k, encode(flat, float(cfg["secagg_clip"]), int(cfg["secagg_levels"])))
+    node_state[f"secagg.{k}"] = ConfigRecord(client.to_state())
+    c_pk, s_pk = client.advertise()
+    return {n: v for n, v in state.items() if n not in update}, ConfigRecord({"c": c_pk, "s": s_pk})
+
+
+def secagg_on_node(action: str, content: RecordDict, node_state: RecordDict) -> RecordDict:
+    """The protocol steps after ``train`` (:meth:`archlab.federated.flower.Transport.secure_train`) for the client
+    the message names, from the state its ``train`` message left in the node's context."""
+    from .federated.secagg import SecAggClient, pack_revealed, unpack_keys
+
+    k = int(content["config"]["client"])
+    key = f"secagg.{k}"
+    if key not in node_state:
+        raise RuntimeError(f"secure aggregation: this node holds no protocol state of client {k}")
+    client = SecAggClient.from_state(dict(node_state[key]))
+    keys = unpack_keys(dict(content["keys"]))
+    reply: dict[str, ConfigRecord] = {}
+    if action == "secagg_share":
+        reply["shares"] = ConfigRecord({str(v): blob for v, blob in
+                                        client.share_keys(keys, int(content["t"]["t"])).items()})
+    elif action == "secagg_mask":
+        client.inbox = {int(u): bytes(blob) for u, blob in content["inbox"].items()}
+        reply["masked"] = ConfigRecord({"y": client.masked_input(keys).astype("<u4").tobytes()})
+    else:  # secagg_unmask: the protocol's last step for this client; its state goes
+        survivors = {int(u) for u in content["survivors"]["ids"]}
+        reply["revealed"] = ConfigRecord(pack_revealed(client.unmask(keys, survivors)))
+    if action == "secagg_unmask":
+        del node_state[key]
+    else:
+        node_state[key] = ConfigRecord(client.to_state())
+    return RecordDict({"config": ConfigRecord({"client": k}), **reply})
 
 
 def evaluate_on_node(content: RecordDict) -> RecordDict:
@@ -89,6 +139,14 @@ if ClientApp is not None:
     @client_app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:  # noqa: ARG001 -- Flower's handler signature
         return Message(content=evaluate_on_node(msg.content), reply_to=msg)
+
+    def _secagg_handler(action: str) -> None:
+        @client_app.query(action)
+        def _step(msg: Message, context: Context) -> Message:
+            return Message(content=secagg_on_node(action, msg.content, context.state), reply_to=msg)
+
+    for _action in ("secagg_share", "secagg_mask", "secagg_unmask"):
+        _secagg_handler(_action)
 
     @client_app.query()
     def _query(msg: Message, context: Context) -> Message:

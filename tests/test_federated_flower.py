@@ -45,8 +45,8 @@ def _final(raw: dict, out) -> dict[str, torch.Tensor]:
 
 
 def test_flower_backends_refuse_what_they_cannot_carry(tmp_path):
-    with pytest.raises(ArchlabError, match="backend 'flower-sim' cannot run secure_aggregation"):
-        from_dict(recipe(backend="flower-sim", secure_aggregation=True))
+    with pytest.raises(ArchlabError, match="backend 'flower-sim' cannot run parallel_clients"):
+        from_dict(recipe(backend="flower-sim", parallel_clients=True))
     if HAVE_FLWR:  # outside a ServerApp there is no grid to send rounds to
         with pytest.raises(ArchlabError, match="trains inside Flower's ServerApp"):
             train(from_dict(recipe(backend="flower")), out=tmp_path / "r", progress=False, log=lambda _m: None)
@@ -58,7 +58,7 @@ def test_flower_simulation_equals_inprocess(tmp_path, monkeypatch):
     from archlab.federated import flower
 
     monkeypatch.setattr(flower, "ROUND_TIMEOUT", 180.0)  # Ray's start included; a hung round fails the test
-    raw = recipe(algorithm="fedprox", mu=0.1)
+    raw = recipe(algorithm="fedprox", mu=0.1, secure_aggregation=True)  # the protocol's steps as Flower messages
     ref = _final(raw, tmp_path / "inprocess")
     sim = _final({**raw, "loop": {**raw["loop"], "backend": "flower-sim", "sim_nodes": 2}}, tmp_path / "sim")
     assert not flower_apps._WORKERS  # the clients trained in Ray's worker processes, not in this one

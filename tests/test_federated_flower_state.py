@@ -10,6 +10,7 @@ seconds; ``tests/test_federated_flower.py`` runs the same protocol on Flower's S
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import shutil
@@ -43,7 +44,9 @@ def serverapp_identity(monkeypatch):
 class LocalGrid:
     """Flower's ``Grid`` interface (``get_node_ids``, ``send_and_receive``) over ``nodes`` nodes that run
     ``archlab.flower_apps:client_app`` in this process; a node's ``Context.state`` persists across messages, as a
-    SuperNode's does for a run. Replies come back in reverse order (Flower gives no order)."""
+    SuperNode's does for a run. Like Flower's Simulation Engine, the messages of one call may run at once: each
+    works on a copy of its node's state taken when the call starts and the last copy written wins. Replies come
+    back in reverse order (Flower gives no order)."""
 
     def __init__(self, nodes: int) -> None:
         from flwr.app import RecordDict
@@ -60,11 +63,13 @@ class LocalGrid:
         from archlab.flower_apps import client_app
 
         replies = []
+        start = {node: copy.deepcopy(state) for node, state in self.states.items()}
         for msg in messages:
             node = msg.metadata.dst_node_id
             self.sent.append((node, msg.metadata.message_type))
-            ctx = Context(run_id=1, node_id=node, node_config={}, state=self.states[node], run_config={})
+            ctx = Context(run_id=1, node_id=node, node_config={}, state=copy.deepcopy(start[node]), run_config={})
             replies.append(client_app(msg, ctx))
+            self.states[node] = ctx.state
         return replies[::-1]
 
 
@@ -135,7 +140,10 @@ CASES = {
                                          local_test_fraction=0.2),
     "int8+fedper+fedprox": dict(compression="int8", algorithm="fedprox", mu=0.1, personalization="fedper",
                                 local_test_fraction=0.2),
+    "secagg+fedper+fedprox": dict(secure_aggregation=True, algorithm="fedprox", mu=0.1, personalization="fedper",
+                                  local_test_fraction=0.2),
 }
+SECAGG_STEPS = {"query.secagg_share", "query.secagg_mask", "query.secagg_unmask"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -146,7 +154,10 @@ def test_flower_messages_carry_per_client_state(tmp_path, case):
     _train(raw, tmp_path / "flower", grid)
     assert_same_run(tmp_path / "inprocess", tmp_path / "flower")
     kinds = {t for _, t in grid.sent}
-    assert kinds == ({"train", "evaluate", "query"} if "topk" in case else {"train", "evaluate"})
+    assert kinds == {"train", "evaluate"} | ({"query"} if "topk" in case else set()) \
+        | (SECAGG_STEPS if "secagg" in case else set())
+    if "secagg" in case:  # every client's protocol state is gone from its node once the round is summed
+        assert not [key for st in grid.states.values() for key in st.config_records]
     if "topk" in case:  # the residuals live on the nodes, each client's on its own node (k mod 2)
         held = {int(key.split(".")[1]): node for node, st in grid.states.items() for key in st.array_records}
         nodes = sorted(grid.states)
@@ -179,8 +190,9 @@ def test_topk_residuals_survive_resume_between_inprocess_and_flower(tmp_path):
 
 
 def test_what_flower_cannot_carry_is_refused_in_one_line():
-    for loop, match in [({"secure_aggregation": True}, "cannot run secure_aggregation"),
-                        ({"parallel_clients": True}, "cannot run secure_aggregation .* or parallel_clients"),
+    for loop, match in [({"secure_aggregation": True, "algorithm": "scaffold"},
+                         "cannot combine secure_aggregation with SCAFFOLD"),
+                        ({"parallel_clients": True}, "cannot run parallel_clients"),
                         ({"algorithm": "scaffold", "compression": "int8"}, "cannot combine SCAFFOLD with compression")]:
         for backend in ("flower-sim", "flower"):
             with pytest.raises(ArchlabError, match=match):
@@ -197,3 +209,69 @@ def test_a_node_that_held_residuals_leaving_fails_the_run_in_one_line(tmp_path):
     with pytest.raises(ArchlabError, match=r"left the run; they held top-k residuals"):
         _train(recipe(compression="topk", topk_fraction=0.05), tmp_path / "r", ShrinkingGrid(2))
     _train(recipe(compression="int8"), tmp_path / "stateless", ShrinkingGrid(3))  # nothing on the nodes: goes on
+
+
+class DroppingGrid(LocalGrid):
+    """Clients whose replies to one secure-aggregation step never arrive (a phone that went offline); records
+    every client's encoded input from its node's state after the ``train`` messages."""
+
+    def __init__(self, nodes: int, drop: dict[str, set[int]]) -> None:
+        super().__init__(nodes)
+        self.drop, self.inputs = drop, {}
+
+    def send_and_receive(self, messages, timeout=None):
+        from archlab.federated.secagg import SecAggClient
+
+        replies = super().send_and_receive(messages, timeout)
+        kind = messages[0].metadata.message_type
+        if kind == "train":
+            for st in self.states.values():
+                for key, rec in st.config_records.items():
+                    self.inputs[int(key.split(".")[1])] = SecAggClient.from_state(dict(rec)).x
+        lost = self.drop.get(kind, set())
+        return [r for r in replies if int(r.content["config"]["client"]) not in lost] if lost else replies
+
+
+@pytest.mark.parametrize(("drop", "summed"), [({"query.secagg_mask": {1}}, {0, 2, 3}),
+                                              ({"query.secagg_unmask": {2}}, {0, 1, 2, 3}),
+                                              ({}, {0, 1, 2, 3})])
+def test_secure_aggregation_over_flower_survives_dropouts_below_the_threshold(tmp_path, monkeypatch, drop, summed):
+    """Four clients, threshold 3: a client lost before its masked input is left out of the sum (its pairwise
+    masks are rebuilt from the others' shares); one lost before unmasking is still summed (its self mask is
+    rebuilt). The sum the server recovers is exactly the sum of the surviving clients' encoded inputs."""
+    import numpy as np
+
+    from archlab.federated import secagg
+
+    sums = []
+    real = secagg.unmask_sum
+    monkeypatch.setattr(secagg, "unmask_sum", lambda *a: sums.append(real(*a)) or sums[-1])
+    grid = DroppingGrid(3, drop)
+    raw = recipe(steps=1, clients=4, fraction=1.0, secure_aggregation=True)
+    _train(raw, tmp_path / "r", grid)
+    (z,) = sums
+    expected = np.zeros_like(z)
+    for k in summed:
+        expected = expected + grid.inputs[k]
+    np.testing.assert_array_equal(z, expected)
+    (train_row,) = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if r["split"] == "train"]
+    assert train_row["secagg_dropped"] == 4 - len(summed)
+
+
+@pytest.mark.parametrize(("step", "what"), [("query.secagg_mask", "masking"), ("query.secagg_unmask", "unmasking")])
+def test_secure_aggregation_over_flower_fails_in_one_line_above_the_threshold(tmp_path, step, what):
+    with pytest.raises(ArchlabError, match=rf"^round 0: 2 clients answered the {what} step .* threshold is 3;"):
+        _train(recipe(steps=1, clients=4, fraction=1.0, secure_aggregation=True), tmp_path / "r",
+               DroppingGrid(3, {step: {0, 3}}))
+
+
+def test_residuals_of_two_clients_on_one_node_both_survive(tmp_path):
+    """Four clients a round on two nodes: each node trains two clients whose top-k residuals it keeps. The
+    messages that write a node's context go one at a time, so neither client's residual is lost to the other's
+    concurrent write (LocalGrid keeps the last copy written, as Flower's Simulation Engine does)."""
+    raw = recipe(steps=3, clients=4, fraction=1.0, compression="topk", topk_fraction=0.05)
+    _train(raw, tmp_path / "inprocess")
+    grid = LocalGrid(2)
+    _train(raw, tmp_path / "flower", grid)
+    assert_same_run(tmp_path / "inprocess", tmp_path / "flower")
+    assert sorted(int(key.split(".")[1]) for st in grid.states.values() for key in st.array_records) == [0, 1, 2, 3]

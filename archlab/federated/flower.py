@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ..errors import ArchlabError
@@ -96,9 +97,26 @@ def _wait_for_nodes(grid: Grid, expected: int, wait: float) -> list[int]:
     return nodes
 
 
-def _exchange(grid: Grid, messages: list[Message], what: str) -> list[Message]:
-    """Send ``messages`` and return the replies (one clear error for a failed or silent node)."""
+def _exchange(grid: Grid, messages: list[Message], what: str, allow_missing: bool = False,
+              one_per_node: bool = False) -> list[Message]:
+    """Send ``messages`` and return the replies (one clear error for a failed or silent node; with
+    ``allow_missing`` the replies that arrived without error: the others count as dropped out).
+
+    ``one_per_node``: the messages write the node's ``Context.state``, so no node gets a second message before it
+    answered the first. (Flower's Simulation Engine runs a node's messages on several workers at once, each on a
+    copy of the node's context, and keeps the last copy written: two clients' concurrent writes would lose one.)"""
+    if one_per_node:
+        waves: list[list[Message]] = []
+        seen: dict[int, int] = {}
+        for msg in messages:
+            i = seen[msg.metadata.dst_node_id] = seen.get(msg.metadata.dst_node_id, -1) + 1
+            if i == len(waves):
+                waves.append([])
+            waves[i].append(msg)
+        return [r for wave in waves for r in _exchange(grid, wave, what, allow_missing)]
     replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT))
+    if allow_missing:
+        return [r for r in replies if not r.has_error()]
     for reply in replies:
         if reply.has_error():
             raise ArchlabError(f"a Flower node failed in {what}: {reply.error.reason[:500]}")
@@ -142,14 +160,16 @@ class Transport:
         return self.nodes
 
     def _client_messages(self, grid: Grid, message_type: str, step: int, clients: list[int], lr: float,
-                         global_state: Tensors, payloads: dict[int, Tensors]) -> list[Message]:
+                         global_state: Tensors, payloads: dict[int, Tensors], nodes: list[int] | None = None,
+                         extra: dict[int, dict[str, Any]] | None = None) -> list[Message]:
         """One message per client: the global state, the client's own tensors (SCAFFOLD's variates, FedPer's head,
-        a residual restored from a checkpoint) and {recipe, seed, round, client, lr}."""
-        nodes = self._node_list(grid)
+        a residual restored from a checkpoint) and {recipe, seed, round, client, lr} (plus ``extra[k]``)."""
+        nodes = nodes or self._node_list(grid)
         arrays = ArrayRecord({k: v.detach().cpu() for k, v in global_state.items()})
         messages = []
         for k in clients:
-            cfg = ConfigRecord({"recipe": self.recipe_toml, "seed": self.seed, "round": step, "client": k, "lr": lr})
+            cfg = ConfigRecord({"recipe": self.recipe_toml, "seed": self.seed, "round": step, "client": k, "lr": lr,
+                                **(extra or {}).get(k, {})})
             own = ArrayRecord({n: v.detach().cpu() for n, v in payloads.get(k, {}).items()})
             messages.append(Message(RecordDict({"global": arrays, "client": own, "config": cfg}),
                                     dst_node_id=nodes[k % len(nodes)], message_type=message_type,
@@ -162,11 +182,83 @@ class Transport:
         def job(grid: Grid) -> dict[int, Result]:
             messages = self._client_messages(grid, "train", step, clients, lr, global_state, payloads)
             out: dict[int, Result] = {}
-            for k, reply in _by_client(_exchange(grid, messages, f"round {step}"), clients, f"round {step}").items():
+            replies = _exchange(grid, messages, f"round {step}", one_per_node=self.sticky)
+            for k, reply in _by_client(replies, clients, f"round {step}").items():
                 m, content = reply.content["metrics"], reply.content
                 packed = content["packed"].to_torch_state_dict() if "packed" in content else None
                 out[k] = (content["local"].to_torch_state_dict(), int(m["steps"]), float(m["loss"]), packed)
             return out
+
+        return self._call(job)
+
+    def secure_train(self, step: int, clients: list[int], lr: float, global_state: Tensors,
+                     payloads: dict[int, Tensors], scales: dict[int, float], clip: float, levels: int,
+                     threshold: int) -> tuple[dict[int, Result], np.ndarray, list[int]]:
+        """Round ``step`` with secure aggregation (archlab/federated/secagg.py) as four exchanges of messages:
+
+            train                 node: ClientUpdate, encode scales[k] * (w_k - x_t), start the protocol's client k
+                                  (its keys and state stay in the node's Context) -> k's public keys
+            query.secagg_share    every public key -> k's encrypted shares of its secrets, by recipient
+            query.secagg_mask     the shares addressed to k -> y_k, k's masked input
+            query.secagg_unmask   the clients whose y arrived -> k's shares of their self masks / of the dropped
+                                  clients' mask keys
+
+        The server sees public keys, ciphertexts, masked vectors and shares, never an update. Clients whose node
+        does not answer the masking or unmasking step drop out; below ``threshold`` helpers the round fails in one
+        line. Returns, by client, (the tensors that are not averaged, steps, summed loss, None), the sum z
+        (mod 2^32) of the surviving clients' encoded inputs, and those clients."""
+        from .secagg import pack_keys, unmask_sum, unpack_keys, unpack_revealed
+
+        def ask(grid: Grid, nodes: list[int], action: str, records: dict[int, dict[str, ConfigRecord]],
+                allow_missing: bool) -> dict[int, RecordDict]:
+            messages = [Message(RecordDict({"config": ConfigRecord({"client": k, "round": step}), **rec}),
+                                dst_node_id=nodes[k % len(nodes)], message_type=f"query.{action}",
+                                group_id=str(step)) for k, rec in records.items()]
+            what = f"round {step}, secure aggregation ({action})"
+            replies = {int(r.content["config"]["client"]): r.content
+                       for r in _exchange(grid, messages, what, allow_missing, one_per_node=True)}
+            if not allow_missing and sorted(replies) != sorted(records):
+                raise ArchlabError(f"{what}: the nodes answered for clients {sorted(replies)[:10]}")
+            return replies
+
+        def job(grid: Grid) -> tuple[dict[int, Result], np.ndarray, list[int]]:
+            nodes = self._node_list(grid)
+            extra = {k: {"secagg_scale": scales[k], "secagg_clip": clip, "secagg_levels": levels} for k in clients}
+            messages = self._client_messages(grid, "train", step, clients, lr, global_state, payloads, nodes, extra)
+            out: dict[int, Result] = {}
+            keys: dict[int, tuple[bytes, bytes]] = {}
+            replies = _exchange(grid, messages, f"round {step}", one_per_node=True)
+            for k, reply in _by_client(replies, clients, f"round {step}").items():
+                m, content = reply.content["metrics"], reply.content
+                out[k] = (content["local"].to_torch_state_dict(), int(m["steps"]), float(m["loss"]), None)
+                keys[k] = (bytes(content["secagg"]["c"]), bytes(content["secagg"]["s"]))
+            key_record = ConfigRecord(pack_keys(keys))
+            shares = ask(grid, nodes, "secagg_share",
+                         {k: {"keys": key_record, "t": ConfigRecord({"t": threshold})} for k in clients}, False)
+            inbox: dict[int, dict[str, bytes]] = {k: {} for k in clients}
+            for u, content in shares.items():
+                for v, blob in content["shares"].items():
+                    inbox[int(v)][str(u)] = blob
+            masked = ask(grid, nodes, "secagg_mask",
+                         {k: {"keys": key_record, "inbox": ConfigRecord(inbox[k])} for k in clients}, True)
+            ys = {k: np.frombuffer(bytes(c["masked"]["y"]), dtype="<u4").astype(np.uint32)
+                  for k, c in masked.items()}
+            survivors = sorted(ys)
+            def enough(answered: int, what: str) -> None:
+                if answered < threshold:
+                    raise ArchlabError(f"round {step}: {answered} clients answered the {what} step of secure "
+                                       f"aggregation but the threshold is {threshold}; the sum cannot be recovered "
+                                       "(too many dropouts)")
+
+            enough(len(survivors), "masking")
+            unmask_ask = {"keys": key_record, "survivors": ConfigRecord({"ids": survivors})}
+            helpers = ask(grid, nodes, "secagg_unmask", {k: dict(unmask_ask) for k in survivors}, True)
+            enough(len(helpers), "unmasking")
+            revealed: dict[int, list[tuple[str, tuple[int, int]]]] = {}
+            for content in helpers.values():
+                for u, item in unpack_revealed(dict(content["revealed"])).items():
+                    revealed.setdefault(u, []).append(item)
+            return out, unmask_sum(ys, revealed, unpack_keys(dict(key_record)), threshold), survivors
 
         return self._call(job)
 

@@ -110,6 +110,29 @@ class SecAggClient:
         self.c_sk, self.s_sk = X25519PrivateKey.generate(), X25519PrivateKey.generate()
         self.b = os.urandom(32)
 
+    def to_state(self) -> dict[str, bytes]:
+        """Everything the client keeps between the protocol's messages, as bytes (a Flower node stores it in its
+        ``Context.state`` while the server runs the next step with the other clients)."""
+        state = {"uid": _int_bytes(self.uid), "x": self.x.astype("<u4").tobytes(), "c_sk": _raw(self.c_sk),
+                 "s_sk": _raw(self.s_sk), "b": self.b, "own_b_share": b"".join(map(_int_bytes, self.own_b_share))}
+        state.update({f"inbox.{u}": blob for u, blob in self.inbox.items()})
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, bytes]) -> SecAggClient:
+        """The client :meth:`to_state` saved."""
+        _, _, X25519PrivateKey, *_ = _crypto()
+        client = object.__new__(cls)
+        client.uid = _bytes_int(state["uid"])
+        client.x = np.frombuffer(state["x"], dtype="<u4").astype(np.uint32)
+        client.c_sk = X25519PrivateKey.from_private_bytes(state["c_sk"])
+        client.s_sk = X25519PrivateKey.from_private_bytes(state["s_sk"])
+        client.b = state["b"]
+        share = state["own_b_share"]
+        client.own_b_share = (_bytes_int(share[:SHARE_BYTES]), _bytes_int(share[SHARE_BYTES:]))
+        client.inbox = {int(k.split(".", 1)[1]): v for k, v in state.items() if k.startswith("inbox.")}
+        return client
+
     def advertise(self) -> tuple[bytes, bytes]:
         return _raw(self.c_sk.public_key()), _raw(self.s_sk.public_key())
 
@@ -144,7 +167,7 @@ class SecAggClient:
 
     def unmask(self, keys: dict[int, tuple[bytes, bytes]], survivors: set[int]) -> dict[int, tuple[str, tuple]]:
         """For every sender u: ("b", share) if u is a survivor, ("s", share) if it dropped out; and its own b share."""
-        out = {self.uid: ("b", self.own_b_share)}
+        out: dict[int, tuple[str, tuple]] = {self.uid: ("b", self.own_b_share)}
         for u, blob in self.inbox.items():
             msg = self._channel(keys[u][0]).decrypt(blob[:12], blob[12:], None)
             sender, recipient, x, s_y, b_y = (int.from_bytes(msg[i:i + 66], "big") for i in range(0, 330, 66))
@@ -154,13 +177,77 @@ class SecAggClient:
         return out
 
 
+SHARE_BYTES = 66
+"""Bytes of one field element (a share's x or y, a secret; < 2^521)."""
+
+
+def _int_bytes(n: int) -> bytes:
+    return n.to_bytes(SHARE_BYTES, "big")
+
+
+def _bytes_int(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
+# -- the messages' payloads as flat {str: bytes} records (what a Flower ConfigRecord carries) ---------
+def pack_keys(keys: dict[int, tuple[bytes, bytes]]) -> dict[str, bytes]:
+    """AdvertiseKeys' public keys of every client, for the ShareKeys and later messages."""
+    return {f"{kind}.{u}": pk for u, pair in keys.items() for kind, pk in zip("cs", pair, strict=True)}
+
+
+def unpack_keys(record: dict[str, bytes]) -> dict[int, tuple[bytes, bytes]]:
+    ids = sorted({int(k.split(".", 1)[1]) for k in record})
+    return {u: (bytes(record[f"c.{u}"]), bytes(record[f"s.{u}"])) for u in ids}
+
+
+def pack_revealed(items: dict[int, tuple[str, tuple[int, int]]]) -> dict[str, bytes]:
+    """One helper's Unmasking answer: for every client u, "b" or "s" and the share (x, y)."""
+    return {str(u): kind.encode() + _int_bytes(x) + _int_bytes(y) for u, (kind, (x, y)) in items.items()}
+
+
+def unpack_revealed(record: dict[str, bytes]) -> dict[int, tuple[str, tuple[int, int]]]:
+    out = {}
+    for u, blob in record.items():
+        blob = bytes(blob)
+        out[int(u)] = (blob[:1].decode(), (_bytes_int(blob[1:1 + SHARE_BYTES]), _bytes_int(blob[1 + SHARE_BYTES:])))
+    return out
+
+
+def unmask_sum(masked: dict[int, np.ndarray], revealed: dict[int, list[tuple[str, tuple[int, int]]]],
+               keys: dict[int, tuple[bytes, bytes]], threshold: int) -> np.ndarray:
+    """The server's last step: from the masked inputs of the survivors (``masked``) and the shares the helpers
+    revealed, by the client they belong to, the sum of the survivors' inputs (mod 2^32)."""
+    _, _, X25519PrivateKey, X25519PublicKey, *_ = _crypto()
+    survivors = set(masked)
+    dim = len(next(iter(masked.values())))
+    z = np.zeros(dim, dtype=np.uint32)
+    for y in masked.values():
+        z = z + y
+    for u, items in revealed.items():
+        if len(items) < threshold:
+            raise ArchlabError(f"secure aggregation: only {len(items)} shares of client {u}'s secret arrived, "
+                               f"the threshold is {threshold}")
+        kinds = {kind for kind, _ in items}
+        if kinds != {"b" if u in survivors else "s"}:
+            raise ArchlabError(f"secure aggregation: the helpers revealed {sorted(kinds)} shares of client {u}, "
+                               f"which {'sent' if u in survivors else 'did not send'} its masked input")
+        secret = shamir_join([s for _, s in items][:threshold])
+        if u in survivors:  # remove u's self mask
+            z = z - prg(secret.to_bytes(32, "big"), dim)
+        else:  # u dropped: rebuild its mask key and remove its pairwise masks with every survivor
+            s_sk = X25519PrivateKey.from_private_bytes(secret.to_bytes(32, "big"))
+            for v in survivors:
+                mask = prg(_kdf(s_sk.exchange(X25519PublicKey.from_public_bytes(keys[v][1])), b"mask"), dim)
+                z = z - mask if v < u else z + mask  # v added +mask when v < u
+    return z
+
+
 def secure_sum(inputs: dict[int, np.ndarray], threshold: int, drop_before_input: frozenset[int] = frozenset(),
                drop_before_unmask: frozenset[int] = frozenset()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Run the protocol among ``inputs`` (client id -> uint32 vector); clients in ``drop_before_input``
     vanish after ShareKeys, those in ``drop_before_unmask`` after sending their masked input.
     Returns the sum (mod 2^32) of the inputs of the clients whose masked input arrived, and the masked
     vectors the server saw (by client)."""
-    _, _, _, X25519PublicKey, *_ = _crypto()
     clients = {u: SecAggClient(u, np.asarray(x, dtype=np.uint32)) for u, x in inputs.items()}
     if not 2 <= threshold <= len(clients):
         raise ArchlabError(f"secure aggregation: threshold must be in [2, {len(clients)}], got {threshold}")
@@ -178,24 +265,7 @@ def secure_sum(inputs: dict[int, np.ndarray], threshold: int, drop_before_input:
     for v in helpers:
         for u, item in clients[v].unmask(keys, survivors).items():
             revealed.setdefault(u, []).append(item)
-    dim = len(next(iter(inputs.values())))
-    z = np.zeros(dim, dtype=np.uint32)
-    for y in masked.values():
-        z = z + y
-    for u, items in revealed.items():
-        if len(items) < threshold:
-            raise ArchlabError(f"secure aggregation: only {len(items)} shares of client {u}'s secret arrived, "
-                               f"the threshold is {threshold}")
-        shares = [s for _, s in items][:threshold]
-        secret = shamir_join(shares)
-        if u in survivors:  # remove u's self mask
-            z = z - prg(secret.to_bytes(32, "big"), dim)
-        else:  # u dropped: rebuild its mask key and remove its pairwise masks with every survivor
-            _, _, X25519PrivateKey, *_ = _crypto()
-            s_sk = X25519PrivateKey.from_private_bytes(secret.to_bytes(32, "big"))
-            for v in survivors:
-                mask = prg(_kdf(s_sk.exchange(X25519PublicKey.from_public_bytes(keys[v][1])), b"mask"), dim)
-                z = z - mask if v < u else z + mask  # v added +mask when v < u
+    z = unmask_sum(masked, revealed, keys, threshold)
     return z, masked
 
 

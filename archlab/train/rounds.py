@@ -105,7 +105,8 @@ class FederatedConfig:
     """Top-k keeps what it did not send in a per-client residual and adds it to the next update."""
     secure_aggregation: bool = False
     """Sum the client updates with Bonawitz et al.'s protocol (archlab/federated/secagg.py): the server sees only
-    masked vectors and their sum; updates are quantized to 2^32 / m levels over [-secagg_clip, secagg_clip]."""
+    masked vectors and their sum; updates are quantized to 2^32 / m levels over [-secagg_clip, secagg_clip]. On the
+    Flower backends each node encodes and masks its clients' updates and the protocol's steps are messages."""
     secagg_clip: float = 0.1
     """Range of every (weighted) update entry for secure aggregation; larger entries are clipped."""
     secagg_threshold: int = 0
@@ -170,10 +171,12 @@ class FederatedConfig:
             raise ValueError("dp_noise needs dp_clip > 0 (the noise is calibrated to the clipping norm)")
         if not 1 <= self.sim_nodes <= 1000:
             raise ValueError(f"sim_nodes must be in 1..1000, got {self.sim_nodes}")
-        if self.backend != "inprocess" and (self.secure_aggregation or self.parallel_clients):
-            raise ValueError(f"backend {self.backend!r} cannot run secure_aggregation (its key agreement and masking "
-                             "run in this process, not as Flower message rounds) or parallel_clients (it batches "
-                             "clients in this process): use backend = 'inprocess'")
+        if self.backend != "inprocess" and self.parallel_clients:
+            raise ValueError(f"backend {self.backend!r} cannot run parallel_clients (it batches clients in this "
+                             "process): use backend = 'inprocess'")
+        if self.backend != "inprocess" and self.secure_aggregation and self.algorithm == "scaffold":
+            raise ValueError(f"backend {self.backend!r} cannot combine secure_aggregation with SCAFFOLD: the server "
+                             "updates c_i from the client's model, which a node that masks its update does not send")
         if self.backend != "inprocess" and self.algorithm == "scaffold" and self.compression != "none":
             raise ValueError(f"backend {self.backend!r} cannot combine SCAFFOLD with compression: the server updates "
                              "c_i from the client's uncompressed model, which a compressing node does not send")
@@ -242,6 +245,7 @@ class Federated(Loop):
         self.reached: int | None = None  # first round whose test accuracy reached target_acc
         self.round = 0
         self.transport = None
+        self.secagg_dropped = 0
         if cfg.backend != "inprocess":
             from ..federated.flower import open_transport  # flwr is an optional extra
 
@@ -334,7 +338,7 @@ class Federated(Loop):
         self.heads.heads = {k: head} if (head := part("head.")) else {}
         return part("residual.") or None
 
-    def _body_update(self, state: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor]
+    def body_update(self, state: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor]
                      ) -> dict[str, torch.Tensor]:
         """w_k - x_t over the averaged tensors (floating, not FedPer's head), in state_dict order."""
         return {n: v - global_state[n] for n, v in state.items() if v.is_floating_point() and n not in self.heads.names}
@@ -364,7 +368,7 @@ class Federated(Loop):
         state = {n: v.detach().clone() for n, v in self.local.state_dict().items()}
         if self.cfg.compression == "none":
             return state, steps, loss, None, None
-        update = self._body_update(state, global_state)
+        update = self.body_update(state, global_state)
         self.feedback.residual = {k: residual} if residual else {}
         packed = self.pack_update(step, k, update)
         return ({n: v for n, v in state.items() if n not in update}, steps, loss, packed,
@@ -402,9 +406,18 @@ class Federated(Loop):
             clients_to_train = list(zip(clients, weights, strict=True))
         secagg_inputs: dict[int, np.ndarray] = {}
         levels = (2**32 - 1) // max(1, len(clients))  # the sum of m encoded entries stays below 2^32
-        remote = self.transport.train(step, [k for k, _ in clients_to_train], lr, global_state,
-                                      {k: self.client_payload(k) for k, _ in clients_to_train}) \
-            if self.transport is not None and clients_to_train else {}
+        remote: dict = {}
+        masked_sum = None  # (z, surviving clients) of secure aggregation run by Flower nodes
+        if self.transport is not None and clients_to_train:
+            ids = [k for k, _ in clients_to_train]
+            payloads = {k: self.client_payload(k) for k in ids}
+            if cfg.secure_aggregation and len(ids) > 1:  # the nodes encode and mask; the server gets only the sum
+                scales = {k: w * len(clients) for k, w in clients_to_train}
+                remote, z, survivors = self.transport.secure_train(step, ids, lr, global_state, payloads, scales,
+                                                                   cfg.secagg_clip, levels, self.secagg_t(len(ids)))
+                masked_sum = (z, survivors)
+            else:
+                remote = self.transport.train(step, ids, lr, global_state, payloads)
         for k, w in clients_to_train:
             packed = None
             if remote:  # the client trained on a Flower node: its local state, or its packed update + the rest
@@ -416,7 +429,7 @@ class Federated(Loop):
             self.heads.store(k, self.local)
             steps, loss_sum = steps + n_steps, loss_sum + k_loss
             with torch.no_grad():
-                update = self._body_update(self.local.state_dict(), global_state)
+                update = self.body_update(self.local.state_dict(), global_state)
                 if cfg.dp_clip:
                     update = clip_update(update, cfg.dp_clip)
                 if cfg.compression != "none":  # packed by the client (here, or on its Flower node)
@@ -425,19 +438,26 @@ class Federated(Loop):
                 else:
                     size = full_size
                 sent += size
+                if masked_sum is not None:  # encoded and masked on the client's node
+                    continue
                 if cfg.secure_aggregation:  # the client sends m * w_k * update, encoded; the server sees only sums
                     flat = torch.cat([v.flatten() for v in update.values()]).double().numpy() * (w * len(clients))
                     secagg_inputs[k] = encode(flat, cfg.secagg_clip, levels)
                     continue
                 for name, v in update.items():
                     delta[name].add_(v, alpha=w)
-        if secagg_inputs:
-            if len(secagg_inputs) > 1:
-                t = cfg.secagg_threshold or len(secagg_inputs) // 2 + 1
-                z, _ = secure_sum(secagg_inputs, min(max(t, 2), len(secagg_inputs)))
+        if secagg_inputs or masked_sum is not None:
+            if masked_sum is not None:
+                z, survivors = masked_sum
+            elif len(secagg_inputs) > 1:
+                z, _ = secure_sum(secagg_inputs, self.secagg_t(len(secagg_inputs)))
+                survivors = list(secagg_inputs)
             else:  # a single client has no one to hide its update among
-                (z,) = secagg_inputs.values()
-            total = torch.from_numpy(decode_sum(z, len(secagg_inputs), cfg.secagg_clip, levels) / len(clients))
+                (z,), survivors = secagg_inputs.values(), list(secagg_inputs)
+            total = torch.from_numpy(decode_sum(z, len(survivors), cfg.secagg_clip, levels) / len(clients))
+            if len(survivors) < len(clients):  # clients dropped out of the protocol: average over the others
+                total = total / sum(w for k, w in zip(clients, weights, strict=True) if k in set(survivors))
+            self.secagg_dropped = len(clients) - len(survivors)
             start = 0
             for name, v in delta.items():
                 delta[name] = total[start:start + v.numel()].view_as(v).to(v)
@@ -454,8 +474,15 @@ class Federated(Loop):
         self.algo.end_round(clients, cfg.clients)
         self.round = step + 1
         self.bytes_total += sent
-        return {"loss": loss_sum / max(steps, 1), "lr": lr, "clients": len(clients), "local_steps": steps,
-                "bytes_up": sent}
+        out = {"loss": loss_sum / max(steps, 1), "lr": lr, "clients": len(clients), "local_steps": steps,
+               "bytes_up": sent}
+        if cfg.secure_aggregation:
+            out["secagg_dropped"] = self.secagg_dropped
+        return out
+
+    def secagg_t(self, m: int) -> int:
+        """Shamir threshold of secure aggregation among ``m`` clients (loop.secagg_threshold, default a majority)."""
+        return min(max(self.cfg.secagg_threshold or m // 2 + 1, 2), m)
 
     @torch.no_grad()
     def _score(self, part: Split, split: str) -> dict[str, float]:
