@@ -103,9 +103,11 @@ def _free_port() -> int:
 
 
 @needs_flwr
-def test_flower_deployment_superlink_and_two_supernodes(tmp_path):
-    """`archlab federate serve|client|run` as real processes on 127.0.0.1: 2 rounds equal the in-process run."""
-    raw = recipe()
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure-aggregation"])
+def test_flower_deployment_superlink_and_two_supernodes(tmp_path, secure):
+    """`archlab federate serve|client|run` as real processes on 127.0.0.1: 2 rounds equal the in-process run
+    (also with secure aggregation, whose steps are messages to the SuperNodes)."""
+    raw = recipe(secure_aggregation=secure)
     path = tmp_path / "r.toml"
     path.write_text(from_dict(raw).to_toml())
     ref = _final(raw, tmp_path / "inprocess")
