@@ -207,7 +207,7 @@ class Transport:
         does not answer the masking or unmasking step drop out; below ``threshold`` helpers the round fails in one
         line. Returns, by client, (the tensors that are not averaged, steps, summed loss, None), the sum z
         (mod 2^32) of the surviving clients' encoded inputs, and those clients."""
-        from .secagg import pack_keys, unmask_sum, unpack_keys, unpack_revealed
+        from .secagg import pack_keys, unmask_sum, unpack_revealed
 
         def ask(grid: Grid, nodes: list[int], action: str, records: dict[int, dict[str, ConfigRecord]],
                 allow_missing: bool) -> dict[int, RecordDict]:
@@ -220,6 +220,12 @@ class Transport:
             if not allow_missing and sorted(replies) != sorted(records):
                 raise ArchlabError(f"{what}: the nodes answered for clients {sorted(replies)[:10]}")
             return replies
+
+        def enough(answered: int, what: str) -> None:
+            if answered < threshold:
+                raise ArchlabError(f"round {step}: {answered} clients answered the {what} step of secure "
+                                   f"aggregation but the threshold is {threshold}; the sum cannot be recovered "
+                                   "(too many dropouts)")
 
         def job(grid: Grid) -> tuple[dict[int, Result], np.ndarray, list[int]]:
             nodes = self._node_list(grid)
@@ -244,12 +250,6 @@ class Transport:
             ys = {k: np.frombuffer(bytes(c["masked"]["y"]), dtype="<u4").astype(np.uint32)
                   for k, c in masked.items()}
             survivors = sorted(ys)
-            def enough(answered: int, what: str) -> None:
-                if answered < threshold:
-                    raise ArchlabError(f"round {step}: {answered} clients answered the {what} step of secure "
-                                       f"aggregation but the threshold is {threshold}; the sum cannot be recovered "
-                                       "(too many dropouts)")
-
             enough(len(survivors), "masking")
             unmask_ask = {"keys": key_record, "survivors": ConfigRecord({"ids": survivors})}
             helpers = ask(grid, nodes, "secagg_unmask", {k: dict(unmask_ask) for k in survivors}, True)
@@ -258,7 +258,7 @@ class Transport:
             for content in helpers.values():
                 for u, item in unpack_revealed(dict(content["revealed"])).items():
                     revealed.setdefault(u, []).append(item)
-            return out, unmask_sum(ys, revealed, unpack_keys(dict(key_record)), threshold), survivors
+            return out, unmask_sum(ys, revealed, keys, threshold), survivors
 
         return self._call(job)
 

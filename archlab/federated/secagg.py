@@ -19,6 +19,11 @@ if u's pairwise masks were all revealed (a client that is late but not dropped).
 survivors at step 3 no secret can be rebuilt and aggregation stops with a one-line error. PRG is the
 ChaCha20 keystream; keys come from HKDF-SHA256. Cryptographic primitives come from the ``cryptography``
 package (extra ``federated``); Shamir sharing over the prime 2^521 - 1 is plain polynomial arithmetic.
+
+:func:`secure_sum` plays every party in one process (the in-process loop). On Flower each step is a message
+(:meth:`archlab.federated.flower.Transport.secure_train`): a node keeps its clients' state between messages
+(:meth:`SecAggClient.to_state`), the payloads travel as flat byte records (:func:`pack_keys`,
+:func:`pack_revealed`) and the server finishes with :func:`unmask_sum`, the same code :func:`secure_sum` ends with.
 """
 
 from __future__ import annotations
