@@ -80,11 +80,10 @@ def _secagg_start(loop: Any, k: int, state: dict[str, torch.Tensor], global_stat
     """Client ``k``'s first step of secure aggregation: its update scaled and encoded as the in-process loop
     encodes it, a fresh protocol client kept in the node's context; returns the tensors that are not averaged
     (sent in the clear: FedPer's head, integer buffers) and the client's public keys."""
-    from .federated.secagg import SecAggClient, encode
+    from .federated.secagg import SecAggClient
 
     update = loop.body_update(state, global_state)
-    flat = torch.cat([v.flatten() for v in update.values()]).double().numpy() * float(cfg["secagg_scale"])
-    client = SecAggClient(k, encode(flat, float(cfg["secagg_clip"]), int(cfg["secagg_levels"])))
+    client = SecAggClient(k, loop.secagg_encode(update, float(cfg["secagg_scale"]), int(cfg["secagg_levels"])))
     node_state[f"secagg.{k}"] = ConfigRecord(client.to_state())
     c_pk, s_pk = client.advertise()
     return {n: v for n, v in state.items() if n not in update}, ConfigRecord({"c": c_pk, "s": s_pk})
@@ -101,21 +100,19 @@ def secagg_on_node(action: str, content: RecordDict, node_state: RecordDict) -> 
         raise RuntimeError(f"secure aggregation: this node holds no protocol state of client {k}")
     client = SecAggClient.from_state(dict(node_state[key]))
     keys = unpack_keys(dict(content["keys"]))
-    reply: dict[str, ConfigRecord] = {}
-    if action == "secagg_share":
-        reply["shares"] = ConfigRecord({str(v): blob for v, blob in
-                                        client.share_keys(keys, int(content["t"]["t"])).items()})
-    elif action == "secagg_mask":
-        client.inbox = {int(u): bytes(blob) for u, blob in content["inbox"].items()}
-        reply["masked"] = ConfigRecord({"y": client.masked_input(keys).astype("<u4").tobytes()})
-    else:  # secagg_unmask: the protocol's last step for this client; its state goes
-        survivors = {int(u) for u in content["survivors"]["ids"]}
-        reply["revealed"] = ConfigRecord(pack_revealed(client.unmask(keys, survivors)))
-    if action == "secagg_unmask":
+    ident = ConfigRecord({"client": k})
+    if action == "secagg_unmask":  # the protocol's last step for this client; its state goes
         del node_state[key]
-    else:
-        node_state[key] = ConfigRecord(client.to_state())
-    return RecordDict({"config": ConfigRecord({"client": k}), **reply})
+        survivors = {int(u) for u in content["survivors"]["ids"]}
+        return RecordDict({"config": ident, "revealed": ConfigRecord(pack_revealed(client.unmask(keys, survivors)))})
+    if action == "secagg_share":
+        reply = {"shares": ConfigRecord({str(v): blob for v, blob in
+                                         client.share_keys(keys, int(content["t"]["t"])).items()})}
+    else:  # secagg_mask
+        client.inbox = {int(u): bytes(blob) for u, blob in content["inbox"].items()}
+        reply = {"masked": ConfigRecord({"y": client.masked_input(keys).astype("<u4").tobytes()})}
+    node_state[key] = ConfigRecord(client.to_state())  # the own share (share) or the inbox (mask) it now holds
+    return RecordDict({"config": ident, **reply})
 
 
 def evaluate_on_node(content: RecordDict) -> RecordDict:

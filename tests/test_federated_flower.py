@@ -58,6 +58,7 @@ def test_flower_simulation_equals_inprocess(tmp_path, monkeypatch):
     from archlab.federated import flower
 
     monkeypatch.setattr(flower, "ROUND_TIMEOUT", 180.0)  # Ray's start included; a hung round fails the test
+    monkeypatch.setattr(flower_apps, "_WORKERS", {})  # whatever in-process node tests left here
     raw = recipe(algorithm="fedprox", mu=0.1, secure_aggregation=True)  # the protocol's steps as Flower messages
     ref = _final(raw, tmp_path / "inprocess")
     sim = _final({**raw, "loop": {**raw["loop"], "backend": "flower-sim", "sim_nodes": 2}}, tmp_path / "sim")

@@ -245,7 +245,6 @@ class Federated(Loop):
         self.reached: int | None = None  # first round whose test accuracy reached target_acc
         self.round = 0
         self.transport = None
-        self.secagg_dropped = 0
         if cfg.backend != "inprocess":
             from ..federated.flower import open_transport  # flwr is an optional extra
 
@@ -428,6 +427,9 @@ class Federated(Loop):
             self.algo.end_client(k, self.local, global_params, n_steps, lr)
             self.heads.store(k, self.local)
             steps, loss_sum = steps + n_steps, loss_sum + k_loss
+            if masked_sum is not None:  # encoded and masked on the client's node (no DP, no compression)
+                sent += full_size
+                continue
             with torch.no_grad():
                 update = self.body_update(self.local.state_dict(), global_state)
                 if cfg.dp_clip:
@@ -438,14 +440,12 @@ class Federated(Loop):
                 else:
                     size = full_size
                 sent += size
-                if masked_sum is not None:  # encoded and masked on the client's node
-                    continue
                 if cfg.secure_aggregation:  # the client sends m * w_k * update, encoded; the server sees only sums
-                    flat = torch.cat([v.flatten() for v in update.values()]).double().numpy() * (w * len(clients))
-                    secagg_inputs[k] = encode(flat, cfg.secagg_clip, levels)
+                    secagg_inputs[k] = self.secagg_encode(update, w * len(clients), levels)
                     continue
                 for name, v in update.items():
                     delta[name].add_(v, alpha=w)
+        dropped = 0  # clients left out of secure aggregation's sum
         if secagg_inputs or masked_sum is not None:
             if masked_sum is not None:
                 z, survivors = masked_sum
@@ -455,9 +455,10 @@ class Federated(Loop):
             else:  # a single client has no one to hide its update among
                 (z,), survivors = secagg_inputs.values(), list(secagg_inputs)
             total = torch.from_numpy(decode_sum(z, len(survivors), cfg.secagg_clip, levels) / len(clients))
-            if len(survivors) < len(clients):  # clients dropped out of the protocol: average over the others
-                total = total / sum(w for k, w in zip(clients, weights, strict=True) if k in set(survivors))
-            self.secagg_dropped = len(clients) - len(survivors)
+            dropped = len(clients) - len(survivors)
+            if dropped:  # clients dropped out of the protocol: average over the others
+                kept = set(survivors)
+                total = total / sum(w for k, w in zip(clients, weights, strict=True) if k in kept)
             start = 0
             for name, v in delta.items():
                 delta[name] = total[start:start + v.numel()].view_as(v).to(v)
@@ -477,8 +478,14 @@ class Federated(Loop):
         out = {"loss": loss_sum / max(steps, 1), "lr": lr, "clients": len(clients), "local_steps": steps,
                "bytes_up": sent}
         if cfg.secure_aggregation:
-            out["secagg_dropped"] = self.secagg_dropped
+            out["secagg_dropped"] = dropped
         return out
+
+    def secagg_encode(self, update: dict[str, torch.Tensor], scale: float, levels: int) -> np.ndarray:
+        """What a client feeds secure aggregation: ``scale * update`` flattened and encoded to integers (in this
+        process, or on the client's Flower node)."""
+        flat = torch.cat([v.flatten() for v in update.values()]).double().numpy() * scale
+        return encode(flat, self.cfg.secagg_clip, levels)
 
     def secagg_t(self, m: int) -> int:
         """Shamir threshold of secure aggregation among ``m`` clients (loop.secagg_threshold, default a majority)."""
